@@ -1,0 +1,159 @@
+//! Idempotency: a message id is handled once; duplicates get the stored response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::{Behavior, Envelope, Next, Reply};
+use crate::codec::Format;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{Claim, IdempotencyStore};
+
+/// Runs the handler once per (scope, message id) and replays the stored response
+/// to duplicates.
+///
+/// - First attempt: claims the key as in-progress for `lease`, runs the rest of
+///   the pipeline, and on success stores the encoded response for `retention`.
+/// - A failed attempt releases its claim: the next duplicate runs the handler.
+/// - A duplicate that finds the key in progress polls until it completes or
+///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
+///
+/// The scope defaults to the message name and handler type, so each handler of
+/// an event is idempotent on its own.
+#[derive(Clone)]
+pub struct Idempotency {
+    store: Arc<dyn IdempotencyStore>,
+    lease: Duration,
+    retention: Duration,
+    wait: Duration,
+    poll: Duration,
+    scope: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Idempotency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("lease", &self.lease)
+            .field("retention", &self.retention)
+            .field("wait", &self.wait)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Idempotency {
+    /// Idempotency backed by `store`: 30 s lease, 24 h retention, 5 s wait.
+    pub fn new(store: impl IdempotencyStore) -> Self {
+        Idempotency::shared(Arc::new(store))
+    }
+
+    /// Like [`Idempotency::new`] for a store already shared.
+    pub fn shared(store: Arc<dyn IdempotencyStore>) -> Self {
+        Idempotency {
+            store,
+            lease: Duration::from_secs(30),
+            retention: Duration::from_secs(24 * 3600),
+            wait: Duration::from_secs(5),
+            poll: Duration::from_millis(20),
+            scope: None,
+        }
+    }
+
+    /// How long a claim protects a running attempt (it must outlast the handler).
+    #[must_use]
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How long a completed response is kept for duplicates.
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// How long a duplicate waits for an attempt in progress.
+    #[must_use]
+    pub fn wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// A fixed scope instead of message name + handler type.
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<Arc<str>>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    fn key(&self, env: &Envelope<'_>) -> String {
+        let id = env.context().message_id();
+        match &self.scope {
+            Some(scope) => format!("{scope}:{id}"),
+            None => format!("{}/{}:{id}", env.name(), env.handler_name()),
+        }
+    }
+}
+
+impl Behavior for Idempotency {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+        let key = self.key(&env);
+        let give_up = Instant::now() + self.wait;
+        loop {
+            match self.store.claim(&key, self.lease).await? {
+                Claim::Acquired { token } => {
+                    let result = next.run(env).await;
+                    match &result {
+                        Ok(reply) => {
+                            let bytes = env.encode_reply(reply, Format::MsgPack)?;
+                            let stored = self
+                                .store
+                                .complete(&key, &token, bytes.into(), self.retention)
+                                .await?;
+                            if !stored {
+                                tracing::warn!(
+                                    key,
+                                    "idempotency lease expired before the handler finished; \
+                                     its response was not stored (raise the lease)"
+                                );
+                            }
+                        }
+                        Err(_) => {
+                            if let Err(e) = self.store.release(&key, &token).await {
+                                tracing::warn!(key, error = %e, "could not release idempotency claim");
+                            }
+                        }
+                    }
+                    return result;
+                }
+                Claim::Completed(bytes) => {
+                    return env.decode_reply(&bytes, Format::MsgPack).map_err(|e| {
+                        Error::new(
+                            ErrorKind::Store,
+                            format!("stored response under `{key}` is corrupt: {}", e.message()),
+                        )
+                        .with_message_name(env.name())
+                        .with_retryable(false)
+                    });
+                }
+                Claim::InProgress => {
+                    if Instant::now() >= give_up {
+                        return Err(Error::new(
+                            ErrorKind::InProgress,
+                            format!(
+                                "message {} of `{}` is still being handled by another attempt; \
+                                 retry later with the same message id",
+                                env.context().message_id(),
+                                env.name()
+                            ),
+                        )
+                        .with_message_name(env.name()));
+                    }
+                    tokio::time::sleep(self.poll).await;
+                }
+            }
+        }
+    }
+}

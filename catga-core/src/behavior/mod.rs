@@ -1,0 +1,270 @@
+//! Pipeline behaviors: code that wraps every dispatch.
+//!
+//! A [`Behavior`] sees an [`Envelope`] (the message, its name and metadata) and a
+//! [`Next`] it calls to go on. Behaviors nest like an onion: the first one added
+//! sees the message first and the result last.
+//!
+//! ```text
+//!  send(msg) ─▶ ┌ tracing ─────────────────────────────────┐
+//!               │  ┌ retry ──────────────────────────────┐ │
+//!               │  │  ┌ timeout ───────────────────────┐ │ │
+//!               │  │  │        handler(msg, ctx)       │ │ │
+//!               │  │  └────────────────────────────────┘ │ │
+//!               │  └─────────────────────────────────────┘ │
+//!  result ◀──── └──────────────────────────────────────────┘
+//!  builder.behavior(Tracing).behavior(Retry::..).behavior(Timeout::..)
+//! ```
+//!
+//! A behavior is global ([`CatgaBuilder::behavior`](crate::CatgaBuilder::behavior))
+//! or scoped to one message type
+//! ([`CatgaBuilder::behavior_for`](crate::CatgaBuilder::behavior_for)); both kinds
+//! keep the order in which they were added. For events, the pipeline wraps each
+//! handler separately, so a retry re-runs only the handler that failed. With no
+//! behaviors at all, a dispatch calls the handler directly.
+//!
+//! Built-ins, one module each: [`tracing`](mod@self::tracing), [`timeout`],
+//! [`retry`], [`validation`], [`concurrency`], [`idempotency`].
+
+pub mod concurrency;
+pub mod idempotency;
+pub mod retry;
+pub mod timeout;
+pub mod tracing;
+pub mod validation;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+use crate::codec::Format;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::MessageKind;
+
+/// Code that runs around every dispatch it applies to.
+///
+/// ```
+/// use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+/// use catga_core::Result;
+///
+/// struct Audit;
+/// impl Behavior for Audit {
+///     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+///         let name = env.name();
+///         let result = next.run(env).await;
+///         println!("{name}: ok = {}", result.is_ok());
+///         result
+///     }
+/// }
+/// ```
+pub trait Behavior: Send + Sync + 'static {
+    /// Runs around the rest of the pipeline: call `next.run(env)` to go on (zero,
+    /// one or several times).
+    fn handle<'a>(
+        &'a self,
+        env: Envelope<'a>,
+        next: Next<'a>,
+    ) -> impl Future<Output = Result<Reply>> + Send + 'a;
+}
+
+/// Object-safe form of [`Behavior`], made once at registration.
+pub(crate) trait DynBehavior: Send + Sync + 'static {
+    fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>>;
+}
+
+impl<B: Behavior> DynBehavior for B {
+    fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(self.handle(env, next))
+    }
+}
+
+pub(crate) type SharedBehavior = Arc<dyn DynBehavior>;
+
+/// Facts about a registered message type, fixed at build time.
+pub(crate) struct MessageInfo {
+    pub(crate) name: &'static str,
+    pub(crate) kind: MessageKind,
+    pub(crate) type_name: &'static str,
+    pub(crate) encode_reply: fn(&Reply, Format) -> Result<Vec<u8>>,
+    pub(crate) decode_reply: fn(&[u8], Format) -> Result<Reply>,
+}
+
+impl MessageInfo {
+    pub(crate) fn new<M: crate::Message, Resp>(kind: MessageKind) -> Self
+    where
+        Resp: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    {
+        MessageInfo {
+            name: M::NAME,
+            kind,
+            type_name: std::any::type_name::<M>(),
+            encode_reply: |reply, format| match reply.downcast_ref::<Resp>() {
+                Some(value) => format.encode(value),
+                None => Err(Error::new(
+                    ErrorKind::Codec,
+                    format!(
+                        "a behavior replaced the reply with a value that is not a `{}`",
+                        std::any::type_name::<Resp>()
+                    ),
+                )),
+            },
+            decode_reply: |bytes, format| format.decode::<Resp>(bytes).map(Reply::new),
+        }
+    }
+}
+
+/// One message on its way through the pipeline.
+#[derive(Clone, Copy)]
+pub struct Envelope<'a> {
+    message: &'a (dyn Any + Send + Sync),
+    ctx: &'a Context,
+    info: &'a MessageInfo,
+    handler: &'static str,
+}
+
+impl<'a> Envelope<'a> {
+    pub(crate) fn new(
+        message: &'a (dyn Any + Send + Sync),
+        ctx: &'a Context,
+        info: &'a MessageInfo,
+        handler: &'static str,
+    ) -> Self {
+        Envelope {
+            message,
+            ctx,
+            info,
+            handler,
+        }
+    }
+
+    /// Wire name of the message.
+    pub fn name(&self) -> &'static str {
+        self.info.name
+    }
+
+    /// Rust type name of the message (for logs).
+    pub fn type_name(&self) -> &'static str {
+        self.info.type_name
+    }
+
+    /// Request or event.
+    pub fn kind(&self) -> MessageKind {
+        self.info.kind
+    }
+
+    /// Rust type name of the handler the pipeline leads to; for events, the one
+    /// handler this run of the pipeline wraps.
+    pub fn handler_name(&self) -> &'static str {
+        self.handler
+    }
+
+    /// Context (metadata) of the dispatch.
+    pub fn context(&self) -> &'a Context {
+        self.ctx
+    }
+
+    /// The message, if it is a `T`.
+    pub fn message<T: 'static>(&self) -> Option<&'a T> {
+        self.message.downcast_ref()
+    }
+
+    /// Encodes a reply of this message type (used by stores that keep responses).
+    pub fn encode_reply(&self, reply: &Reply, format: Format) -> Result<Vec<u8>> {
+        (self.info.encode_reply)(reply, format)
+    }
+
+    /// Decodes a reply of this message type encoded by [`Envelope::encode_reply`].
+    pub fn decode_reply(&self, bytes: &[u8], format: Format) -> Result<Reply> {
+        (self.info.decode_reply)(bytes, format)
+    }
+}
+
+impl fmt::Debug for Envelope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("name", &self.info.name)
+            .field("kind", &self.info.kind)
+            .field("handler", &self.handler)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The response of a dispatch as it travels back through the pipeline, with its
+/// type erased. For events it holds `()`.
+pub struct Reply(Box<dyn Any + Send>);
+
+impl Reply {
+    /// Wraps a response value.
+    pub fn new<T: Send + 'static>(value: T) -> Self {
+        Reply(Box::new(value))
+    }
+
+    /// The response, if it is a `T`.
+    pub fn downcast_ref<T: 'static>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+
+    pub(crate) fn into_inner<T: 'static>(self, name: &str) -> Result<T> {
+        self.0.downcast::<T>().map(|b| *b).map_err(|_| {
+            Error::new(
+                ErrorKind::Handler,
+                format!(
+                    "a behavior replaced the reply of `{name}` with a value that is not a `{}`",
+                    std::any::type_name::<T>()
+                ),
+            )
+            .with_message_name(name.to_owned())
+        })
+    }
+}
+
+impl fmt::Debug for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Reply(..)")
+    }
+}
+
+/// The innermost step of a pipeline: the handler itself.
+pub(crate) trait Endpoint: Send + Sync {
+    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>>;
+}
+
+/// The rest of the pipeline after the current behavior.
+///
+/// `Next` is `Copy`: a behavior may run it several times (retry) or not at all.
+#[derive(Clone, Copy)]
+pub struct Next<'a> {
+    rest: &'a [SharedBehavior],
+    endpoint: &'a dyn Endpoint,
+}
+
+impl<'a> Next<'a> {
+    pub(crate) fn new(rest: &'a [SharedBehavior], endpoint: &'a dyn Endpoint) -> Self {
+        Next { rest, endpoint }
+    }
+
+    /// Runs the remaining behaviors and the handler.
+    pub fn run(self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+        match self.rest.split_first() {
+            Some((first, rest)) => first.call(
+                env,
+                Next {
+                    rest,
+                    endpoint: self.endpoint,
+                },
+            ),
+            None => self.endpoint.call(env),
+        }
+    }
+}
+
+impl fmt::Debug for Next<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("behaviors_left", &self.rest.len())
+            .finish()
+    }
+}

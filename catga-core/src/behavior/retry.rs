@@ -1,0 +1,85 @@
+//! Retries of retryable failures, with exponential backoff and jitter.
+
+use std::time::Duration;
+
+use super::{Behavior, Envelope, Next, Reply};
+use crate::error::Result;
+
+/// Runs the rest of the pipeline again when it fails with a
+/// [retryable](crate::Error::is_retryable) error, up to `max_attempts` attempts in
+/// all. The wait before attempt *n + 1* is drawn uniformly from
+/// `[0, min(max_delay, initial_delay · 2ⁿ⁻¹)]` ("full jitter"), and never runs past
+/// the dispatch deadline. Non-retryable errors return at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    max_attempts: u32,
+    initial_delay: Duration,
+    max_delay: Duration,
+}
+
+impl Retry {
+    /// Up to `max_attempts` attempts (at least 1), starting at 50 ms backoff capped
+    /// at 5 s.
+    pub fn new(max_attempts: u32) -> Self {
+        Retry {
+            max_attempts: max_attempts.max(1),
+            initial_delay: Duration::from_millis(50),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+
+    /// Sets the first backoff and the cap.
+    #[must_use]
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_delay = initial;
+        self.max_delay = max.max(initial);
+        self
+    }
+
+    /// The longest wait before attempt `attempt + 1` (attempt counts from 1).
+    pub fn max_delay_after(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+        self.initial_delay
+            .saturating_mul(factor)
+            .min(self.max_delay)
+    }
+}
+
+impl Behavior for Retry {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+        let mut attempt = 1;
+        loop {
+            match next.run(env).await {
+                Err(e) if e.is_retryable() && attempt < self.max_attempts => {
+                    let cap = self.max_delay_after(attempt);
+                    let mut wait = cap.mul_f64(fastrand::f64());
+                    if let Some(left) = env.context().remaining() {
+                        if left.is_zero() {
+                            return Err(e);
+                        }
+                        wait = wait.min(left);
+                    }
+                    tracing::debug!(message = env.name(), attempt, ?wait, error = %e, "retrying");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = Retry::new(10).backoff(Duration::from_millis(10), Duration::from_millis(70));
+        assert_eq!(r.max_delay_after(1), Duration::from_millis(10));
+        assert_eq!(r.max_delay_after(2), Duration::from_millis(20));
+        assert_eq!(r.max_delay_after(3), Duration::from_millis(40));
+        assert_eq!(r.max_delay_after(4), Duration::from_millis(70));
+        assert_eq!(r.max_delay_after(40), Duration::from_millis(70));
+    }
+}

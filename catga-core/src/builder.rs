@@ -1,0 +1,365 @@
+//! The fluent builder that registers handlers and behaviors and builds a [`Mediator`].
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use crate::behavior::validation::{Validate, Validation};
+use crate::behavior::{Behavior, MessageInfo, SharedBehavior};
+use crate::codec::Format;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{DynEventHandler, EventHandler, FnHandler, RequestHandler};
+use crate::mediator::{
+    InboundEventFn, InboundRequestFn, Inner, Mediator, inbound_event, inbound_request,
+};
+use crate::message::{Event, Message, MessageKind, Request};
+use crate::metadata::new_id;
+use crate::route::{EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, pipeline_for};
+use crate::transport::Transport;
+
+/// Entry point: `Catga::builder()`.
+#[derive(Debug)]
+pub struct Catga(());
+
+impl Catga {
+    /// A builder with no handlers, no behaviors, no transport.
+    pub fn builder() -> CatgaBuilder {
+        CatgaBuilder::default()
+    }
+}
+
+type FinishFn = fn(Box<dyn Any + Send>, &[ScopedBehavior]) -> Box<dyn Any + Send + Sync>;
+
+/// Builds the typed route once the behaviors and routing are known.
+type MakeRoute = Box<dyn FnOnce(&[ScopedBehavior], bool) -> Box<dyn Any + Send + Sync> + Send>;
+
+struct PendingRequest {
+    type_id: TypeId,
+    name: &'static str,
+    type_name: &'static str,
+    handler_name: &'static str,
+    make: MakeRoute,
+    inbound: InboundRequestFn,
+}
+
+struct PendingEvents {
+    name: &'static str,
+    type_name: &'static str,
+    /// `Vec<(Box<dyn DynEventHandler<E>>, &'static str)>`, erased.
+    handlers: Box<dyn Any + Send>,
+    finish: FinishFn,
+    inbound: InboundEventFn,
+}
+
+type EventHandlers<E> = Vec<(Box<dyn DynEventHandler<E>>, &'static str)>;
+
+/// Registers handlers, behaviors and a transport; [`build`](CatgaBuilder::build)
+/// checks the whole set and returns a [`Mediator`].
+///
+/// ```
+/// # use catga_core::*;
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Clone, Serialize, Deserialize)] struct Ping;
+/// # impl Message for Ping { const NAME: &'static str = "demo.Ping"; }
+/// # impl Request for Ping { type Response = (); }
+/// let mediator = Catga::builder()
+///     .request_fn(|_: Ping, _ctx| async { Ok(()) })
+///     .behavior(behavior::tracing::Tracing::default())
+///     .build()?;
+/// # Ok::<(), Error>(())
+/// ```
+#[must_use = "a builder does nothing until `.build()` is called"]
+pub struct CatgaBuilder {
+    requests: Vec<PendingRequest>,
+    events: Vec<(TypeId, PendingEvents)>,
+    behaviors: Vec<ScopedBehavior>,
+    transport: Option<Arc<dyn Transport>>,
+    remote: Vec<(TypeId, &'static str)>,
+    format: Format,
+    service: String,
+    request_timeout: Duration,
+}
+
+impl Default for CatgaBuilder {
+    fn default() -> Self {
+        CatgaBuilder {
+            requests: Vec::new(),
+            events: Vec::new(),
+            behaviors: Vec::new(),
+            transport: None,
+            remote: Vec::new(),
+            format: Format::default(),
+            service: "catga".to_owned(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl fmt::Debug for CatgaBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CatgaBuilder")
+            .field("service", &self.service)
+            .field("requests", &self.requests.len())
+            .field("events", &self.events.len())
+            .field("behaviors", &self.behaviors.len())
+            .field("transport", &self.transport.is_some())
+            .finish()
+    }
+}
+
+impl CatgaBuilder {
+    /// Registers the handler of request `R`. A second handler for the same request
+    /// type (or wire name) makes [`build`](CatgaBuilder::build) fail, naming both.
+    pub fn request_handler<R: Request, H: RequestHandler<R>>(mut self, handler: H) -> Self {
+        let handler_name = std::any::type_name::<H>();
+        let make: MakeRoute = Box::new(move |behaviors, remote| {
+            Box::new(RequestRoute::<R> {
+                handler: Box::new(handler),
+                handler_name,
+                pipeline: pipeline_for(behaviors, TypeId::of::<R>()),
+                info: MessageInfo::new::<R, R::Response>(MessageKind::Request),
+                remote,
+            })
+        });
+        self.requests.push(PendingRequest {
+            type_id: TypeId::of::<R>(),
+            name: R::NAME,
+            type_name: std::any::type_name::<R>(),
+            handler_name,
+            make,
+            inbound: inbound_request::<R>,
+        });
+        self
+    }
+
+    /// Registers a closure as the handler of request `R`; it receives an owned
+    /// clone of the request and of the context.
+    pub fn request_fn<R, F, Fut>(self, f: F) -> Self
+    where
+        R: Request + Clone,
+        F: Fn(R, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R::Response>> + Send + 'static,
+    {
+        self.request_handler::<R, _>(FnHandler::<F, R>::new(f))
+    }
+
+    /// Adds a handler of event `E`; an event may have any number of handlers.
+    pub fn event_handler<E: Event, H: EventHandler<E>>(mut self, handler: H) -> Self {
+        let entry = (
+            Box::new(handler) as Box<dyn DynEventHandler<E>>,
+            std::any::type_name::<H>(),
+        );
+        let id = TypeId::of::<E>();
+        match self.events.iter_mut().find(|(t, _)| *t == id) {
+            Some((_, pending)) => {
+                if let Some(list) = pending.handlers.downcast_mut::<EventHandlers<E>>() {
+                    list.push(entry);
+                }
+            }
+            None => self.events.push((
+                id,
+                PendingEvents {
+                    name: E::NAME,
+                    type_name: std::any::type_name::<E>(),
+                    handlers: Box::new(vec![entry]),
+                    finish: finish_events::<E>,
+                    inbound: inbound_event::<E>,
+                },
+            )),
+        }
+        self
+    }
+
+    /// Adds a closure as a handler of event `E`.
+    pub fn event_fn<E, F, Fut>(self, f: F) -> Self
+    where
+        E: Event + Clone,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.event_handler::<E, _>(FnHandler::<F, E>::new(f))
+    }
+
+    /// Adds a behavior around every dispatch. Behaviors nest in the order added:
+    /// the first added sees the message first and the result last.
+    pub fn behavior<B: Behavior>(mut self, behavior: B) -> Self {
+        self.behaviors.push((None, Arc::new(behavior) as SharedBehavior));
+        self
+    }
+
+    /// Adds a behavior around dispatches of message type `M` only, at this
+    /// position in the order of all behaviors.
+    pub fn behavior_for<M: Message, B: Behavior>(mut self, behavior: B) -> Self {
+        self.behaviors
+            .push((Some(TypeId::of::<M>()), Arc::new(behavior) as SharedBehavior));
+        self
+    }
+
+    /// Validates every `M` with [`Validate`] before its handler runs; a failure
+    /// returns [`ErrorKind::Validation`] and the handler never sees the message.
+    pub fn validate<M: Message + Validate>(self) -> Self {
+        self.behavior_for::<M, _>(Validation::<M>::new())
+    }
+
+    /// Carries requests without a local handler, and every event, to other peers.
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Like [`CatgaBuilder::transport`], for a transport already behind an `Arc`.
+    pub fn shared_transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Sends `R` through the transport even when this peer has its handler, so the
+    /// work spreads over every copy (the local handler still serves its share).
+    pub fn route_remote<R: Request>(mut self) -> Self {
+        self.remote.push((TypeId::of::<R>(), R::NAME));
+        self
+    }
+
+    /// Name of this service; copies of one service share its events. Default `"catga"`.
+    pub fn service(mut self, name: impl Into<String>) -> Self {
+        self.service = name.into();
+        self
+    }
+
+    /// Payload format written to the transport. Default MessagePack.
+    pub fn format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// How long a remote request waits when the caller set no deadline. Default 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Checks the registrations and builds the mediator.
+    ///
+    /// Fails with [`ErrorKind::DuplicateHandler`] when two handlers claim one request
+    /// type, or two message types claim one wire name, naming both sides; with
+    /// [`ErrorKind::Config`] when a type routed remote has no transport.
+    pub fn build(self) -> Result<Mediator> {
+        let mut errors = Vec::new();
+        let mut requests: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
+        let mut inbound_requests = HashMap::new();
+        let mut seen: HashMap<TypeId, &PendingRequest> = HashMap::new();
+        let mut names: HashMap<&'static str, &PendingRequest> = HashMap::new();
+        for p in &self.requests {
+            if let Some(first) = seen.get(&p.type_id) {
+                errors.push(Error::new(
+                    ErrorKind::DuplicateHandler,
+                    format!(
+                        "request `{}` ({}) has two handlers: `{}` and `{}`; a request has exactly \
+                         one handler, remove one registration",
+                        p.name, p.type_name, first.handler_name, p.handler_name
+                    ),
+                ).with_message_name(p.name));
+                continue;
+            }
+            if let Some(first) = names.get(p.name) {
+                errors.push(Error::new(
+                    ErrorKind::DuplicateHandler,
+                    format!(
+                        "request types `{}` (handler `{}`) and `{}` (handler `{}`) share the wire \
+                         name `{}`; give one of them another `NAME`",
+                        first.type_name, first.handler_name, p.type_name, p.handler_name, p.name
+                    ),
+                ).with_message_name(p.name));
+                continue;
+            }
+            seen.insert(p.type_id, p);
+            names.insert(p.name, p);
+        }
+        let mut event_names: HashMap<&'static str, &'static str> = HashMap::new();
+        for (_, p) in &self.events {
+            if let Some(first) = event_names.insert(p.name, p.type_name) {
+                errors.push(Error::new(
+                    ErrorKind::DuplicateHandler,
+                    format!(
+                        "event types `{first}` and `{}` share the wire name `{}`; give one of \
+                         them another `NAME`",
+                        p.type_name, p.name
+                    ),
+                ).with_message_name(p.name));
+            }
+        }
+        if self.transport.is_none() {
+            for (_, name) in &self.remote {
+                errors.push(Error::new(
+                    ErrorKind::Config,
+                    format!("`{name}` is routed remote but no transport is configured; add `.transport(..)`"),
+                ).with_message_name(*name));
+            }
+        }
+        if !errors.is_empty() {
+            let first = errors.remove(0);
+            return Err(if errors.is_empty() {
+                first
+            } else {
+                let mut all = vec![first.clone()];
+                all.extend(errors);
+                first.with_related(all)
+            });
+        }
+
+        drop((seen, names));
+        for p in self.requests {
+            let remote = self.remote.iter().any(|(id, _)| *id == p.type_id);
+            requests.insert(p.type_id, (p.make)(&self.behaviors, remote));
+            inbound_requests.insert(p.name, p.inbound);
+        }
+        let mut events: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
+        let mut inbound_events = HashMap::new();
+        for (id, p) in self.events {
+            events.insert(id, (p.finish)(p.handlers, &self.behaviors));
+            inbound_events.insert(p.name, p.inbound);
+        }
+        Ok(Mediator {
+            inner: Arc::new(Inner {
+                requests,
+                events,
+                inbound_requests,
+                inbound_events,
+                transport: self.transport,
+                format: self.format,
+                service: self.service,
+                peer_id: new_id(),
+                request_timeout: self.request_timeout,
+                started: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+fn finish_events<E: Event>(
+    handlers: Box<dyn Any + Send>,
+    behaviors: &[ScopedBehavior],
+) -> Box<dyn Any + Send + Sync> {
+    // Always an `EventHandlers<E>`: the list is keyed by `TypeId::of::<E>()`.
+    let handlers = handlers
+        .downcast::<EventHandlers<E>>()
+        .map(|b| *b)
+        .unwrap_or_default();
+    let pipeline = pipeline_for(behaviors, TypeId::of::<E>());
+    Box::new(EventRoute::<E> {
+        slots: handlers
+            .into_iter()
+            .map(|(handler, handler_name)| EventSlot {
+                handler,
+                handler_name,
+                pipeline: pipeline.clone(),
+            })
+            .collect(),
+        info: MessageInfo::new::<E, ()>(MessageKind::Event),
+    })
+}

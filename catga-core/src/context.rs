@@ -1,0 +1,102 @@
+//! What a handler knows about the message it handles, and how it sends more.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::mediator::Mediator;
+use crate::message::{Event, Request};
+use crate::metadata::{Headers, Metadata};
+
+/// The context of one dispatch, given to handlers and behaviors.
+///
+/// Messages sent or published through a context continue its conversation: the
+/// same correlation id, causation set to the current message id, the same
+/// deadline and headers.
+#[derive(Debug, Clone)]
+pub struct Context {
+    mediator: Mediator,
+    meta: Metadata,
+    name: &'static str,
+}
+
+impl Context {
+    pub(crate) fn new(mediator: Mediator, meta: Metadata, name: &'static str) -> Self {
+        Context {
+            mediator,
+            meta,
+            name,
+        }
+    }
+
+    /// Wire name of the message being handled.
+    pub fn message_name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The message id (generated on first use when the caller set none).
+    pub fn message_id(&self) -> Uuid {
+        self.meta.message_id()
+    }
+
+    /// The correlation id of the conversation.
+    pub fn correlation_id(&self) -> Uuid {
+        self.meta.correlation_id()
+    }
+
+    /// The id of the message that caused this one, if any.
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.meta.causation_id()
+    }
+
+    /// The deadline of this dispatch, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.meta.deadline()
+    }
+
+    /// Time left before the deadline, if any.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.meta.remaining()
+    }
+
+    /// Headers of the message.
+    pub fn headers(&self) -> &Headers {
+        self.meta.headers()
+    }
+
+    /// All metadata of the message.
+    pub fn metadata(&self) -> &Metadata {
+        &self.meta
+    }
+
+    /// The mediator that dispatched this message.
+    pub fn mediator(&self) -> &Mediator {
+        &self.mediator
+    }
+
+    /// Sends a request as a consequence of the current message.
+    pub async fn send<R: Request>(&self, request: R) -> Result<R::Response> {
+        self.mediator.send_with(request, self.meta.child()).await
+    }
+
+    /// Like [`Context::send`], with per-call metadata (values set there win).
+    pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
+        self.mediator
+            .send_with(request, self.meta.child().overridden_by(meta))
+            .await
+    }
+
+    /// Publishes an event as a consequence of the current message.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        self.mediator.publish_with(event, self.meta.child()).await
+    }
+
+    /// Like [`Context::publish`], with per-call metadata (values set there win).
+    pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        self.mediator
+            .publish_with(event, self.meta.child().overridden_by(meta))
+            .await
+    }
+}

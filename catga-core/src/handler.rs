@@ -1,0 +1,135 @@
+//! Handler traits, and closures as handlers.
+//!
+//! Implement [`RequestHandler`] or [`EventHandler`] with a plain `async fn`:
+//!
+//! ```
+//! use catga_core::{Context, Message, Request, RequestHandler, Result};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Ping;
+//! impl Message for Ping { const NAME: &'static str = "demo.Ping"; }
+//! impl Request for Ping { type Response = &'static str; }
+//!
+//! struct PingHandler;
+//! impl RequestHandler<Ping> for PingHandler {
+//!     async fn handle(&self, _: &Ping, _: &Context) -> Result<&'static str> {
+//!         Ok("pong")
+//!     }
+//! }
+//! ```
+//!
+//! Handlers receive the message by reference: a retry behavior can run the handler
+//! again with the same message without cloning it.
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use futures_util::future::BoxFuture;
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::message::{Event, Request};
+
+/// Handles one request type; exactly one handler per request type in a deployment.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler for request `{R}`",
+    label = "does not implement `RequestHandler<{R}>`",
+    note = "implement `RequestHandler<{R}>` for `{Self}` with `async fn handle(&self, request: &{R}, ctx: &Context)`, or put `#[handler]` on it"
+)]
+pub trait RequestHandler<R: Request>: Send + Sync + 'static {
+    /// Handles `request` and returns its response.
+    fn handle(
+        &self,
+        request: &R,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<R::Response>> + Send;
+}
+
+/// Handles one event type; any number of handlers may handle the same event.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a handler for event `{E}`",
+    label = "does not implement `EventHandler<{E}>`",
+    note = "implement `EventHandler<{E}>` for `{Self}` with `async fn handle(&self, event: &{E}, ctx: &Context)`, or put `#[handler]` on it"
+)]
+pub trait EventHandler<E: Event>: Send + Sync + 'static {
+    /// Reacts to `event`.
+    fn handle(&self, event: &E, ctx: &Context) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A closure used as a request or event handler; built by
+/// [`CatgaBuilder::request_fn`](crate::CatgaBuilder::request_fn) and
+/// [`CatgaBuilder::event_fn`](crate::CatgaBuilder::event_fn).
+///
+/// The closure gets an owned clone of the message and of the context, because a
+/// closure's future cannot borrow its arguments and still be `Send` on stable Rust.
+pub struct FnHandler<F, M> {
+    f: F,
+    _message: PhantomData<fn(M)>,
+}
+
+impl<F, M> FnHandler<F, M> {
+    /// Wraps `f`.
+    pub fn new(f: F) -> Self {
+        FnHandler {
+            f,
+            _message: PhantomData,
+        }
+    }
+}
+
+impl<F, M> std::fmt::Debug for FnHandler<F, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnHandler")
+            .field("closure", &std::any::type_name::<F>())
+            .finish()
+    }
+}
+
+impl<R, F, Fut> RequestHandler<R> for FnHandler<F, R>
+where
+    R: Request + Clone,
+    F: Fn(R, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R::Response>> + Send + 'static,
+{
+    fn handle(
+        &self,
+        request: &R,
+        ctx: &Context,
+    ) -> impl Future<Output = Result<R::Response>> + Send {
+        (self.f)(request.clone(), ctx.clone())
+    }
+}
+
+impl<E, F, Fut> EventHandler<E> for FnHandler<F, E>
+where
+    E: Event + Clone,
+    F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    fn handle(&self, event: &E, ctx: &Context) -> impl Future<Output = Result<()>> + Send {
+        (self.f)(event.clone(), ctx.clone())
+    }
+}
+
+/// Object-safe form of [`RequestHandler`], made once at registration.
+pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
+    fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>>;
+}
+
+impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
+    fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>> {
+        Box::pin(self.handle(request, ctx))
+    }
+}
+
+/// Object-safe form of [`EventHandler`], made once at registration.
+pub(crate) trait DynEventHandler<E: Event>: Send + Sync + 'static {
+    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>>;
+}
+
+impl<E: Event, H: EventHandler<E>> DynEventHandler<E> for H {
+    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.handle(event, ctx))
+    }
+}

@@ -1,0 +1,309 @@
+//! The mediator: sends requests to their one handler and publishes events to all.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::codec::Format;
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Event, Request};
+use crate::metadata::Metadata;
+use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route};
+use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
+
+pub(crate) type InboundRequestFn = fn(Mediator, WireMessage) -> BoxFuture<'static, Result<WireReply>>;
+pub(crate) type InboundEventFn = fn(Mediator, WireMessage) -> BoxFuture<'static, Result<()>>;
+
+/// Everything `build()` fixed; immutable afterwards.
+pub(crate) struct Inner {
+    pub(crate) requests: TypeMap<Box<dyn Any + Send + Sync>>,
+    pub(crate) events: TypeMap<Box<dyn Any + Send + Sync>>,
+    pub(crate) inbound_requests: HashMap<&'static str, InboundRequestFn>,
+    pub(crate) inbound_events: HashMap<&'static str, InboundEventFn>,
+    pub(crate) transport: Option<Arc<dyn Transport>>,
+    pub(crate) format: Format,
+    pub(crate) service: String,
+    pub(crate) peer_id: Uuid,
+    pub(crate) request_timeout: Duration,
+    pub(crate) started: AtomicBool,
+}
+
+/// Dispatches messages: a cheap `Clone` handle, built by [`Catga::builder`](crate::Catga::builder).
+///
+/// - [`send`](Mediator::send) runs the one handler of a request: here when this
+///   peer has it, otherwise on a peer reached through the transport.
+/// - [`publish`](Mediator::publish) runs every local handler of an event
+///   concurrently and hands the event to the transport for other services.
+#[derive(Clone)]
+pub struct Mediator {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Mediator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mediator")
+            .field("service", &self.inner.service)
+            .field("peer_id", &self.inner.peer_id)
+            .field("requests", &self.inner.inbound_requests.len())
+            .field("events", &self.inner.inbound_events.len())
+            .field("transport", &self.inner.transport.is_some())
+            .finish()
+    }
+}
+
+impl Mediator {
+    /// Sends `request` to its handler and returns the response.
+    ///
+    /// Errors: [`ErrorKind::NoHandler`] when no handler exists here and no peer
+    /// answers; otherwise whatever the handler, a behavior or the transport returned.
+    pub async fn send<R: Request>(&self, request: R) -> Result<R::Response> {
+        self.send_with(request, Metadata::new()).await
+    }
+
+    /// Like [`Mediator::send`], with per-call metadata: message id, timeout, headers.
+    pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
+        match self.inner.requests.get(&TypeId::of::<R>()) {
+            Some(route) => {
+                let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
+                if route.remote && self.inner.transport.is_some() {
+                    return self.send_remote(&request, meta).await;
+                }
+                let ctx = Context::new(self.clone(), meta, R::NAME);
+                route.dispatch(&request, &ctx).await
+            }
+            None => self.send_remote(&request, meta).await,
+        }
+    }
+
+    async fn send_remote<R: Request>(&self, request: &R, meta: Metadata) -> Result<R::Response> {
+        let Some(transport) = &self.inner.transport else {
+            return Err(Error::no_handler(R::NAME, "request"));
+        };
+        let format = self.inner.format;
+        let payload = format
+            .encode(request)
+            .map_err(|e| e.with_message_name(R::NAME))?;
+        let timeout = meta.remaining().unwrap_or(self.inner.request_timeout);
+        let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
+        wire.timeout = Some(timeout);
+        let reply = transport.request(wire, timeout).await?;
+        reply
+            .format
+            .decode::<R::Response>(&reply.payload)
+            .map_err(|e| e.with_message_name(R::NAME))
+    }
+
+    /// Publishes `event` to every local handler and, through the transport, to
+    /// every other service that handles it.
+    ///
+    /// Local handlers run concurrently and every one runs to completion, whatever
+    /// the others do. Returns `Ok(())` when all of them succeeded and the transport
+    /// (if any) accepted the event; an event with no handler anywhere is not an
+    /// error. Otherwise it returns the first failure in registration order (local
+    /// handlers first, the transport last); when more than one thing failed,
+    /// [`Error::related`] lists every failure, the returned one included.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        self.publish_with(event, Metadata::new()).await
+    }
+
+    /// Like [`Mediator::publish`], with per-call metadata.
+    pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        let route = match self.inner.events.get(&TypeId::of::<E>()) {
+            Some(route) => Some(downcast_route::<EventRoute<E>>(&**route, E::NAME)?),
+            None => None,
+        };
+        let ctx = Context::new(self.clone(), meta, E::NAME);
+        let local = async {
+            match route {
+                Some(route) => route.dispatch(&event, &ctx).await,
+                None => Vec::new(),
+            }
+        };
+        let failures = match &self.inner.transport {
+            None => local.await,
+            Some(transport) => {
+                let remote = async {
+                    let payload = self
+                        .inner
+                        .format
+                        .encode(&event)
+                        .map_err(|e| e.with_message_name(E::NAME))?;
+                    let mut wire =
+                        WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
+                    if route.is_some() {
+                        wire.handled_by = Some(self.inner.service.clone());
+                    }
+                    transport.publish(wire).await
+                };
+                let (mut failures, remote) = futures_util::future::join(local, remote).await;
+                failures.extend(remote.err());
+                failures
+            }
+        };
+        Error::combine(E::NAME, failures)
+    }
+
+    /// Starts receiving messages from the transport (a no-op without one).
+    /// Call once after `build()`; later calls do nothing.
+    pub async fn start(&self) -> Result<()> {
+        let Some(transport) = &self.inner.transport else {
+            return Ok(());
+        };
+        if self.inner.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut requests: Vec<_> = self.inner.inbound_requests.keys().copied().collect();
+        let mut events: Vec<_> = self.inner.inbound_events.keys().copied().collect();
+        requests.sort_unstable();
+        events.sort_unstable();
+        let spec = PeerSpec {
+            service: self.inner.service.clone(),
+            peer_id: self.inner.peer_id,
+            requests,
+            events,
+        };
+        let inbound = Arc::new(MediatorInbound {
+            mediator: Arc::downgrade(&self.inner),
+        });
+        transport.start(spec, inbound).await
+    }
+
+    /// Stops taking messages from the transport, lets those in flight finish, and
+    /// disconnects. Local dispatch keeps working.
+    pub async fn shutdown(&self) -> Result<()> {
+        match &self.inner.transport {
+            Some(transport) => transport.shutdown().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Name of the service this peer belongs to.
+    pub fn service(&self) -> &str {
+        &self.inner.service
+    }
+
+    /// Unique id of this peer.
+    pub fn peer_id(&self) -> Uuid {
+        self.inner.peer_id
+    }
+
+    /// Whether this peer has a local handler for `R`.
+    pub fn handles<R: Request>(&self) -> bool {
+        self.inner.requests.contains_key(&TypeId::of::<R>())
+    }
+
+    /// The payload format this peer writes.
+    pub fn format(&self) -> Format {
+        self.inner.format
+    }
+}
+
+/// The mediator as seen by a transport; weak, so a transport never keeps a
+/// dropped mediator alive.
+struct MediatorInbound {
+    mediator: Weak<Inner>,
+}
+
+impl MediatorInbound {
+    fn mediator(&self) -> Result<Mediator> {
+        self.mediator
+            .upgrade()
+            .map(|inner| Mediator { inner })
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Cancelled,
+                    "this peer's mediator was dropped; the message was not handled",
+                )
+            })
+    }
+}
+
+impl Inbound for MediatorInbound {
+    fn request(&self, message: WireMessage) -> BoxFuture<'static, Result<WireReply>> {
+        let mediator = match self.mediator() {
+            Ok(m) => m,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        match mediator.inner.inbound_requests.get(&*message.name) {
+            Some(handle) => handle(mediator.clone(), message),
+            None => Box::pin(std::future::ready(Err(unknown_name(&message.name, "request")))),
+        }
+    }
+
+    fn event(&self, message: WireMessage) -> BoxFuture<'static, Result<()>> {
+        let mediator = match self.mediator() {
+            Ok(m) => m,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
+        if message.handled_by.as_deref() == Some(mediator.service()) {
+            return Box::pin(std::future::ready(Ok(())));
+        }
+        match mediator.inner.inbound_events.get(&*message.name) {
+            Some(handle) => handle(mediator.clone(), message),
+            None => Box::pin(std::future::ready(Err(unknown_name(&message.name, "event")))),
+        }
+    }
+}
+
+fn unknown_name(name: &str, kind: &str) -> Error {
+    Error::new(
+        ErrorKind::NoHandler,
+        format!("this peer has no handler for {kind} `{name}`; the message was not decoded"),
+    )
+    .with_message_name(name.to_owned())
+}
+
+/// Decodes an incoming request of type `R` and runs it through its local route.
+pub(crate) fn inbound_request<R: Request>(
+    mediator: Mediator,
+    message: WireMessage,
+) -> BoxFuture<'static, Result<WireReply>> {
+    Box::pin(async move {
+        let request: R = message
+            .format
+            .decode(&message.payload)
+            .map_err(|e| e.with_message_name(R::NAME))?;
+        let route = mediator
+            .inner
+            .requests
+            .get(&TypeId::of::<R>())
+            .ok_or_else(|| Error::no_handler(R::NAME, "request"))?;
+        let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
+        let ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
+        let response = route.dispatch(&request, &ctx).await?;
+        let payload = message
+            .format
+            .encode(&response)
+            .map_err(|e| e.with_message_name(R::NAME))?;
+        Ok(WireReply {
+            payload: payload.into(),
+            format: message.format,
+        })
+    })
+}
+
+/// Decodes an incoming event of type `E` and runs its local handlers.
+pub(crate) fn inbound_event<E: Event>(
+    mediator: Mediator,
+    message: WireMessage,
+) -> BoxFuture<'static, Result<()>> {
+    Box::pin(async move {
+        let event: E = message
+            .format
+            .decode(&message.payload)
+            .map_err(|e| e.with_message_name(E::NAME))?;
+        let Some(route) = mediator.inner.events.get(&TypeId::of::<E>()) else {
+            return Ok(());
+        };
+        let route = downcast_route::<EventRoute<E>>(&**route, E::NAME)?;
+        let ctx = Context::new(mediator.clone(), message.metadata(), E::NAME);
+        Error::combine(E::NAME, route.dispatch(&event, &ctx).await)
+    })
+}

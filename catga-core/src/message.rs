@@ -1,0 +1,45 @@
+//! Message traits: requests (with a response) and events (facts).
+//!
+//! A message is a plain Rust type with a stable wire [`NAME`](Message::NAME). The
+//! name, not the Rust path, travels between peers, so two services in different
+//! crates (or languages) agree on it. Keep names dotted and namespaced, e.g.
+//! `"orders.CreateOrder"`.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Anything that can be dispatched: serialisable, shareable, with a wire name.
+pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Stable wire name, unique within a deployment.
+    const NAME: &'static str;
+}
+
+/// A message with exactly one handler and a response.
+///
+/// A command that returns nothing is a request whose `Response` is `()`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a request",
+    label = "not a request",
+    note = "implement `Message` and `Request` for `{Self}` (or derive them), naming its `Response` type"
+)]
+pub trait Request: Message {
+    /// What the handler returns.
+    type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
+}
+
+/// A fact delivered to every interested handler.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not an event",
+    label = "not an event",
+    note = "implement `Message` and `Event` for `{Self}` (or derive them)"
+)]
+pub trait Event: Message {}
+
+/// Whether a dispatch is a request or an event; visible to behaviors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A request (or command) with one handler.
+    Request,
+    /// An event with any number of handlers.
+    Event,
+}

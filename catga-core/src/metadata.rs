@@ -1,0 +1,252 @@
+//! Metadata carried by every dispatch: ids, deadline and free headers.
+//!
+//! Ids are UUID v7 (time-ordered, unique across peers with no coordination). A
+//! message id is generated lazily the first time something asks for it, so an
+//! in-process dispatch that never looks at it pays nothing; once read it is fixed
+//! for the whole dispatch.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// Free-form string headers; names are compared ASCII case-insensitively.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    entries: Vec<(String, String)>,
+}
+
+impl Headers {
+    /// No headers (allocates nothing).
+    pub const fn new() -> Self {
+        Headers {
+            entries: Vec::new(),
+        }
+    }
+
+    /// Sets `name` to `value`, replacing an earlier value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self
+            .entries
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+        {
+            Some(slot) => slot.1 = value,
+            None => self.entries.push((name, value)),
+        }
+    }
+
+    /// The value of `name`, if set.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.entries
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Every header in insertion order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Ids, deadline and headers of one dispatch.
+///
+/// Pass one to [`Mediator::send_with`](crate::Mediator::send_with) or
+/// [`Mediator::publish_with`](crate::Mediator::publish_with) to set them per call:
+///
+/// ```
+/// use std::time::Duration;
+/// use catga_core::Metadata;
+///
+/// let meta = Metadata::new()
+///     .with_message_id(catga_core::new_id())
+///     .with_timeout(Duration::from_secs(2))
+///     .with_header("tenant", "acme");
+/// assert_eq!(meta.headers().get("tenant"), Some("acme"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    message_id: OnceLock<Uuid>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    deadline: Option<Instant>,
+    headers: Headers,
+}
+
+/// A new UUID v7, the id format Catga uses everywhere.
+pub fn new_id() -> Uuid {
+    Uuid::now_v7()
+}
+
+impl Metadata {
+    /// Empty metadata: ids are generated when first needed, no deadline.
+    pub fn new() -> Self {
+        Metadata::default()
+    }
+
+    /// Uses `id` as the message id (a retry of the same logical message should
+    /// reuse its id, so idempotency can recognise it).
+    #[must_use]
+    pub fn with_message_id(self, id: Uuid) -> Self {
+        Metadata {
+            message_id: OnceLock::from(id),
+            ..self
+        }
+    }
+
+    /// Sets the correlation id (the conversation this message belongs to).
+    #[must_use]
+    pub fn with_correlation_id(mut self, id: Uuid) -> Self {
+        self.correlation_id = Some(id);
+        self
+    }
+
+    /// Sets the causation id (the message that caused this one).
+    #[must_use]
+    pub fn with_causation_id(mut self, id: Uuid) -> Self {
+        self.causation_id = Some(id);
+        self
+    }
+
+    /// Sets an absolute deadline.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+
+    /// Sets the deadline to `timeout` from now.
+    #[must_use]
+    pub fn with_timeout(self, timeout: Duration) -> Self {
+        self.with_deadline(Instant::now() + timeout)
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// The message id, generated (UUID v7) on first call and fixed afterwards.
+    pub fn message_id(&self) -> Uuid {
+        *self.message_id.get_or_init(new_id)
+    }
+
+    /// The message id if it was set or already generated.
+    pub fn message_id_if_set(&self) -> Option<Uuid> {
+        self.message_id.get().copied()
+    }
+
+    /// The correlation id; a message that starts a conversation correlates to itself.
+    pub fn correlation_id(&self) -> Uuid {
+        self.correlation_id.unwrap_or_else(|| self.message_id())
+    }
+
+    /// The id of the message that caused this one, if any.
+    pub fn causation_id(&self) -> Option<Uuid> {
+        self.causation_id
+    }
+
+    /// The deadline, if any.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Time left until the deadline (zero once passed), if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+    }
+
+    /// Headers.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// Headers, mutable.
+    pub fn headers_mut(&mut self) -> &mut Headers {
+        &mut self.headers
+    }
+
+    /// Metadata for a message caused by this one: same correlation, causation set
+    /// to this message, same deadline and headers, a fresh message id.
+    pub fn child(&self) -> Metadata {
+        Metadata {
+            message_id: OnceLock::new(),
+            correlation_id: Some(self.correlation_id()),
+            causation_id: Some(self.message_id()),
+            deadline: self.deadline,
+            headers: self.headers.clone(),
+        }
+    }
+
+    /// Merges per-call options into child metadata: values set in `overrides` win.
+    pub(crate) fn overridden_by(mut self, overrides: Metadata) -> Metadata {
+        if let Some(id) = overrides.message_id.get() {
+            self.message_id = OnceLock::from(*id);
+        }
+        if overrides.correlation_id.is_some() {
+            self.correlation_id = overrides.correlation_id;
+        }
+        if overrides.causation_id.is_some() {
+            self.causation_id = overrides.causation_id;
+        }
+        if let Some(d) = overrides.deadline {
+            self.deadline = Some(self.deadline.map_or(d, |mine| mine.min(d)));
+        }
+        for (n, v) in overrides.headers.iter() {
+            self.headers.insert(n, v);
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_id_is_lazy_but_stable() {
+        let m = Metadata::new();
+        assert!(m.message_id_if_set().is_none());
+        let id = m.message_id();
+        assert_eq!(m.message_id(), id);
+        assert_eq!(m.correlation_id(), id);
+        assert_eq!(id.get_version_num(), 7);
+    }
+
+    #[test]
+    fn child_propagates_correlation_and_sets_causation() {
+        let root = Metadata::new().with_header("tenant", "a");
+        let child = root.child();
+        assert_eq!(child.correlation_id(), root.message_id());
+        assert_eq!(child.causation_id(), Some(root.message_id()));
+        assert_ne!(child.message_id(), root.message_id());
+        assert_eq!(child.headers().get("TENANT"), Some("a"));
+    }
+
+    #[test]
+    fn overrides_keep_the_earlier_deadline() {
+        let soon = Instant::now() + Duration::from_secs(1);
+        let late = soon + Duration::from_secs(10);
+        let merged = Metadata::new()
+            .with_deadline(soon)
+            .overridden_by(Metadata::new().with_deadline(late));
+        assert_eq!(merged.deadline(), Some(soon));
+    }
+}

@@ -1,0 +1,217 @@
+//! Registered routes: a handler, its pipeline and its message facts, typed.
+//!
+//! Types are erased once, when the mediator is built; a dispatch finds its route
+//! with one map lookup and one downcast, then calls through one virtual call.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use tokio::time::Instant;
+
+use crate::behavior::{Endpoint, Envelope, MessageInfo, Next, Reply, SharedBehavior};
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{DynEventHandler, DynRequestHandler};
+use crate::message::{Event, Request};
+
+/// Hasher for maps keyed by `TypeId`: the id already is a hash, so use its bits.
+#[derive(Default)]
+pub(crate) struct TypeIdHasher(u64);
+
+impl Hasher for TypeIdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // TypeId hashes through write_u64 today; stay correct if that changes.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type TypeMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
+
+/// Turns a panic in a handler or behavior into a handler error.
+pub(crate) async fn guarded<T>(
+    name: &'static str,
+    handler: &'static str,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-string panic payload".to_owned());
+            tracing::error!(message = name, handler, panic = %what, "handler panicked");
+            Err(Error::handler(
+                "catga.panic",
+                format!("handler `{handler}` panicked: {what}; the peer keeps running, fix the handler"),
+            )
+            .with_message_name(name))
+        }
+    }
+}
+
+/// Runs `fut` within the dispatch deadline, if there is one.
+pub(crate) async fn within_deadline<T>(
+    name: &'static str,
+    ctx: &Context,
+    fut: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match ctx.deadline() {
+        None => fut.await,
+        Some(deadline) => {
+            let started = Instant::now();
+            match tokio::time::timeout_at(deadline, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::timeout(name, started.elapsed())),
+            }
+        }
+    }
+}
+
+pub(crate) fn internal(name: &'static str, what: &str) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("internal routing error for `{name}`: {what}; please report this as a Catga bug"),
+    )
+    .with_message_name(name)
+}
+
+/// A behavior with the message type it is limited to (`None` = every message).
+pub(crate) type ScopedBehavior = (Option<TypeId>, SharedBehavior);
+
+pub(crate) fn pipeline_for(behaviors: &[ScopedBehavior], ty: TypeId) -> Box<[SharedBehavior]> {
+    behaviors
+        .iter()
+        .filter(|(scope, _)| scope.is_none_or(|s| s == ty))
+        .map(|(_, b)| b.clone())
+        .collect()
+}
+
+/// The route of one request type.
+pub(crate) struct RequestRoute<R: Request> {
+    pub(crate) handler: Box<dyn DynRequestHandler<R>>,
+    pub(crate) handler_name: &'static str,
+    pub(crate) pipeline: Box<[SharedBehavior]>,
+    pub(crate) info: MessageInfo,
+    /// Send through the transport even though this peer has the handler.
+    pub(crate) remote: bool,
+}
+
+impl<R: Request> RequestRoute<R> {
+    pub(crate) async fn dispatch(&self, request: &R, ctx: &Context) -> Result<R::Response> {
+        let run = async {
+            if self.pipeline.is_empty() {
+                self.handler.call(request, ctx).await
+            } else {
+                let env = Envelope::new(request, ctx, &self.info, self.handler_name);
+                Next::new(&self.pipeline, self)
+                    .run(env)
+                    .await?
+                    .into_inner::<R::Response>(R::NAME)
+            }
+        };
+        within_deadline(R::NAME, ctx, guarded(R::NAME, self.handler_name, run)).await
+    }
+}
+
+impl<R: Request> Endpoint for RequestRoute<R> {
+    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(async move {
+            let request = env
+                .message::<R>()
+                .ok_or_else(|| internal(R::NAME, "envelope holds another message type"))?;
+            self.handler
+                .call(request, env.context())
+                .await
+                .map(Reply::new)
+        })
+    }
+}
+
+/// One handler of an event type, with its own pipeline.
+pub(crate) struct EventSlot<E: Event> {
+    pub(crate) handler: Box<dyn DynEventHandler<E>>,
+    pub(crate) handler_name: &'static str,
+    pub(crate) pipeline: Box<[SharedBehavior]>,
+}
+
+impl<E: Event> Endpoint for EventSlot<E> {
+    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(async move {
+            let event = env
+                .message::<E>()
+                .ok_or_else(|| internal(E::NAME, "envelope holds another message type"))?;
+            self.handler.call(event, env.context()).await.map(Reply::new)
+        })
+    }
+}
+
+impl<E: Event> EventSlot<E> {
+    async fn run(&self, event: &E, ctx: &Context, info: &MessageInfo) -> Result<()> {
+        let run = async {
+            if self.pipeline.is_empty() {
+                self.handler.call(event, ctx).await
+            } else {
+                let env = Envelope::new(event, ctx, info, self.handler_name);
+                Next::new(&self.pipeline, self).run(env).await.map(drop)
+            }
+        };
+        guarded(E::NAME, self.handler_name, run).await
+    }
+}
+
+/// Every local handler of one event type.
+pub(crate) struct EventRoute<E: Event> {
+    pub(crate) slots: Box<[EventSlot<E>]>,
+    pub(crate) info: MessageInfo,
+}
+
+impl<E: Event> EventRoute<E> {
+    /// Runs every handler concurrently and returns the failures, in registration
+    /// order (empty when all succeeded).
+    pub(crate) async fn dispatch(&self, event: &E, ctx: &Context) -> Vec<Error> {
+        let all = async {
+            match &*self.slots {
+                [] => Ok(Vec::new()),
+                [one] => Ok(one.run(event, ctx, &self.info).await.err().into_iter().collect()),
+                many => {
+                    let results = futures_util::future::join_all(
+                        many.iter().map(|slot| slot.run(event, ctx, &self.info)),
+                    )
+                    .await;
+                    Ok(results.into_iter().filter_map(Result::err).collect())
+                }
+            }
+        };
+        match within_deadline(E::NAME, ctx, all).await {
+            Ok(failures) => failures,
+            Err(timeout) => vec![timeout],
+        }
+    }
+}
+
+/// Downcasts a route stored as `dyn Any` back to its type.
+pub(crate) fn downcast_route<'a, T: 'static>(
+    route: &'a (dyn Any + Send + Sync),
+    name: &'static str,
+) -> Result<&'a T> {
+    route
+        .downcast_ref::<T>()
+        .ok_or_else(|| internal(name, "route stored under the wrong type"))
+}

@@ -1,0 +1,144 @@
+//! Transports carry messages between peers.
+//!
+//! The mediator hands a [`Transport`] encoded [`WireMessage`]s: requests for which
+//! this peer has no handler, and every published event. When started, a transport
+//! delivers incoming messages to an [`Inbound`] (the mediator), which decodes them
+//! by name and runs the local handlers.
+//!
+//! Semantics every transport provides (the NATS one across machines, the
+//! [`memory`] one inside a process):
+//! - a request goes to exactly one peer that handles its name; with no such peer
+//!   the caller gets [`ErrorKind::NoHandler`](crate::ErrorKind::NoHandler) at once,
+//!   with a slow one [`ErrorKind::Timeout`](crate::ErrorKind::Timeout);
+//! - an event goes to one peer of every service that handles its name, never to
+//!   the service that already handled it locally when publishing
+//!   ([`WireMessage::handled_by`]).
+
+pub mod memory;
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use uuid::Uuid;
+
+use crate::codec::Format;
+use crate::error::Result;
+use crate::metadata::{Headers, Metadata};
+
+/// A message on the wire: its name, encoded payload and metadata.
+#[derive(Debug, Clone)]
+pub struct WireMessage {
+    /// Wire name (`Message::NAME`).
+    pub name: Cow<'static, str>,
+    /// Encoded message.
+    pub payload: Bytes,
+    /// Encoding of `payload`.
+    pub format: Format,
+    /// Message id.
+    pub message_id: Uuid,
+    /// Correlation id.
+    pub correlation_id: Uuid,
+    /// Causation id.
+    pub causation_id: Option<Uuid>,
+    /// Time the sender will wait; the receiver turns it back into a deadline.
+    pub timeout: Option<Duration>,
+    /// Free headers.
+    pub headers: Headers,
+    /// For events: the service that already ran its handlers when publishing, so
+    /// its other copies skip the event.
+    pub handled_by: Option<String>,
+}
+
+impl WireMessage {
+    /// A wire message for `name` with ids and headers taken from `meta`.
+    pub fn new(
+        name: impl Into<Cow<'static, str>>,
+        payload: impl Into<Bytes>,
+        format: Format,
+        meta: &Metadata,
+    ) -> Self {
+        WireMessage {
+            name: name.into(),
+            payload: payload.into(),
+            format,
+            message_id: meta.message_id(),
+            correlation_id: meta.correlation_id(),
+            causation_id: meta.causation_id(),
+            timeout: meta.remaining(),
+            headers: meta.headers().clone(),
+            handled_by: None,
+        }
+    }
+
+    /// The metadata a receiving handler sees.
+    pub fn metadata(&self) -> Metadata {
+        let mut meta = Metadata::new()
+            .with_message_id(self.message_id)
+            .with_correlation_id(self.correlation_id);
+        if let Some(c) = self.causation_id {
+            meta = meta.with_causation_id(c);
+        }
+        if let Some(t) = self.timeout {
+            meta = meta.with_timeout(t);
+        }
+        *meta.headers_mut() = self.headers.clone();
+        meta
+    }
+}
+
+/// The successful reply to a request on the wire.
+#[derive(Debug, Clone)]
+pub struct WireReply {
+    /// Encoded response.
+    pub payload: Bytes,
+    /// Encoding of `payload`.
+    pub format: Format,
+}
+
+/// What a starting peer serves.
+#[derive(Debug, Clone)]
+pub struct PeerSpec {
+    /// Service name: copies of one service share events.
+    pub service: String,
+    /// Unique id of this peer.
+    pub peer_id: Uuid,
+    /// Request names this peer handles.
+    pub requests: Vec<&'static str>,
+    /// Event names this peer handles.
+    pub events: Vec<&'static str>,
+}
+
+/// Receives messages a transport delivers to this peer (implemented by the mediator).
+pub trait Inbound: Send + Sync + 'static {
+    /// Handles an incoming request and returns the reply or the error to send back.
+    fn request(&self, message: WireMessage) -> BoxFuture<'static, Result<WireReply>>;
+    /// Handles an incoming event.
+    fn event(&self, message: WireMessage) -> BoxFuture<'static, Result<()>>;
+}
+
+/// Moves messages between peers.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends a request to one peer that handles its name and waits up to `timeout`
+    /// for the reply. A handler error on the other side comes back as an `Err` with
+    /// its kind and code.
+    fn request(&self, message: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>>;
+
+    /// Hands an event to every other service that handles it.
+    fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>>;
+
+    /// Starts delivering this peer's messages to `inbound`.
+    fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>>;
+
+    /// Stops taking new messages, waits for those in flight, and disconnects.
+    fn shutdown(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+impl fmt::Debug for dyn Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("dyn Transport")
+    }
+}
