@@ -71,6 +71,7 @@ type EventHandlers<E> = Vec<(Box<dyn DynEventHandler<E>>, &'static str)>;
 ///     .request_fn(|_: Ping, _ctx| async { Ok(()) })
 ///     .behavior(behavior::tracing::Tracing::default())
 ///     .build()?;
+/// # drop(mediator);
 /// # Ok::<(), Error>(())
 /// ```
 #[must_use = "a builder does nothing until `.build()` is called"]
@@ -188,15 +189,18 @@ impl CatgaBuilder {
     /// Adds a behavior around every dispatch. Behaviors nest in the order added:
     /// the first added sees the message first and the result last.
     pub fn behavior<B: Behavior>(mut self, behavior: B) -> Self {
-        self.behaviors.push((None, Arc::new(behavior) as SharedBehavior));
+        self.behaviors
+            .push((None, Arc::new(behavior) as SharedBehavior));
         self
     }
 
     /// Adds a behavior around dispatches of message type `M` only, at this
     /// position in the order of all behaviors.
     pub fn behavior_for<M: Message, B: Behavior>(mut self, behavior: B) -> Self {
-        self.behaviors
-            .push((Some(TypeId::of::<M>()), Arc::new(behavior) as SharedBehavior));
+        self.behaviors.push((
+            Some(TypeId::of::<M>()),
+            Arc::new(behavior) as SharedBehavior,
+        ));
         self
     }
 
@@ -283,14 +287,17 @@ impl CatgaBuilder {
         let mut event_names: HashMap<&'static str, &'static str> = HashMap::new();
         for (_, p) in &self.events {
             if let Some(first) = event_names.insert(p.name, p.type_name) {
-                errors.push(Error::new(
-                    ErrorKind::DuplicateHandler,
-                    format!(
-                        "event types `{first}` and `{}` share the wire name `{}`; give one of \
+                errors.push(
+                    Error::new(
+                        ErrorKind::DuplicateHandler,
+                        format!(
+                            "event types `{first}` and `{}` share the wire name `{}`; give one of \
                          them another `NAME`",
-                        p.type_name, p.name
-                    ),
-                ).with_message_name(p.name));
+                            p.type_name, p.name
+                        ),
+                    )
+                    .with_message_name(p.name),
+                );
             }
         }
         if self.transport.is_none() {

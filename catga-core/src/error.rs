@@ -141,7 +141,10 @@ impl Error {
 
     /// An application error from a handler, with a machine-readable `code`
     /// (for example `"orders.out_of_stock"`) that crosses transports intact.
-    pub fn handler(code: impl Into<Cow<'static, str>>, message: impl Into<Cow<'static, str>>) -> Self {
+    pub fn handler(
+        code: impl Into<Cow<'static, str>>,
+        message: impl Into<Cow<'static, str>>,
+    ) -> Self {
         let mut e = Error::new(ErrorKind::Handler, message);
         e.inner.code = Some(code.into());
         e
@@ -233,7 +236,10 @@ impl Error {
                 let first = &failures[0];
                 let mut combined = Error::new(
                     first.kind(),
-                    format!("{n} handlers of event `{event}` failed; first: {}", first.message()),
+                    format!(
+                        "{n} handlers of event `{event}` failed; first: {}",
+                        first.message()
+                    ),
                 )
                 .with_message_name(event)
                 .with_retryable(first.is_retryable());

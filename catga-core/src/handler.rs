@@ -9,14 +9,18 @@
 //! #[derive(Serialize, Deserialize)]
 //! struct Ping;
 //! impl Message for Ping { const NAME: &'static str = "demo.Ping"; }
-//! impl Request for Ping { type Response = &'static str; }
+//! impl Request for Ping { type Response = String; }
 //!
 //! struct PingHandler;
 //! impl RequestHandler<Ping> for PingHandler {
-//!     async fn handle(&self, _: &Ping, _: &Context) -> Result<&'static str> {
-//!         Ok("pong")
+//!     async fn handle(&self, _: &Ping, _: &Context) -> Result<String> {
+//!         Ok("pong".to_owned())
 //!     }
 //! }
+//!
+//! let mediator = catga_core::Catga::builder().request_handler(PingHandler).build()?;
+//! # drop(mediator);
+//! # Ok::<(), catga_core::Error>(())
 //! ```
 //!
 //! Handlers receive the message by reference: a retry behavior can run the handler

@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 
 pub mod behavior;
 mod builder;

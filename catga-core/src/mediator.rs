@@ -18,7 +18,8 @@ use crate::metadata::Metadata;
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route};
 use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
 
-pub(crate) type InboundRequestFn = fn(Mediator, WireMessage) -> BoxFuture<'static, Result<WireReply>>;
+pub(crate) type InboundRequestFn =
+    fn(Mediator, WireMessage) -> BoxFuture<'static, Result<WireReply>>;
 pub(crate) type InboundEventFn = fn(Mediator, WireMessage) -> BoxFuture<'static, Result<()>>;
 
 /// Everything `build()` fixed; immutable afterwards.
@@ -233,7 +234,10 @@ impl Inbound for MediatorInbound {
         };
         match mediator.inner.inbound_requests.get(&*message.name) {
             Some(handle) => handle(mediator.clone(), message),
-            None => Box::pin(std::future::ready(Err(unknown_name(&message.name, "request")))),
+            None => Box::pin(std::future::ready(Err(unknown_name(
+                &message.name,
+                "request",
+            )))),
         }
     }
 
@@ -247,7 +251,10 @@ impl Inbound for MediatorInbound {
         }
         match mediator.inner.inbound_events.get(&*message.name) {
             Some(handle) => handle(mediator.clone(), message),
-            None => Box::pin(std::future::ready(Err(unknown_name(&message.name, "event")))),
+            None => Box::pin(std::future::ready(Err(unknown_name(
+                &message.name,
+                "event",
+            )))),
         }
     }
 }

@@ -59,7 +59,9 @@ pub(crate) async fn guarded<T>(
             tracing::error!(message = name, handler, panic = %what, "handler panicked");
             Err(Error::handler(
                 "catga.panic",
-                format!("handler `{handler}` panicked: {what}; the peer keeps running, fix the handler"),
+                format!(
+                    "handler `{handler}` panicked: {what}; the peer keeps running, fix the handler"
+                ),
             )
             .with_message_name(name))
         }
@@ -157,7 +159,10 @@ impl<E: Event> Endpoint for EventSlot<E> {
             let event = env
                 .message::<E>()
                 .ok_or_else(|| internal(E::NAME, "envelope holds another message type"))?;
-            self.handler.call(event, env.context()).await.map(Reply::new)
+            self.handler
+                .call(event, env.context())
+                .await
+                .map(Reply::new)
         })
     }
 }
@@ -189,7 +194,12 @@ impl<E: Event> EventRoute<E> {
         let all = async {
             match &*self.slots {
                 [] => Ok(Vec::new()),
-                [one] => Ok(one.run(event, ctx, &self.info).await.err().into_iter().collect()),
+                [one] => Ok(one
+                    .run(event, ctx, &self.info)
+                    .await
+                    .err()
+                    .into_iter()
+                    .collect()),
                 many => {
                     let results = futures_util::future::join_all(
                         many.iter().map(|slot| slot.run(event, ctx, &self.info)),

@@ -5,3 +5,4 @@
 //! among its copies, JetStream for at-least-once delivery. Until it lands, the
 //! in-memory transport in `catga_core::transport::memory` has the same semantics
 //! inside one process.
+#![forbid(unsafe_code)]

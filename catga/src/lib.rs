@@ -14,6 +14,7 @@
 //! | `redis`  | `catga-redis`  | Redis idempotency, outbox, lock, leader tasks |
 //! | `macros` | `catga-macros` | derive and attribute macros                   |
 #![doc(test(attr(deny(warnings))))]
+#![forbid(unsafe_code)]
 
 pub use catga_core::*;
 
@@ -23,3 +24,8 @@ pub use catga_macros;
 pub use catga_nats as nats;
 #[cfg(feature = "redis")]
 pub use catga_redis as redis;
+
+/// The README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -59,6 +59,10 @@ use crate::message::MessageKind;
 ///         result
 ///     }
 /// }
+///
+/// let mediator = catga_core::Catga::builder().behavior(Audit).build()?;
+/// # drop(mediator);
+/// # Ok::<(), catga_core::Error>(())
 /// ```
 pub trait Behavior: Send + Sync + 'static {
     /// Runs around the rest of the pipeline: call `next.run(env)` to go on (zero,

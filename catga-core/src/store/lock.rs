@@ -23,12 +23,19 @@ pub struct Lease {
 /// Named locks with a time-to-live.
 pub trait LockStore: Send + Sync + 'static {
     /// Takes `name` for `ttl` when free (or expired); `None` when someone holds it.
-    fn try_acquire<'a>(&'a self, name: &'a str, ttl: Duration)
-    -> BoxFuture<'a, Result<Option<Lease>>>;
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Lease>>>;
 
     /// Extends the lease to `ttl` from now if `token` still holds it.
-    fn renew<'a>(&'a self, name: &'a str, token: &'a str, ttl: Duration)
-    -> BoxFuture<'a, Result<bool>>;
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
 
     /// Frees `name` if `token` still holds it; returns whether it did.
     fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;

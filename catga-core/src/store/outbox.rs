@@ -62,8 +62,11 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn ack<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<()>>;
 
     /// Moves an entry that cannot be relayed to the dead-letter list with `reason`.
-    fn dead_letter<'a>(&'a self, entry: &'a OutboxEntry, reason: &'a str)
-    -> BoxFuture<'a, Result<()>>;
+    fn dead_letter<'a>(
+        &'a self,
+        entry: &'a OutboxEntry,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>>;
 
     /// Entries not yet acknowledged (the backlog).
     fn backlog(&self) -> BoxFuture<'_, Result<usize>>;

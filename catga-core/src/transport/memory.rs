@@ -8,7 +8,7 @@
 //! against this bus hold against NATS too.
 //!
 //! ```
-//! # async fn demo() -> catga_core::Result<()> {
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
 //! use catga_core::{Catga, transport::memory::MemoryBus};
 //! let bus = MemoryBus::new();
 //! let peer_a = Catga::builder().service("orders").transport(bus.transport()).build()?;

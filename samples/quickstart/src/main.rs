@@ -33,7 +33,11 @@ async fn main() -> Result<()> {
     let mediator = Catga::builder()
         .request_fn(|cmd: PlaceOrder, ctx: Context| async move {
             let order = u64::from(cmd.qty) * 1000 + 7;
-            ctx.publish(OrderPlaced { order, item: cmd.item }).await?;
+            ctx.publish(OrderPlaced {
+                order,
+                item: cmd.item,
+            })
+            .await?;
             Ok(order)
         })
         .event_fn(|e: OrderPlaced, _| async move {
@@ -41,12 +45,21 @@ async fn main() -> Result<()> {
             Ok(())
         })
         .event_fn(|e: OrderPlaced, ctx: Context| async move {
-            println!("mail: confirm order {} (correlation {})", e.order, ctx.correlation_id());
+            println!(
+                "mail: confirm order {} (correlation {})",
+                e.order,
+                ctx.correlation_id()
+            );
             Ok(())
         })
         .build()?;
 
-    let order = mediator.send(PlaceOrder { item: "book".into(), qty: 2 }).await?;
+    let order = mediator
+        .send(PlaceOrder {
+            item: "book".into(),
+            qty: 2,
+        })
+        .await?;
     println!("placed order {order}");
     Ok(())
 }

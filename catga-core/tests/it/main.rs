@@ -1,0 +1,8 @@
+//! Integration tests of catga-core, one binary for the whole crate.
+
+mod codec;
+mod mediator;
+mod messages;
+mod pipeline;
+mod stores;
+mod transport;

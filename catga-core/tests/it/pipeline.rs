@@ -1,0 +1,313 @@
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::behavior::concurrency::ConcurrencyLimit;
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::behavior::retry::Retry;
+use catga_core::behavior::timeout::Timeout;
+use catga_core::behavior::tracing::Tracing;
+use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+use catga_core::store::MemoryIdempotencyStore;
+use catga_core::{Catga, Error, ErrorKind, Metadata, Result};
+
+use crate::messages::*;
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+struct Mark {
+    name: &'static str,
+    log: Log,
+}
+impl Behavior for Mark {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+        self.log.lock().unwrap().push(format!("{} in", self.name));
+        let r = next.run(env).await;
+        self.log.lock().unwrap().push(format!("{} out", self.name));
+        r
+    }
+}
+
+#[tokio::test]
+async fn behaviors_nest_in_the_order_added_and_scoped_ones_apply_to_their_type_only() {
+    let log: Log = Arc::default();
+    let mark = |name| Mark {
+        name,
+        log: log.clone(),
+    };
+    let handler_log = log.clone();
+    let m = Catga::builder()
+        .behavior(mark("outer"))
+        .behavior_for::<Add, _>(mark("add-only"))
+        .behavior(mark("inner"))
+        .behavior_for::<Sleep, _>(mark("sleep-only"))
+        .request_fn(move |a: Add, _| {
+            let log = handler_log.clone();
+            async move {
+                log.lock().unwrap().push("handler".into());
+                Ok(a.a + a.b)
+            }
+        })
+        .request_fn(|_: Sleep, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    assert_eq!(m.send(Add { a: 1, b: 1 }).await.unwrap(), 2);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "outer in",
+            "add-only in",
+            "inner in",
+            "handler",
+            "inner out",
+            "add-only out",
+            "outer out"
+        ]
+    );
+    log.lock().unwrap().clear();
+    m.send(Sleep { millis: 0 }).await.unwrap();
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "outer in",
+            "inner in",
+            "sleep-only in",
+            "sleep-only out",
+            "inner out",
+            "outer out"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn behaviors_wrap_each_event_handler() {
+    let log: Log = Arc::default();
+    let m = Catga::builder()
+        .behavior(Mark {
+            name: "b",
+            log: log.clone(),
+        })
+        .event_fn(|_: Happened, _| async { Ok(()) })
+        .event_fn(|_: Happened, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    m.publish(Happened { n: 1 }).await.unwrap();
+    assert_eq!(log.lock().unwrap().len(), 4, "{:?}", log.lock().unwrap());
+}
+
+#[tokio::test]
+async fn validation_failures_never_reach_the_handler() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let m = Catga::builder()
+        .validate::<Register>()
+        .request_fn(move |_: Register, _| {
+            let c = c.clone();
+            async move { Ok(c.fetch_add(1, Ordering::SeqCst) as u32) }
+        })
+        .build()
+        .unwrap();
+    let err = m
+        .send(Register {
+            email: "nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert!(err.to_string().contains("no @"), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+    m.send(Register {
+        email: "a@b.c".into(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+fn failing_mediator(
+    attempts: u32,
+    calls: Arc<AtomicUsize>,
+    succeed_on: usize,
+) -> catga_core::Mediator {
+    Catga::builder()
+        .behavior(
+            Retry::new(attempts).backoff(Duration::from_millis(10), Duration::from_millis(200)),
+        )
+        .request_fn(move |f: Fail, _| {
+            let calls = calls.clone();
+            async move {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                if n >= succeed_on {
+                    Ok(())
+                } else {
+                    Err(Error::handler(f.code, format!("attempt {n}")).with_retryable(f.retryable))
+                }
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_retries_retryable_errors_until_success() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let m = failing_mediator(5, calls.clone(), 3);
+    m.send(Fail {
+        code: "flaky".into(),
+        retryable: true,
+    })
+    .await
+    .unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_stops_at_the_bound() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let m = failing_mediator(4, calls.clone(), usize::MAX);
+    let err = m
+        .send(Fail {
+            code: "flaky".into(),
+            retryable: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert!(err.message().contains("attempt 4"), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_does_not_retry_non_retryable_errors() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let m = failing_mediator(5, calls.clone(), usize::MAX);
+    m.send(Fail {
+        code: "fatal".into(),
+        retryable: false,
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeout_behavior_fires_and_retry_sees_timeouts_as_retryable() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let m = Catga::builder()
+        .behavior(Tracing::new())
+        .behavior(Retry::new(3))
+        .behavior(Timeout::new(Duration::from_millis(100)))
+        .request_fn(move |s: Sleep, _| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(s.millis)).await;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let err = m.send(Sleep { millis: 60_000 }).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    m.send(Sleep { millis: 5 }).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrency_limit_rejects_when_full() {
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (g, e) = (gate.clone(), entered.clone());
+    let m = Catga::builder()
+        .behavior(ConcurrencyLimit::new(1).reject_when_full())
+        .request_fn(move |_: Sleep, _| {
+            let (g, e) = (g.clone(), e.clone());
+            async move {
+                e.notify_one();
+                g.notified().await;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let first = tokio::spawn({
+        let m = m.clone();
+        async move { m.send(Sleep { millis: 0 }).await }
+    });
+    entered.notified().await;
+    let err = m.send(Sleep { millis: 0 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Overloaded);
+    assert!(err.is_retryable());
+    gate.notify_one();
+    first.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn idempotency_runs_concurrent_duplicates_once_with_identical_responses() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()))
+        .request_fn(move |a: Add, _| {
+            let c = c.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Ok(a.a + c.fetch_add(1, Ordering::SeqCst) as i64)
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            m.send_with(Add { a: 100, b: 0 }, Metadata::new().with_message_id(id))
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), 100);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A completed duplicate is served from the store; a new id runs again.
+    let again = m
+        .send_with(Add { a: 100, b: 0 }, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(again, 100);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(m.send(Add { a: 100, b: 0 }).await.unwrap(), 101);
+}
+
+#[tokio::test]
+async fn idempotency_lets_a_failed_attempt_run_again() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()))
+        .request_fn({
+            let calls = calls.clone();
+            move |f: Fail, _| {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                        Err(Error::handler(f.code, "first attempt fails"))
+                    } else {
+                        Ok(())
+                    }
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    let msg = Fail {
+        code: "x".into(),
+        retryable: true,
+    };
+    m.send_with(msg.clone(), meta.clone()).await.unwrap_err();
+    m.send_with(msg.clone(), meta.clone()).await.unwrap();
+    m.send_with(msg, meta).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -1,0 +1,168 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use catga_core::Uuid;
+use catga_core::store::{
+    Claim, IdempotencyStore, LockStore, MemoryIdempotencyStore, MemoryLockStore, MemoryOutboxStore,
+    OutboxRecord, OutboxStore,
+};
+
+#[tokio::test(start_paused = true)]
+async fn idempotency_store_moves_through_its_states() {
+    let s = MemoryIdempotencyStore::new();
+    let Claim::Acquired { token } = s.claim("k", Duration::from_secs(5)).await.unwrap() else {
+        panic!("first claim must be acquired");
+    };
+    assert_eq!(
+        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        Claim::InProgress
+    );
+    assert!(
+        !s.complete("k", "wrong-token", "x".into(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete("k", &token, "resp".into(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        Claim::Completed("resp".into())
+    );
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(matches!(
+        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
+    let s = MemoryIdempotencyStore::new();
+    let Claim::Acquired { token: old } = s.claim("k", Duration::from_secs(1)).await.unwrap() else {
+        panic!()
+    };
+    tokio::time::advance(Duration::from_secs(2)).await;
+    let Claim::Acquired { token: new } = s.claim("k", Duration::from_secs(10)).await.unwrap()
+    else {
+        panic!("an expired lease frees the key")
+    };
+    assert!(
+        !s.complete("k", &old, "stale".into(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete("k", &new, "fresh".into(), Duration::from_secs(60))
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn lock_has_one_winner_among_ten_and_fences_increase() {
+    let store = Arc::new(MemoryLockStore::new());
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .try_acquire("job", Duration::from_secs(30))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        winners.extend(t.await.unwrap());
+    }
+    assert_eq!(winners.len(), 1);
+    let first = winners.remove(0);
+    assert!(!store.release("job", "not-the-token").await.unwrap());
+    assert!(
+        store
+            .try_acquire("job", Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .renew("job", &first.token, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+    assert!(store.release("job", &first.token).await.unwrap());
+    let second = store
+        .try_acquire("job", Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(second.fence > first.fence);
+    assert!(
+        !store
+            .renew("job", &first.token, Duration::from_secs(30))
+            .await
+            .unwrap()
+    );
+}
+
+fn record(n: u8) -> OutboxRecord {
+    OutboxRecord {
+        name: "test.Happened".into(),
+        payload: vec![n].into(),
+        content_type: "application/msgpack".into(),
+        message_id: Uuid::now_v7(),
+        correlation_id: Uuid::now_v7(),
+        causation_id: None,
+        headers: Vec::new(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbox_hands_entries_out_once_and_reclaims_idle_ones() {
+    let s = MemoryOutboxStore::new();
+    s.append((0..5).map(record).collect()).await.unwrap();
+    let a = s
+        .claim("relay-a", 3, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let b = s
+        .claim("relay-b", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!((a.len(), b.len()), (3, 2));
+    let ids: HashSet<_> = a.iter().chain(&b).map(|e| e.id.clone()).collect();
+    assert_eq!(ids.len(), 5);
+    // relay-a dies; after the idle time its entries go to relay-b.
+    s.ack(&b.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        s.claim("relay-b", 10, Duration::from_secs(30))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    tokio::time::advance(Duration::from_secs(31)).await;
+    let reclaimed = s
+        .claim("relay-b", 10, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 3);
+    assert!(reclaimed.iter().all(|e| e.deliveries == 2));
+    s.dead_letter(&reclaimed[0], "poison").await.unwrap();
+    s.ack(
+        &reclaimed[1..]
+            .iter()
+            .map(|e| e.id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.backlog().await.unwrap(), 0);
+    assert_eq!(s.dead_letters().len(), 1);
+}

