@@ -31,6 +31,7 @@ use std::marker::PhantomData;
 
 use futures_util::future::BoxFuture;
 
+use crate::behavior::Reply;
 use crate::context::Context;
 use crate::error::Result;
 use crate::message::{Event, Request};
@@ -119,21 +120,35 @@ where
 /// Object-safe form of [`RequestHandler`], made once at registration.
 pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
     fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>>;
+
+    /// The same call with the response erased, for the end of a pipeline.
+    fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
 }
 
 impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
     fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>> {
         Box::pin(self.handle(request, ctx))
     }
+
+    fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(async move { self.handle(request, ctx).await.map(Reply::new) })
+    }
 }
 
 /// Object-safe form of [`EventHandler`], made once at registration.
 pub(crate) trait DynEventHandler<E: Event>: Send + Sync + 'static {
     fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>>;
+
+    /// The same call with the (unit) response erased, for the end of a pipeline.
+    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
 }
 
 impl<E: Event, H: EventHandler<E>> DynEventHandler<E> for H {
     fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.handle(event, ctx))
+    }
+
+    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {
+        Box::pin(async move { self.handle(event, ctx).await.map(Reply::new) })
     }
 }

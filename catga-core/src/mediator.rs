@@ -3,6 +3,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Request};
 use crate::metadata::Metadata;
-use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route};
+use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
 use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
 
 pub(crate) type InboundRequestFn =
@@ -64,22 +65,37 @@ impl Mediator {
     ///
     /// Errors: [`ErrorKind::NoHandler`] when no handler exists here and no peer
     /// answers; otherwise whatever the handler, a behavior or the transport returned.
-    pub async fn send<R: Request>(&self, request: R) -> Result<R::Response> {
-        self.send_with(request, Metadata::new()).await
+    pub fn send<R: Request>(
+        &self,
+        request: R,
+    ) -> impl Future<Output = Result<R::Response>> + Send + '_ {
+        self.send_with(request, Metadata::new())
     }
 
     /// Like [`Mediator::send`], with per-call metadata: message id, timeout, headers.
     pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
-        match self.inner.requests.get(&TypeId::of::<R>()) {
-            Some(route) => {
-                let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
-                if route.remote && self.inner.transport.is_some() {
-                    return self.send_remote(&request, meta).await;
-                }
-                let ctx = Context::new(self.clone(), meta, R::NAME);
-                route.dispatch(&request, &ctx).await
+        let Some(route) = self.inner.requests.get(&TypeId::of::<R>()) else {
+            // Boxed so the large remote future does not bloat the local fast path.
+            return Box::pin(self.send_remote(&request, meta)).await;
+        };
+        let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
+        if route.remote && self.inner.transport.is_some() {
+            return Box::pin(self.send_remote(&request, meta)).await;
+        }
+        let ctx = Context::new(self.clone(), meta, R::NAME);
+        match (route.pipeline.is_empty(), ctx.deadline().is_none()) {
+            // Fast path: one virtual call, one boxed future, nothing else.
+            (true, true) => {
+                guarded(
+                    R::NAME,
+                    route.handler_name,
+                    route.handler.call(&request, &ctx),
+                )
+                .await
             }
-            None => self.send_remote(&request, meta).await,
+            (false, true) => route.through_pipeline(&request, &ctx).await,
+            // Boxed so the deadline timer does not bloat the paths above.
+            (_, false) => Box::pin(route.dispatch(&request, &ctx)).await,
         }
     }
 
@@ -121,34 +137,46 @@ impl Mediator {
             None => None,
         };
         let ctx = Context::new(self.clone(), meta, E::NAME);
-        let local = async {
-            match route {
-                Some(route) => route.dispatch(&event, &ctx).await,
-                None => Vec::new(),
-            }
-        };
-        let failures = match &self.inner.transport {
-            None => local.await,
-            Some(transport) => {
-                let remote = async {
-                    let payload = self
-                        .inner
-                        .format
-                        .encode(&event)
-                        .map_err(|e| e.with_message_name(E::NAME))?;
-                    let mut wire =
-                        WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
-                    if route.is_some() {
-                        wire.handled_by = Some(self.inner.service.clone());
-                    }
-                    transport.publish(wire).await
-                };
-                let (mut failures, remote) = futures_util::future::join(local, remote).await;
-                failures.extend(remote.err());
-                failures
+        let failures = match (&self.inner.transport, route) {
+            (None, None) => Vec::new(),
+            (None, Some(route)) => route.dispatch(&event, &ctx).await,
+            // Boxed so the transport's future does not bloat the local fast path.
+            (Some(transport), route) => {
+                Box::pin(self.publish_everywhere(&**transport, route, &event, &ctx)).await
             }
         };
         Error::combine(E::NAME, failures)
+    }
+
+    /// Runs local handlers and hands the event to the transport, concurrently.
+    async fn publish_everywhere<E: Event>(
+        &self,
+        transport: &dyn Transport,
+        route: Option<&EventRoute<E>>,
+        event: &E,
+        ctx: &Context,
+    ) -> Vec<Error> {
+        let local = async {
+            match route {
+                Some(route) => route.dispatch(event, ctx).await,
+                None => Vec::new(),
+            }
+        };
+        let remote = async {
+            let payload = self
+                .inner
+                .format
+                .encode(event)
+                .map_err(|e| e.with_message_name(E::NAME))?;
+            let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
+            if route.is_some() {
+                wire.handled_by = Some(self.inner.service.clone());
+            }
+            transport.publish(wire).await
+        };
+        let (mut failures, remote) = futures_util::future::join(local, remote).await;
+        failures.extend(remote.err());
+        failures
     }
 
     /// Starts receiving messages from the transport (a no-op without one).

@@ -116,33 +116,39 @@ pub(crate) struct RequestRoute<R: Request> {
 }
 
 impl<R: Request> RequestRoute<R> {
+    /// Runs the pipeline and the handler, without the deadline.
+    pub(crate) async fn through_pipeline(&self, request: &R, ctx: &Context) -> Result<R::Response> {
+        let env = Envelope::new(request, ctx, &self.info, self.handler_name);
+        guarded(
+            R::NAME,
+            self.handler_name,
+            Next::new(&self.pipeline, self).run(env),
+        )
+        .await?
+        .into_inner::<R::Response>(R::NAME)
+    }
+
     pub(crate) async fn dispatch(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         let run = async {
             if self.pipeline.is_empty() {
-                self.handler.call(request, ctx).await
+                guarded(R::NAME, self.handler_name, self.handler.call(request, ctx)).await
             } else {
-                let env = Envelope::new(request, ctx, &self.info, self.handler_name);
-                Next::new(&self.pipeline, self)
-                    .run(env)
-                    .await?
-                    .into_inner::<R::Response>(R::NAME)
+                self.through_pipeline(request, ctx).await
             }
         };
-        within_deadline(R::NAME, ctx, guarded(R::NAME, self.handler_name, run)).await
+        within_deadline(R::NAME, ctx, run).await
     }
 }
 
 impl<R: Request> Endpoint for RequestRoute<R> {
     fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
-        Box::pin(async move {
-            let request = env
-                .message::<R>()
-                .ok_or_else(|| internal(R::NAME, "envelope holds another message type"))?;
-            self.handler
-                .call(request, env.context())
-                .await
-                .map(Reply::new)
-        })
+        match env.message::<R>() {
+            Some(request) => self.handler.call_reply(request, env.context()),
+            None => Box::pin(std::future::ready(Err(internal(
+                R::NAME,
+                "envelope holds another message type",
+            )))),
+        }
     }
 }
 
@@ -155,27 +161,23 @@ pub(crate) struct EventSlot<E: Event> {
 
 impl<E: Event> Endpoint for EventSlot<E> {
     fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
-        Box::pin(async move {
-            let event = env
-                .message::<E>()
-                .ok_or_else(|| internal(E::NAME, "envelope holds another message type"))?;
-            self.handler
-                .call(event, env.context())
-                .await
-                .map(Reply::new)
-        })
+        match env.message::<E>() {
+            Some(event) => self.handler.call_reply(event, env.context()),
+            None => Box::pin(std::future::ready(Err(internal(
+                E::NAME,
+                "envelope holds another message type",
+            )))),
+        }
     }
 }
 
 impl<E: Event> EventSlot<E> {
     async fn run(&self, event: &E, ctx: &Context, info: &MessageInfo) -> Result<()> {
-        let run = async {
-            if self.pipeline.is_empty() {
-                self.handler.call(event, ctx).await
-            } else {
-                let env = Envelope::new(event, ctx, info, self.handler_name);
-                Next::new(&self.pipeline, self).run(env).await.map(drop)
-            }
+        let run = if self.pipeline.is_empty() {
+            self.handler.call(event, ctx)
+        } else {
+            let env = Envelope::new(event, ctx, info, self.handler_name);
+            Box::pin(async move { Next::new(&self.pipeline, self).run(env).await.map(drop) })
         };
         guarded(E::NAME, self.handler_name, run).await
     }
@@ -191,27 +193,32 @@ impl<E: Event> EventRoute<E> {
     /// Runs every handler concurrently and returns the failures, in registration
     /// order (empty when all succeeded).
     pub(crate) async fn dispatch(&self, event: &E, ctx: &Context) -> Vec<Error> {
-        let all = async {
-            match &*self.slots {
-                [] => Ok(Vec::new()),
-                [one] => Ok(one
-                    .run(event, ctx, &self.info)
-                    .await
-                    .err()
-                    .into_iter()
-                    .collect()),
-                many => {
-                    let results = futures_util::future::join_all(
-                        many.iter().map(|slot| slot.run(event, ctx, &self.info)),
-                    )
-                    .await;
-                    Ok(results.into_iter().filter_map(Result::err).collect())
-                }
-            }
-        };
-        match within_deadline(E::NAME, ctx, all).await {
+        if ctx.deadline().is_none() {
+            return self.run_all(event, ctx).await;
+        }
+        let all = async { Ok(self.run_all(event, ctx).await) };
+        match Box::pin(within_deadline(E::NAME, ctx, all)).await {
             Ok(failures) => failures,
             Err(timeout) => vec![timeout],
+        }
+    }
+
+    async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {
+        match &*self.slots {
+            [] => Vec::new(),
+            [one] => one
+                .run(event, ctx, &self.info)
+                .await
+                .err()
+                .into_iter()
+                .collect(),
+            many => futures_util::future::join_all(
+                many.iter().map(|slot| slot.run(event, ctx, &self.info)),
+            )
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect(),
         }
     }
 }
