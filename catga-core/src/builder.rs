@@ -14,12 +14,15 @@ use crate::codec::Format;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{DynEventHandler, EventHandler, FnHandler, RequestHandler};
+use crate::leader::{LeaderContext, LeaderTask};
+use crate::mediator::Running;
 use crate::mediator::{
     InboundEventFn, InboundRequestFn, Inner, Mediator, inbound_event, inbound_request,
 };
 use crate::message::{Event, Message, MessageKind, Request};
 use crate::metadata::new_id;
 use crate::route::{EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, pipeline_for};
+use crate::store::{LockStore, MemoryLockStore};
 use crate::transport::Transport;
 
 /// Entry point: `Catga::builder()`.
@@ -84,6 +87,8 @@ pub struct CatgaBuilder {
     format: Format,
     service: String,
     request_timeout: Duration,
+    leader_tasks: Vec<LeaderTask>,
+    lock_store: Option<Arc<dyn LockStore>>,
 }
 
 impl Default for CatgaBuilder {
@@ -97,6 +102,8 @@ impl Default for CatgaBuilder {
             format: Format::default(),
             service: "catga".to_owned(),
             request_timeout: Duration::from_secs(30),
+            leader_tasks: Vec::new(),
+            lock_store: None,
         }
     }
 }
@@ -247,6 +254,35 @@ impl CatgaBuilder {
         self
     }
 
+    /// Runs `task` on exactly one peer at a time (see [`leader`](crate::leader));
+    /// the lease is 10 s, use [`CatgaBuilder::leader`] for another.
+    pub fn leader_task<F, Fut>(self, name: impl Into<Arc<str>>, task: F) -> Self
+    where
+        F: Fn(LeaderContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.leader(LeaderTask::new(name, task))
+    }
+
+    /// Adds a configured [`LeaderTask`].
+    pub fn leader(mut self, task: LeaderTask) -> Self {
+        self.leader_tasks.push(task);
+        self
+    }
+
+    /// The lock store leader tasks compete in. Default: an in-memory store, which
+    /// elects a leader among the tasks of this process only.
+    pub fn lock_store(mut self, store: impl LockStore) -> Self {
+        self.lock_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Like [`CatgaBuilder::lock_store`], for a store already shared.
+    pub fn shared_lock_store(mut self, store: Arc<dyn LockStore>) -> Self {
+        self.lock_store = Some(store);
+        self
+    }
+
     /// Checks the registrations and builds the mediator.
     ///
     /// Fails with [`ErrorKind::DuplicateHandler`] when two handlers claim one request
@@ -308,6 +344,18 @@ impl CatgaBuilder {
                 ).with_message_name(*name));
             }
         }
+        let mut leader_names = std::collections::HashSet::new();
+        for t in &self.leader_tasks {
+            if !leader_names.insert(t.name.clone()) {
+                errors.push(Error::new(
+                    ErrorKind::DuplicateHandler,
+                    format!(
+                        "two leader tasks are named `{}`; give each its own name",
+                        t.name
+                    ),
+                ));
+            }
+        }
         if !errors.is_empty() {
             let first = errors.remove(0);
             return Err(if errors.is_empty() {
@@ -343,6 +391,11 @@ impl CatgaBuilder {
                 peer_id: new_id(),
                 request_timeout: self.request_timeout,
                 started: AtomicBool::new(false),
+                leader_tasks: self.leader_tasks,
+                lock_store: self
+                    .lock_store
+                    .unwrap_or_else(|| Arc::new(MemoryLockStore::new())),
+                running: Running::default(),
             }),
         })
     }

@@ -19,6 +19,8 @@
 //!   across machines.
 //! - [`store`]: idempotency, outbox and lock traits with in-memory implementations;
 //!   `catga-redis` backs them for a cluster.
+//! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
+//!   fenced lock.
 //! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.
 //!
 //! ```
@@ -57,6 +59,7 @@ pub mod codec;
 mod context;
 mod error;
 mod handler;
+pub mod leader;
 mod mediator;
 mod message;
 mod metadata;

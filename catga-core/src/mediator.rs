@@ -9,14 +9,18 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use crate::codec::Format;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
+use crate::leader::{self, LeaderTask};
 use crate::message::{Event, Request};
 use crate::metadata::Metadata;
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
+use crate::store::LockStore;
 use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
 
 pub(crate) type InboundRequestFn =
@@ -35,6 +39,16 @@ pub(crate) struct Inner {
     pub(crate) peer_id: Uuid,
     pub(crate) request_timeout: Duration,
     pub(crate) started: AtomicBool,
+    pub(crate) leader_tasks: Vec<LeaderTask>,
+    pub(crate) lock_store: Arc<dyn LockStore>,
+    pub(crate) running: Running,
+}
+
+/// Background work started by [`Mediator::start`].
+#[derive(Default)]
+pub(crate) struct Running {
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
 }
 
 /// Dispatches messages: a cheap `Clone` handle, built by [`Catga::builder`](crate::Catga::builder).
@@ -179,15 +193,23 @@ impl Mediator {
         failures
     }
 
-    /// Starts receiving messages from the transport (a no-op without one).
-    /// Call once after `build()`; later calls do nothing.
+    /// Starts receiving messages from the transport (if any) and competing for
+    /// leader tasks (if any). Call once after `build()`; later calls do nothing.
     pub async fn start(&self) -> Result<()> {
-        let Some(transport) = &self.inner.transport else {
-            return Ok(());
-        };
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        for task in &self.inner.leader_tasks {
+            self.inner.running.tasks.spawn(leader::run(
+                task.clone(),
+                self.inner.lock_store.clone(),
+                self.clone(),
+                self.inner.running.shutdown.clone(),
+            ));
+        }
+        let Some(transport) = &self.inner.transport else {
+            return Ok(());
+        };
         let mut requests: Vec<_> = self.inner.inbound_requests.keys().copied().collect();
         let mut events: Vec<_> = self.inner.inbound_events.keys().copied().collect();
         requests.sort_unstable();
@@ -204,9 +226,13 @@ impl Mediator {
         transport.start(spec, inbound).await
     }
 
-    /// Stops taking messages from the transport, lets those in flight finish, and
-    /// disconnects. Local dispatch keeps working.
+    /// Stops gracefully: cancels leader tasks and releases their locks (another
+    /// peer takes over at once), stops taking messages from the transport, lets
+    /// those in flight finish, and disconnects. Local dispatch keeps working.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.running.shutdown.cancel();
+        self.inner.running.tasks.close();
+        self.inner.running.tasks.wait().await;
         match &self.inner.transport {
             Some(transport) => transport.shutdown().await,
             None => Ok(()),
