@@ -181,12 +181,14 @@ impl Error {
         .with_message_name(name)
     }
 
-    pub(crate) fn timeout(name: &str, waited: Duration) -> Self {
+    /// A timeout of message `name` after waiting `waited`.
+    pub fn timeout(name: &str, waited: Duration) -> Self {
         Error::new(
             ErrorKind::Timeout,
             format!(
-                "`{name}` got no response within {waited:?}; the handler may be slow or the \
-                 peer busy: raise the timeout or add capacity"
+                "`{name}` got no response within {}ms; the handler may be slow or the peer \
+                 busy: raise the timeout or add capacity",
+                waited.as_micros().div_ceil(1000)
             ),
         )
         .with_message_name(name.to_owned())

@@ -313,6 +313,16 @@ impl Inbound for MediatorInbound {
     }
 }
 
+fn undecodable(name: &'static str, e: &Error) -> Error {
+    Error::codec(format!(
+        "the payload of `{name}` could not be decoded: {}; the sender must encode the \
+         message in the format its content type names",
+        e.message()
+    ))
+    .with_message_name(name)
+    .with_retryable(false)
+}
+
 fn unknown_name(name: &str, kind: &str) -> Error {
     Error::new(
         ErrorKind::NoHandler,
@@ -330,7 +340,7 @@ pub(crate) fn inbound_request<R: Request>(
         let request: R = message
             .format
             .decode(&message.payload)
-            .map_err(|e| e.with_message_name(R::NAME))?;
+            .map_err(|e| undecodable(R::NAME, &e))?;
         let route = mediator
             .inner
             .requests
@@ -359,7 +369,7 @@ pub(crate) fn inbound_event<E: Event>(
         let event: E = message
             .format
             .decode(&message.payload)
-            .map_err(|e| e.with_message_name(E::NAME))?;
+            .map_err(|e| undecodable(E::NAME, &e))?;
         let Some(route) = mediator.inner.events.get(&TypeId::of::<E>()) else {
             return Ok(());
         };

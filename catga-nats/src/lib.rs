@@ -1,8 +1,45 @@
 //! # catga-nats
 //!
-//! The NATS transport for Catga (work in progress): remote requests by
-//! request/reply on queue groups, events fanned out to every service and shared
-//! among its copies, JetStream for at-least-once delivery. Until it lands, the
-//! in-memory transport in `catga_core::transport::memory` has the same semantics
-//! inside one process.
+//! The NATS transport for Catga: identical copies of a service share work with no
+//! master.
+//!
+//! - **Requests** go by request/reply to `<prefix>.req.<NAME>`; every peer that
+//!   handles NAME subscribes in queue group `<prefix>.<NAME>`, so NATS gives each
+//!   request to exactly one of them. The reply carries a status and either the
+//!   encoded response or the error (kind, code, message).
+//! - **Events** go to `<prefix>.evt.<NAME>`; each service subscribes in a queue
+//!   group named after itself, so every service gets each event once and its
+//!   copies share them. Core events are at most once.
+//! - **Reliable events** (opt-in per type, [`NatsOptions::reliable_event`]) go
+//!   through JetStream: stored, one durable consumer per (service, event),
+//!   explicit acks, redelivery with backoff, dead-letter subject after too many
+//!   failures; an event published while a service is down reaches it when it
+//!   returns.
+//! - Bounded work per subscription ([`NatsOptions::max_in_flight`]); graceful
+//!   shutdown drains: stops taking messages, finishes those in flight, closes.
+//!
+//! The wire contract, for clients in other languages, is in `docs/protocol.md`;
+//! [`protocol`] has the same names in code.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
+//! use catga_core::Catga;
+//! use catga_nats::{NatsOptions, NatsTransport};
+//!
+//! let nats = NatsTransport::connect(
+//!     NatsOptions::new(["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]).name("orders"),
+//! )
+//! .await?;
+//! let mediator = Catga::builder().service("orders").transport(nats).build()?;
+//! mediator.start().await?;
+//! # Ok(()) }
+//! ```
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
+
+mod options;
+pub mod protocol;
+mod transport;
+
+pub use options::{Auth, JetStreamOptions, NatsOptions, Tls};
+pub use transport::NatsTransport;

@@ -1,0 +1,215 @@
+//! Connection and transport options.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use catga_core::Event;
+
+/// How the client proves who it is.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum Auth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A token.
+    Token(String),
+    /// User name and password.
+    UserPassword(String, String),
+    /// An nkey seed.
+    NKey(String),
+    /// A `.creds` file (JWT + nkey seed).
+    CredentialsFile(PathBuf),
+}
+
+/// TLS settings.
+#[derive(Debug, Clone, Default)]
+pub struct Tls {
+    /// Refuse to connect without TLS.
+    pub required: bool,
+    /// PEM file with the root certificates to trust (all in one file).
+    pub root_certificates: Option<PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_certificate: Option<(PathBuf, PathBuf)>,
+}
+
+/// JetStream settings for reliable events.
+#[derive(Debug, Clone)]
+pub struct JetStreamOptions {
+    /// Stream over `<prefix>.evt.>`; default `<PREFIX>_EVENTS`.
+    pub stream: Option<String>,
+    /// How long the stream keeps events. Default 7 days.
+    pub max_age: Duration,
+    /// Publish de-duplication window (by message id). Default 2 minutes.
+    pub duplicate_window: Duration,
+    /// Deliveries of one event before it goes to the dead-letter subject. Default 5.
+    pub max_deliveries: u32,
+    /// Redelivery delay after the first failure; doubles each time up to
+    /// `max_backoff`. Default 200 ms.
+    pub backoff: Duration,
+    /// Cap of the redelivery delay. Default 10 s.
+    pub max_backoff: Duration,
+    /// How long the server waits for an ack before redelivering. Default 30 s.
+    pub ack_wait: Duration,
+}
+
+impl Default for JetStreamOptions {
+    fn default() -> Self {
+        JetStreamOptions {
+            stream: None,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            duplicate_window: Duration::from_secs(120),
+            max_deliveries: 5,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Everything [`NatsTransport::connect`](crate::NatsTransport::connect) needs.
+///
+/// ```
+/// use catga_nats::NatsOptions;
+/// let options = NatsOptions::new(["nats://127.0.0.1:4222", "nats://127.0.0.1:4223"])
+///     .name("orders-1")
+///     .token("s3cret")
+///     .max_in_flight(512);
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct NatsOptions {
+    pub(crate) urls: Vec<String>,
+    pub(crate) name: Option<String>,
+    pub(crate) auth: Auth,
+    pub(crate) tls: Tls,
+    pub(crate) prefix: String,
+    pub(crate) max_in_flight: usize,
+    pub(crate) subscription_capacity: usize,
+    pub(crate) max_reconnect_delay: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) reliable: HashSet<&'static str>,
+    pub(crate) jetstream: JetStreamOptions,
+}
+
+impl NatsOptions {
+    /// Options for a server or a cluster (one URL per node).
+    pub fn new<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        NatsOptions {
+            urls: urls.into_iter().map(Into::into).collect(),
+            name: None,
+            auth: Auth::None,
+            tls: Tls::default(),
+            prefix: "catga".to_owned(),
+            max_in_flight: 256,
+            subscription_capacity: 8192,
+            max_reconnect_delay: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(5),
+            reliable: HashSet::new(),
+            jetstream: JetStreamOptions::default(),
+        }
+    }
+
+    /// Connection name shown by the server (monitoring).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Authenticate with a token.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.auth = Auth::Token(token.into());
+        self
+    }
+
+    /// Authenticate with user name and password.
+    pub fn user_password(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.auth = Auth::UserPassword(user.into(), password.into());
+        self
+    }
+
+    /// Authenticate with an nkey seed.
+    pub fn nkey(mut self, seed: impl Into<String>) -> Self {
+        self.auth = Auth::NKey(seed.into());
+        self
+    }
+
+    /// Authenticate with a credentials file.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = Auth::CredentialsFile(path.into());
+        self
+    }
+
+    /// TLS settings.
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Subject prefix (default `catga`); peers must agree on it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Most messages one subscription handles at once (default 256). Beyond
+    /// that, messages wait in the subscription buffer.
+    pub fn max_in_flight(mut self, n: usize) -> Self {
+        self.max_in_flight = n.max(1);
+        self
+    }
+
+    /// Messages buffered per subscription before NATS drops them as a slow
+    /// consumer (default 8192). Drops are counted and logged.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.subscription_capacity = n.max(1);
+        self
+    }
+
+    /// Longest wait between reconnect attempts (default 2 s); the wait doubles
+    /// from 50 ms up to this, with jitter.
+    pub fn max_reconnect_delay(mut self, d: Duration) -> Self {
+        self.max_reconnect_delay = d;
+        self
+    }
+
+    /// Delivers events of type `E` through JetStream: stored, at least once,
+    /// redelivered with backoff, dead-lettered after too many failures.
+    pub fn reliable_event<E: Event>(mut self) -> Self {
+        self.reliable.insert(E::NAME);
+        self
+    }
+
+    /// JetStream settings for reliable events.
+    pub fn jetstream(mut self, options: JetStreamOptions) -> Self {
+        self.jetstream = options;
+        self
+    }
+
+    pub(crate) fn stream_name(&self) -> String {
+        self.jetstream.stream.clone().unwrap_or_else(|| {
+            let base: String = self
+                .prefix
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            format!("{base}_EVENTS")
+        })
+    }
+
+    pub(crate) fn dead_letter_stream_name(&self) -> String {
+        format!("{}_DLQ", self.stream_name().trim_end_matches("_EVENTS"))
+    }
+}

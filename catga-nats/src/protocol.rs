@@ -1,0 +1,351 @@
+//! The wire contract: subjects, queue groups, headers and reply status.
+//!
+//! `docs/protocol.md` describes the same contract for clients in other languages;
+//! keep the two in step.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, HeaderValue};
+use bytes::Bytes;
+use catga_core::transport::{WireMessage, WireReply};
+use catga_core::{Error, ErrorKind, Format, Headers, Result, Uuid};
+
+/// Header names Catga writes and reads.
+pub mod header {
+    /// Wire name of the message.
+    pub const NAME: &str = "Catga-Name";
+    /// Message id (UUID, hyphenated).
+    pub const MESSAGE_ID: &str = "Catga-Message-Id";
+    /// Correlation id (UUID).
+    pub const CORRELATION_ID: &str = "Catga-Correlation-Id";
+    /// Causation id (UUID), when the message was caused by another.
+    pub const CAUSATION_ID: &str = "Catga-Causation-Id";
+    /// Payload encoding: `application/msgpack` (default) or `application/json`.
+    pub const CONTENT_TYPE: &str = "Content-Type";
+    /// Milliseconds the sender of a request waits for the reply.
+    pub const TIMEOUT_MS: &str = "Catga-Timeout-Ms";
+    /// For events: the service that already handled the event when publishing.
+    pub const HANDLED_BY: &str = "Catga-Handled-By";
+    /// W3C trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Reply status: `ok` or `error`.
+    pub const STATUS: &str = "Catga-Status";
+    /// Error kind of an `error` reply (see `ErrorKind::as_str`).
+    pub const ERROR_KIND: &str = "Catga-Error-Kind";
+    /// Application error code of an `error` reply, when there is one.
+    pub const ERROR_CODE: &str = "Catga-Error-Code";
+    /// `true` or `false`: whether the error is worth retrying.
+    pub const RETRYABLE: &str = "Catga-Retryable";
+    /// Dead-letter entries: how many times the event was delivered.
+    pub const DELIVERIES: &str = "Catga-Deliveries";
+    /// Dead-letter entries: the service whose handler failed.
+    pub const FAILED_SERVICE: &str = "Catga-Failed-Service";
+    /// Dead-letter entries: the error message (one line).
+    pub const ERROR_MESSAGE: &str = "Catga-Error-Message";
+    /// JetStream de-duplication id (set to the message id).
+    pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+}
+
+/// `<prefix>.req.<NAME>`: where requests for NAME are sent.
+pub fn request_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.req.{name}")
+}
+
+/// `<prefix>.<NAME>`: the queue group of every peer that handles request NAME.
+pub fn request_group(prefix: &str, name: &str) -> String {
+    format!("{prefix}.{name}")
+}
+
+/// `<prefix>.evt.<NAME>`: where event NAME is published.
+pub fn event_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.evt.{name}")
+}
+
+/// `<prefix>.dlq.<NAME>`: where reliable events that could not be handled go.
+pub fn dead_letter_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.dlq.{name}")
+}
+
+/// Whether a wire name can be used in a subject: non-empty tokens of printable
+/// ASCII without wildcards or whitespace.
+pub(crate) fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.split('.').all(|t| !t.is_empty())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "`{name}` cannot be a NATS subject token: use dot-separated ASCII without spaces, `*` or `>`"
+            ),
+        )
+        .with_message_name(name.to_owned()))
+    }
+}
+
+fn is_reserved(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    lower.starts_with("catga-")
+        || lower.starts_with("nats-")
+        || lower == "content-type"
+        || lower == "traceparent"
+        || lower == "tracestate"
+}
+
+fn value(text: &str, header: &str) -> Result<HeaderValue> {
+    text.parse::<HeaderValue>().map_err(|_| {
+        Error::codec(format!(
+            "header `{header}` has a value NATS cannot carry (line breaks?)"
+        ))
+    })
+}
+
+/// The W3C `traceparent` of a message: the caller's own when it set one,
+/// otherwise trace id = correlation id and parent id = the first 8 bytes of the
+/// message id, so a conversation is one trace.
+pub fn traceparent(msg: &WireMessage) -> String {
+    if let Some(tp) = msg.headers.get(header::TRACEPARENT) {
+        return tp.to_owned();
+    }
+    let trace = msg.correlation_id.simple().to_string();
+    let parent = &msg.message_id.simple().to_string()[16..];
+    format!("00-{trace}-{parent}-01")
+}
+
+/// Headers for an outgoing request or event.
+pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
+    let mut h = HeaderMap::new();
+    h.insert(header::NAME, value(&msg.name, header::NAME)?);
+    h.insert(header::MESSAGE_ID, msg.message_id.to_string().as_str());
+    h.insert(
+        header::CORRELATION_ID,
+        msg.correlation_id.to_string().as_str(),
+    );
+    if let Some(c) = msg.causation_id {
+        h.insert(header::CAUSATION_ID, c.to_string().as_str());
+    }
+    h.insert(header::CONTENT_TYPE, msg.format.content_type());
+    if let Some(t) = msg.timeout {
+        h.insert(header::TIMEOUT_MS, t.as_millis().to_string().as_str());
+    }
+    if let Some(service) = &msg.handled_by {
+        h.insert(header::HANDLED_BY, value(service, header::HANDLED_BY)?);
+    }
+    h.insert(
+        header::TRACEPARENT,
+        value(&traceparent(msg), header::TRACEPARENT)?,
+    );
+    for (name, v) in msg.headers.iter() {
+        if is_reserved(name) {
+            continue;
+        }
+        let valid_name =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
+        if !valid_name {
+            return Err(Error::codec(format!(
+                "header name `{name}` cannot travel over NATS: use printable ASCII without `:`"
+            )));
+        }
+        h.insert(name, value(v, name)?);
+    }
+    Ok(h)
+}
+
+fn get<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
+    h.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+fn uuid_header(h: Option<&HeaderMap>, name: &str) -> Result<Option<Uuid>> {
+    match get(h, name) {
+        None => Ok(None),
+        Some(text) => text
+            .trim()
+            .parse::<Uuid>()
+            .map(Some)
+            .map_err(|_| Error::codec(format!("header `{name}` is `{text}`, not a UUID"))),
+    }
+}
+
+/// Reads an incoming message. `name` comes from the subject and is authoritative.
+/// Missing ids are generated; present but malformed headers are errors.
+pub(crate) fn from_nats(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> Result<WireMessage> {
+    let fail = |e: Error| e.with_message_name(name.to_owned());
+    let format = match get(h, header::CONTENT_TYPE) {
+        None => Format::MsgPack,
+        Some(ct) => Format::from_content_type(ct).ok_or_else(|| {
+            fail(Error::codec(format!(
+                "content type `{ct}` is not supported; use application/msgpack or application/json"
+            )))
+        })?,
+    };
+    let message_id = uuid_header(h, header::MESSAGE_ID)
+        .map_err(fail)?
+        .unwrap_or_else(catga_core::new_id);
+    let correlation_id = uuid_header(h, header::CORRELATION_ID)
+        .map_err(fail)?
+        .unwrap_or(message_id);
+    let causation_id = uuid_header(h, header::CAUSATION_ID).map_err(fail)?;
+    let timeout = match get(h, header::TIMEOUT_MS) {
+        None => None,
+        Some(ms) => Some(Duration::from_millis(ms.trim().parse::<u64>().map_err(
+            |_| {
+                fail(Error::codec(format!(
+                    "header `{}` is `{ms}`, not a number of milliseconds",
+                    header::TIMEOUT_MS
+                )))
+            },
+        )?)),
+    };
+    let mut headers = Headers::new();
+    if let Some(h) = h {
+        for (k, values) in h.iter() {
+            let k: &str = k.as_ref();
+            if let Some(v) = values.first() {
+                if !is_reserved(k) || k.eq_ignore_ascii_case(header::TRACEPARENT) {
+                    headers.insert(k, v.as_str());
+                }
+            }
+        }
+    }
+    let mut wire = WireMessage {
+        name: name.to_owned().into(),
+        payload,
+        format,
+        message_id,
+        correlation_id,
+        causation_id,
+        timeout,
+        headers,
+        handled_by: get(h, header::HANDLED_BY).map(str::to_owned),
+    };
+    wire.timeout = wire.timeout.filter(|t| !t.is_zero());
+    Ok(wire)
+}
+
+/// Headers and payload of a successful reply.
+pub(crate) fn reply_ok(reply: WireReply) -> (HeaderMap, Bytes) {
+    let mut h = HeaderMap::new();
+    h.insert(header::STATUS, "ok");
+    h.insert(header::CONTENT_TYPE, reply.format.content_type());
+    (h, reply.payload)
+}
+
+/// Headers and payload of an error reply: the payload is the UTF-8 message.
+pub(crate) fn reply_err(e: &Error) -> (HeaderMap, Bytes) {
+    let mut h = HeaderMap::new();
+    h.insert(header::STATUS, "error");
+    h.insert(header::ERROR_KIND, e.kind().as_str());
+    if let Some(code) = e.code() {
+        if let Ok(v) = code.parse::<HeaderValue>() {
+            h.insert(header::ERROR_CODE, v);
+        }
+    }
+    h.insert(
+        header::RETRYABLE,
+        if e.is_retryable() { "true" } else { "false" },
+    );
+    (h, Bytes::from(e.message().to_owned()))
+}
+
+/// Reads a reply: the response on `ok`, the remote error (kind, code, message)
+/// on `error`.
+pub(crate) fn parse_reply(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> Result<WireReply> {
+    match get(h, header::STATUS) {
+        Some("ok") => {
+            let format = match get(h, header::CONTENT_TYPE) {
+                None => Format::MsgPack,
+                Some(ct) => Format::from_content_type(ct).ok_or_else(|| {
+                    Error::codec(format!("reply to `{name}` has unsupported content type `{ct}`"))
+                        .with_message_name(name.to_owned())
+                })?,
+            };
+            Ok(WireReply { payload, format })
+        }
+        Some("error") => {
+            let kind = get(h, header::ERROR_KIND)
+                .and_then(ErrorKind::from_wire)
+                .unwrap_or(ErrorKind::Handler);
+            let message = String::from_utf8_lossy(&payload).into_owned();
+            let mut e = Error::new(kind, message).with_message_name(name.to_owned());
+            if let Some(code) = get(h, header::ERROR_CODE) {
+                e = e.with_code(code.to_owned());
+            }
+            if let Some(r) = get(h, header::RETRYABLE) {
+                e = e.with_retryable(r == "true");
+            }
+            Err(e)
+        }
+        other => Err(Error::transport(format!(
+            "reply to `{name}` has no valid `{}` header ({other:?}); is the responder a Catga peer?",
+            header::STATUS
+        ))
+        .with_message_name(name.to_owned())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use catga_core::Metadata;
+
+    #[test]
+    fn headers_round_trip() {
+        let meta = Metadata::new()
+            .with_causation_id(catga_core::new_id())
+            .with_header("tenant", "acme")
+            .with_timeout(Duration::from_secs(5));
+        let mut msg = WireMessage::new("orders.Create", vec![1, 2, 3], Format::Json, &meta);
+        msg.handled_by = Some("orders".into());
+        let h = to_headers(&msg).unwrap();
+        let back = from_nats("orders.Create", Some(&h), msg.payload.clone()).unwrap();
+        assert_eq!(back.message_id, msg.message_id);
+        assert_eq!(back.correlation_id, msg.correlation_id);
+        assert_eq!(back.causation_id, msg.causation_id);
+        assert_eq!(back.format, Format::Json);
+        assert_eq!(back.handled_by.as_deref(), Some("orders"));
+        assert_eq!(back.headers.get("tenant"), Some("acme"));
+        assert!(back.timeout.unwrap() <= Duration::from_secs(5));
+        let tp = back.headers.get("traceparent").unwrap();
+        assert!(
+            tp.starts_with(&format!("00-{}-", msg.correlation_id.simple())),
+            "{tp}"
+        );
+    }
+
+    #[test]
+    fn bare_messages_get_ids_and_bad_headers_are_errors() {
+        let m = from_nats("x.Y", None, Bytes::new()).unwrap();
+        assert_eq!(m.correlation_id, m.message_id);
+        let mut h = HeaderMap::new();
+        h.insert(header::MESSAGE_ID, "not-a-uuid");
+        let e = from_nats("x.Y", Some(&h), Bytes::new()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Codec);
+        assert!(e.to_string().contains("Catga-Message-Id"), "{e}");
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_TYPE, "text/xml");
+        assert!(from_nats("x.Y", Some(&h), Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn error_replies_keep_kind_code_and_retryability() {
+        let e = Error::handler("orders.out_of_stock", "no stock").with_retryable(true);
+        let (h, body) = reply_err(&e);
+        let back = parse_reply("orders.Create", Some(&h), body).unwrap_err();
+        assert_eq!(back.kind(), ErrorKind::Handler);
+        assert_eq!(back.code(), Some("orders.out_of_stock"));
+        assert!(back.is_retryable());
+        assert_eq!(back.message(), "no stock");
+    }
+
+    #[test]
+    fn names_are_checked_for_subject_safety() {
+        assert!(check_name("orders.CreateOrder").is_ok());
+        for bad in ["", "a..b", "a b", "a.*", "a.>", ".a"] {
+            assert!(check_name(bad).is_err(), "{bad:?}");
+        }
+    }
+}

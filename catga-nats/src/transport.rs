@@ -1,0 +1,697 @@
+//! [`NatsTransport`]: the `Transport` of catga-core over NATS.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::{self, AckKind, stream};
+use async_nats::{Client, ConnectOptions, RequestErrorKind, Subscriber};
+use bytes::Bytes;
+use catga_core::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
+use catga_core::{Error, ErrorKind, Result};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use tokio::sync::{OnceCell, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::options::{Auth, NatsOptions};
+use crate::protocol::{self, header};
+
+/// The NATS transport: give it to `CatgaBuilder::transport`.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
+/// use catga_core::Catga;
+/// use catga_nats::{NatsOptions, NatsTransport};
+///
+/// let nats = NatsTransport::connect(NatsOptions::new(["nats://127.0.0.1:4222"])).await?;
+/// let mediator = Catga::builder().service("orders").transport(nats).build()?;
+/// mediator.start().await?;
+/// // ...
+/// mediator.shutdown().await?; // drains: nothing in flight is lost
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct NatsTransport {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: Client,
+    js: jetstream::Context,
+    options: NatsOptions,
+    streams: OnceCell<()>,
+    running: Mutex<Option<Running>>,
+    dropped: Arc<AtomicU64>,
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    loops: TaskTracker,
+    work: TaskTracker,
+}
+
+impl std::fmt::Debug for NatsTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsTransport")
+            .field("urls", &self.shared.options.urls)
+            .field("prefix", &self.shared.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn transport_error(what: impl std::fmt::Display) -> Error {
+    Error::transport(what.to_string())
+}
+
+impl NatsTransport {
+    /// Connects to NATS. Fails with a transport error when no server answers;
+    /// once connected, the client reconnects by itself with backoff.
+    pub async fn connect(options: NatsOptions) -> Result<NatsTransport> {
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut co = match &options.auth {
+            Auth::None => ConnectOptions::new(),
+            Auth::Token(t) => ConnectOptions::new().token(t.clone()),
+            Auth::UserPassword(u, p) => {
+                ConnectOptions::new().user_and_password(u.clone(), p.clone())
+            }
+            Auth::NKey(seed) => ConnectOptions::new().nkey(seed.clone()),
+            Auth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path.clone())
+                .await
+                .map_err(|e| {
+                    Error::new(
+                        ErrorKind::Config,
+                        format!("cannot read NATS credentials file {}: {e}", path.display()),
+                    )
+                })?,
+        };
+        if options.tls.required {
+            co = co.require_tls(true);
+        }
+        if let Some(ca) = &options.tls.root_certificates {
+            co = co.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &options.tls.client_certificate {
+            co = co.add_client_certificate(cert.clone(), key.clone());
+        }
+        if let Some(name) = &options.name {
+            co = co.name(name.clone());
+        }
+        let max_delay = options.max_reconnect_delay;
+        let counter = dropped.clone();
+        co = co
+            .subscription_capacity(options.subscription_capacity)
+            .connection_timeout(options.connect_timeout)
+            .request_timeout(None)
+            .reconnect_delay_callback(move |attempts| {
+                let base = Duration::from_millis(50)
+                    .saturating_mul(2u32.saturating_pow(attempts.min(16) as u32))
+                    .min(max_delay);
+                base.mul_f64(0.5 + fastrand::f64() * 0.5)
+            })
+            .event_callback(move |event| {
+                let counter = counter.clone();
+                async move {
+                    match event {
+                        async_nats::Event::SlowConsumer(sid) => {
+                            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+                            tracing::warn!(
+                                sid,
+                                dropped_total = n,
+                                "NATS dropped a message for a slow consumer: raise \
+                                 subscription_capacity or max_in_flight, or use reliable events"
+                            );
+                        }
+                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                        other => tracing::debug!(event = %other, "NATS event"),
+                    }
+                }
+            });
+        let client = co.connect(options.urls.clone()).await.map_err(|e| {
+            transport_error(format!(
+                "cannot connect to NATS at {:?}: {e}; is nats-server running?",
+                options.urls
+            ))
+        })?;
+        let js = jetstream::new(client.clone());
+        Ok(NatsTransport {
+            shared: Arc::new(Shared {
+                client,
+                js,
+                options,
+                streams: OnceCell::new(),
+                running: Mutex::new(None),
+                dropped,
+            }),
+        })
+    }
+
+    /// The underlying client, for things Catga does not cover.
+    pub fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Messages NATS dropped because a subscription's buffer was full.
+    pub fn slow_consumer_drops(&self) -> u64 {
+        self.shared.dropped.load(Ordering::Relaxed)
+    }
+}
+
+impl Shared {
+    fn prefix(&self) -> &str {
+        &self.options.prefix
+    }
+
+    fn is_reliable(&self, name: &str) -> bool {
+        self.options.reliable.contains(name)
+    }
+
+    /// Creates the event and dead-letter streams if missing.
+    async fn ensure_streams(&self) -> Result<()> {
+        self.streams
+            .get_or_try_init(|| async {
+                let o = &self.options;
+                let js = &o.jetstream;
+                for (name, subject) in [
+                    (o.stream_name(), format!("{}.evt.>", o.prefix)),
+                    (o.dead_letter_stream_name(), format!("{}.dlq.>", o.prefix)),
+                ] {
+                    self.js
+                        .get_or_create_stream(stream::Config {
+                            name: name.clone(),
+                            subjects: vec![subject],
+                            max_age: js.max_age,
+                            duplicate_window: js.duplicate_window,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| {
+                            transport_error(format!("cannot create JetStream stream `{name}`: {e}"))
+                        })?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn request(&self, msg: WireMessage, timeout: Duration) -> Result<WireReply> {
+        let name = msg.name.clone();
+        let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
+        let subject = protocol::request_subject(self.prefix(), &name);
+        let size = msg.payload.len();
+        let request = async_nats::Request::new()
+            .payload(msg.payload)
+            .headers(headers)
+            .timeout(Some(timeout));
+        match self.client.send_request(subject.clone(), request).await {
+            Ok(reply) => protocol::parse_reply(&name, reply.headers.as_ref(), reply.payload),
+            Err(e) => Err(match e.kind() {
+                RequestErrorKind::NoResponders => Error::new(
+                    ErrorKind::NoHandler,
+                    format!(
+                        "no peer handles `{name}` (no responders on `{subject}`); start a peer \
+                         with a handler for it"
+                    ),
+                ),
+                RequestErrorKind::TimedOut => Error::timeout(&name, timeout),
+                RequestErrorKind::MaxPayloadExceeded => Error::new(
+                    ErrorKind::Transport,
+                    format!(
+                        "`{name}` is {size} bytes, over the NATS server's max_payload; send a \
+                         reference to the data instead, or raise max_payload"
+                    ),
+                )
+                .with_retryable(false),
+                _ => transport_error(format!("request `{name}` on `{subject}` failed: {e}")),
+            }
+            .with_message_name(name)),
+        }
+    }
+
+    async fn publish(&self, msg: WireMessage) -> Result<()> {
+        let name = msg.name.clone();
+        let mut headers =
+            protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
+        let subject = protocol::event_subject(self.prefix(), &name);
+        let size = msg.payload.len();
+        let result = if self.is_reliable(&name) {
+            self.ensure_streams().await?;
+            headers.insert(header::NATS_MSG_ID, msg.message_id.to_string().as_str());
+            match self
+                .js
+                .publish_with_headers(subject.clone(), headers, msg.payload)
+                .await
+            {
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        } else {
+            self.client
+                .publish_with_headers(subject.clone(), headers, msg.payload)
+                .await
+                .map_err(|e| {
+                    if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                        format!("{size} bytes is over the server's max_payload")
+                    } else {
+                        e.to_string()
+                    }
+                })
+        };
+        result.map_err(|e| {
+            transport_error(format!("could not publish `{name}` on `{subject}`: {e}"))
+                .with_message_name(name)
+        })
+    }
+}
+
+impl Transport for NatsTransport {
+    fn request(&self, message: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
+        Box::pin(self.shared.request(message, timeout))
+    }
+
+    fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.shared.publish(message))
+    }
+
+    fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(start(self.shared.clone(), peer, inbound))
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            let running = self
+                .shared
+                .running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(r) = running {
+                r.shutdown.cancel();
+                r.loops.close();
+                r.loops.wait().await;
+                r.work.close();
+                r.work.wait().await;
+            }
+            let client = &self.shared.client;
+            client
+                .flush()
+                .await
+                .map_err(|e| transport_error(format!("could not flush NATS on shutdown: {e}")))?;
+            client
+                .drain()
+                .await
+                .map_err(|e| transport_error(format!("could not drain NATS on shutdown: {e}")))
+        })
+    }
+}
+
+async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> Result<()> {
+    for name in peer.requests.iter().chain(&peer.events) {
+        protocol::check_name(name)?;
+    }
+    let running = Running {
+        shutdown: CancellationToken::new(),
+        loops: TaskTracker::new(),
+        work: TaskTracker::new(),
+    };
+    let prefix = shared.prefix().to_owned();
+    let subscribe_error = |subject: &str, e: async_nats::SubscribeError| {
+        transport_error(format!("cannot subscribe to `{subject}`: {e}"))
+    };
+    for name in &peer.requests {
+        let subject = protocol::request_subject(&prefix, name);
+        let sub = shared
+            .client
+            .queue_subscribe(subject.clone(), protocol::request_group(&prefix, name))
+            .await
+            .map_err(|e| subscribe_error(&subject, e))?;
+        let (shared2, inbound) = (shared.clone(), inbound.clone());
+        let name: &'static str = name;
+        running.loops.spawn(serve_core(
+            sub,
+            &running,
+            shared.options.max_in_flight,
+            move |msg| Box::pin(serve_request(shared2.clone(), inbound.clone(), name, msg)),
+        ));
+    }
+    for name in &peer.events {
+        let name: &'static str = name;
+        if shared.is_reliable(name) {
+            shared.ensure_streams().await?;
+            let consumer = reliable_consumer(&shared, &peer.service, name).await?;
+            running.loops.spawn(serve_reliable(
+                shared.clone(),
+                inbound.clone(),
+                name,
+                consumer,
+                running.shutdown.clone(),
+                running.work.clone(),
+            ));
+        } else {
+            let subject = protocol::event_subject(&prefix, name);
+            let sub = shared
+                .client
+                .queue_subscribe(subject.clone(), peer.service.clone())
+                .await
+                .map_err(|e| subscribe_error(&subject, e))?;
+            let inbound = inbound.clone();
+            running.loops.spawn(serve_core(
+                sub,
+                &running,
+                shared.options.max_in_flight,
+                move |msg| Box::pin(serve_event(inbound.clone(), name, msg)),
+            ));
+        }
+    }
+    shared
+        .client
+        .flush()
+        .await
+        .map_err(|e| transport_error(format!("cannot reach NATS: {e}")))?;
+    let previous = shared
+        .running
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .replace(running);
+    if let Some(previous) = previous {
+        previous.shutdown.cancel();
+    }
+    tracing::info!(service = %peer.service, requests = peer.requests.len(), events = peer.events.len(), "serving over NATS");
+    Ok(())
+}
+
+/// Reads a core subscription, running at most `max_in_flight` handlers at once;
+/// on shutdown, unsubscribes and still handles what was already delivered.
+fn serve_core(
+    mut sub: Subscriber,
+    running: &Running,
+    max_in_flight: usize,
+    handle: impl Fn(async_nats::Message) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let shutdown = running.shutdown.clone();
+    let work = running.work.clone();
+    let limit = Arc::new(Semaphore::new(max_in_flight));
+    async move {
+        loop {
+            let msg = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                msg = sub.next() => match msg {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let fut = handle(msg);
+            work.spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+        if let Err(e) = sub.drain().await {
+            tracing::warn!(error = %e, "could not drain a NATS subscription");
+        }
+        while let Some(msg) = sub.next().await {
+            let Ok(permit) = limit.clone().acquire_owned().await else {
+                return;
+            };
+            let fut = handle(msg);
+            work.spawn(async move {
+                fut.await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+fn receive_span(name: &str, msg: &async_nats::Message) -> tracing::Span {
+    let get = |h: &str| {
+        msg.headers
+            .as_ref()
+            .and_then(|m| m.get(h))
+            .map(|v| v.as_str().to_owned())
+            .unwrap_or_default()
+    };
+    tracing::info_span!(
+        "catga.receive",
+        message = name,
+        message_id = %get(header::MESSAGE_ID),
+        correlation_id = %get(header::CORRELATION_ID),
+        traceparent = %get(header::TRACEPARENT),
+    )
+}
+
+async fn serve_request(
+    shared: Arc<Shared>,
+    inbound: Arc<dyn Inbound>,
+    name: &'static str,
+    msg: async_nats::Message,
+) {
+    let span = receive_span(name, &msg);
+    async move {
+        let Some(reply_to) = msg.reply.clone() else {
+            tracing::warn!("request without a reply subject; nothing to answer");
+            return;
+        };
+        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload) {
+            Ok(wire) => inbound.request(wire).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::debug!(error = %e, "request failed");
+        }
+        let (headers, payload) = match result {
+            Ok(reply) => protocol::reply_ok(reply),
+            Err(e) => protocol::reply_err(&e),
+        };
+        let client = &shared.client;
+        if let Err(e) = client
+            .publish_with_headers(reply_to.clone(), headers, payload)
+            .await
+        {
+            tracing::warn!(error = %e, "could not send the reply; sending an error instead");
+            let (headers, payload) = protocol::reply_err(
+                &Error::transport(format!("the reply to `{name}` could not be sent: {e}"))
+                    .with_retryable(false),
+            );
+            let _ = client
+                .publish_with_headers(reply_to, headers, payload)
+                .await;
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn serve_event(inbound: Arc<dyn Inbound>, name: &'static str, msg: async_nats::Message) {
+    let span = receive_span(name, &msg);
+    async move {
+        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload) {
+            Ok(wire) => inbound.event(wire).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "event handling failed (core events are not redelivered)");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+fn durable_name(service: &str, name: &str) -> String {
+    format!("{service}__{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+async fn reliable_consumer(
+    shared: &Shared,
+    service: &str,
+    name: &str,
+) -> Result<jetstream::consumer::PullConsumer> {
+    let o = &shared.options;
+    let stream = o.stream_name();
+    let durable = durable_name(service, name);
+    let stream_handle =
+        shared.js.get_stream(&stream).await.map_err(|e| {
+            transport_error(format!("cannot open JetStream stream `{stream}`: {e}"))
+        })?;
+    stream_handle
+        .get_or_create_consumer(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: protocol::event_subject(&o.prefix, name),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: o.jetstream.ack_wait,
+                // Catga dead-letters after `max_deliveries`; the server limit is a
+                // safety net for peers that crash on every delivery.
+                max_deliver: i64::from(o.jetstream.max_deliveries) + 2,
+                max_ack_pending: o.max_in_flight as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| transport_error(format!("cannot create JetStream consumer `{durable}`: {e}")))
+}
+
+async fn serve_reliable(
+    shared: Arc<Shared>,
+    inbound: Arc<dyn Inbound>,
+    name: &'static str,
+    consumer: jetstream::consumer::PullConsumer,
+    shutdown: CancellationToken,
+    work: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(shared.options.max_in_flight));
+    while !shutdown.is_cancelled() {
+        let batch = shared.options.max_in_flight.min(256);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(event = name, error = %e, "cannot pull from JetStream; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (shared, inbound) = (shared.clone(), inbound.clone());
+                    work.spawn(async move {
+                        handle_reliable(&shared, &*inbound, name, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(event = name, error = %e, "JetStream pull interrupted; resuming");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn handle_reliable(
+    shared: &Shared,
+    inbound: &dyn Inbound,
+    name: &'static str,
+    msg: jetstream::Message,
+) {
+    let span = receive_span(name, &msg);
+    async move {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone()) {
+            Ok(wire) => inbound.event(wire).await,
+            Err(e) => Err(e),
+        };
+        let js = &shared.options.jetstream;
+        let ack = match result {
+            Ok(()) => msg.ack().await,
+            Err(e) if e.is_retryable() && delivered < js.max_deliveries => {
+                let delay = js
+                    .backoff
+                    .saturating_mul(2u32.saturating_pow(delivered - 1))
+                    .min(js.max_backoff);
+                tracing::warn!(error = %e, delivered, ?delay, "event failed; redelivering later");
+                msg.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            Err(e) => match dead_letter(shared, name, &msg, &e, delivered).await {
+                Ok(()) => {
+                    tracing::error!(error = %e, delivered, "event dead-lettered");
+                    msg.ack_with(AckKind::Term).await
+                }
+                Err(dl) => {
+                    tracing::error!(error = %dl, "could not dead-letter; redelivering");
+                    msg.ack_with(AckKind::Nak(Some(js.max_backoff))).await
+                }
+            },
+        };
+        if let Err(e) = ack {
+            tracing::warn!(error = %e, "could not acknowledge; JetStream will redeliver");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    name: &str,
+    msg: &jetstream::Message,
+    error: &Error,
+    delivered: u32,
+) -> Result<()> {
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    let one_line: String = error
+        .message()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(header::ERROR_KIND, error.kind().as_str());
+    if let Some(code) = error
+        .code()
+        .and_then(|c| c.parse::<async_nats::HeaderValue>().ok())
+    {
+        headers.insert(header::ERROR_CODE, code);
+    }
+    if let Ok(v) = one_line.parse::<async_nats::HeaderValue>() {
+        headers.insert(header::ERROR_MESSAGE, v);
+    }
+    headers.insert(header::DELIVERIES, delivered.to_string().as_str());
+    if let Some(service) = msg
+        .info()
+        .ok()
+        .map(|i| i.consumer.to_owned())
+        .and_then(|c| c.parse::<async_nats::HeaderValue>().ok())
+    {
+        headers.insert(header::FAILED_SERVICE, service);
+    }
+    // The dead-letter entry is a new message: dedup must not swallow it.
+    headers.insert(
+        header::NATS_MSG_ID,
+        format!("dlq-{}", catga_core::new_id()).as_str(),
+    );
+    let subject = protocol::dead_letter_subject(shared.prefix(), name);
+    let payload: Bytes = msg.payload.clone();
+    shared
+        .js
+        .publish_with_headers(subject.clone(), headers, payload)
+        .await
+        .map_err(|e| transport_error(format!("dead-letter publish to `{subject}`: {e}")))?
+        .await
+        .map_err(|e| transport_error(format!("dead-letter ack from `{subject}`: {e}")))?;
+    Ok(())
+}

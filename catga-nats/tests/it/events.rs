@@ -1,0 +1,199 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::{Catga, Error, Mediator};
+use catga_nats::{JetStreamOptions, NatsTransport};
+use catga_test_support::NatsServer;
+use futures_util::StreamExt;
+
+use crate::common::*;
+
+type Counts = Arc<Mutex<HashMap<(String, usize), usize>>>;
+
+async fn listener(url: &str, service: &'static str, copy: usize, counts: Counts) -> Mediator {
+    let m = Catga::builder()
+        .service(service)
+        .transport(connect(&[url.to_owned()]).await)
+        .event_fn(move |_: Happened, _| {
+            let counts = counts.clone();
+            async move {
+                *counts
+                    .lock()
+                    .unwrap()
+                    .entry((service.to_owned(), copy))
+                    .or_default() += 1;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_events_reach_each_service_once_and_copies_share_them() {
+    let server = NatsServer::start();
+    let counts: Counts = Arc::default();
+    let mut peers = Vec::new();
+    for copy in 0..2 {
+        peers.push(listener(&server.url(), "billing", copy, counts.clone()).await);
+        peers.push(listener(&server.url(), "shipping", copy, counts.clone()).await);
+    }
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    for n in 0..40 {
+        publisher.publish(Happened { n }).await.unwrap();
+    }
+    let total = |s: &str| {
+        counts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|((svc, _), _)| svc == s)
+            .map(|(_, n)| *n)
+            .sum::<usize>()
+    };
+    eventually("40 events at each service", || {
+        total("billing") >= 40 && total("shipping") >= 40
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        (total("billing"), total("shipping")),
+        (40, 40),
+        "each service exactly once"
+    );
+    let copies_used = counts.lock().unwrap().len();
+    assert_eq!(copies_used, 4, "copies of a service share its events");
+}
+
+async fn stored_listener(url: &str, seen: Arc<Mutex<Vec<u32>>>) -> Mediator {
+    let nats = NatsTransport::connect(options(&[url.to_owned()]).reliable_event::<Stored>())
+        .await
+        .unwrap();
+    let m = Catga::builder()
+        .service("ledger")
+        .transport(nats)
+        .event_fn(move |e: Stored, _| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(e.n);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_events_published_while_a_service_is_down_arrive_when_it_returns() {
+    let server = NatsServer::start();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let first = stored_listener(&server.url(), seen.clone()).await;
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(
+            NatsTransport::connect(options(&[server.url()]).reliable_event::<Stored>())
+                .await
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    for n in 0..5 {
+        publisher.publish(Stored { n }).await.unwrap();
+    }
+    eventually("first 5 events", || seen.lock().unwrap().len() == 5).await;
+    first.shutdown().await.unwrap();
+    for n in 5..15 {
+        publisher.publish(Stored { n }).await.unwrap();
+    }
+    let again = stored_listener(&server.url(), seen.clone()).await;
+    eventually("all 15 events", || seen.lock().unwrap().len() >= 15).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (0..15).collect::<Vec<_>>(),
+        "each event once, none lost"
+    );
+    again.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reliable_event_is_dead_lettered_after_max_deliveries() {
+    let server = NatsServer::start();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut dlq = raw.subscribe("catga.dlq.test.Stored").await.unwrap();
+    raw.flush().await.unwrap();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let a = attempts.clone();
+    let nats = NatsTransport::connect(
+        options(&[server.url()])
+            .reliable_event::<Stored>()
+            .jetstream(JetStreamOptions {
+                max_deliveries: 3,
+                backoff: Duration::from_millis(50),
+                ..Default::default()
+            }),
+    )
+    .await
+    .unwrap();
+    let consumer = Catga::builder()
+        .service("ledger")
+        .transport(nats)
+        .event_fn(move |_: Stored, _| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                Err(Error::handler("ledger.unavailable", "ledger is closed").with_retryable(true))
+            }
+        })
+        .build()
+        .unwrap();
+    consumer.start().await.unwrap();
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(
+            NatsTransport::connect(options(&[server.url()]).reliable_event::<Stored>())
+                .await
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    publisher.publish(Stored { n: 7 }).await.unwrap();
+    let dead = tokio::time::timeout(Duration::from_secs(30), dlq.next())
+        .await
+        .expect("a dead-letter entry")
+        .unwrap();
+    let h = dead.headers.unwrap();
+    assert_eq!(
+        h.get("Catga-Error-Code").unwrap().as_str(),
+        "ledger.unavailable"
+    );
+    assert_eq!(h.get("Catga-Deliveries").unwrap().as_str(), "3");
+    assert_eq!(h.get("Catga-Name").unwrap().as_str(), "test.Stored");
+    assert!(
+        h.get("Catga-Error-Message")
+            .unwrap()
+            .as_str()
+            .contains("ledger is closed")
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 3);
+    let decoded: Stored = catga_core::Format::MsgPack.decode(&dead.payload).unwrap();
+    assert_eq!(decoded, Stored { n: 7 });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        attempts.load(Ordering::SeqCst),
+        3,
+        "no delivery after dead-lettering"
+    );
+}

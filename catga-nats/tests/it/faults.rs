@@ -1,0 +1,175 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catga_core::{Catga, ErrorKind, Mediator};
+use catga_test_support::{NatsCluster, NatsServer};
+
+use crate::common::*;
+
+async fn adder(urls: &[String], calls: Arc<AtomicUsize>) -> Mediator {
+    let m = Catga::builder()
+        .service("calc")
+        .transport(connect(urls).await)
+        .request_fn(move |a: Add, _| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                Ok(a.a + a.b)
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_get_error_replies_and_the_peer_keeps_serving() {
+    let server = NatsServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _peer = adder(&[server.url()], calls.clone()).await;
+    let raw = async_nats::connect(server.url()).await.unwrap();
+
+    let reply = raw
+        .request("catga.req.test.Add", vec![0xc1, 0xff, 0x13].into())
+        .await
+        .unwrap();
+    let h = reply.headers.unwrap();
+    assert_eq!(h.get("Catga-Status").unwrap().as_str(), "error");
+    assert_eq!(h.get("Catga-Error-Kind").unwrap().as_str(), "codec");
+    assert!(String::from_utf8_lossy(&reply.payload).contains("test"));
+
+    let mut bad = async_nats::HeaderMap::new();
+    bad.insert("Catga-Message-Id", "nope");
+    let reply = raw
+        .request_with_headers("catga.req.test.Add", bad, vec![0x80].into())
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&reply.payload).into_owned();
+    assert!(text.contains("Catga-Message-Id"), "{text}");
+
+    let mut bad = async_nats::HeaderMap::new();
+    bad.insert("Content-Type", "text/xml");
+    let reply = raw
+        .request_with_headers("catga.req.test.Add", bad, "<a/>".into())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.headers.unwrap().get("Catga-Status").unwrap().as_str(),
+        "error"
+    );
+
+    // A hand-written valid request, as another language's client would send it.
+    let mut ok = async_nats::HeaderMap::new();
+    ok.insert("Content-Type", "application/json");
+    let reply = raw
+        .request_with_headers("catga.req.test.Add", ok, r#"{"a":40,"b":2}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.headers.unwrap().get("Catga-Status").unwrap().as_str(),
+        "ok"
+    );
+    assert_eq!(&reply.payload[..], b"42");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "bad input never reached the handler"
+    );
+
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    assert_eq!(client.send(Add { a: 1, b: 2 }).await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_reconnect_after_a_server_restart() {
+    let mut server = NatsServer::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let _peer = adder(&[server.url()], calls.clone()).await;
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    assert_eq!(client.send(Add { a: 1, b: 1 }).await.unwrap(), 2);
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match client.send(Add { a: 2, b: 2 }).await {
+            Ok(v) => {
+                assert_eq!(v, 4);
+                break;
+            }
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        ErrorKind::NoHandler | ErrorKind::Transport | ErrorKind::Timeout
+                    ),
+                    "{e}"
+                );
+                assert!(tokio::time::Instant::now() < deadline, "no recovery: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
+    let mut cluster = NatsCluster::start();
+    let urls = cluster.urls();
+    let calls = Arc::new(AtomicUsize::new(0));
+    // The peer connects to node 0 first (the others are its fallbacks).
+    let peer = Catga::builder()
+        .service("calc")
+        .transport(
+            catga_nats::NatsTransport::connect(options(&urls).name("peer-on-node-0"))
+                .await
+                .unwrap(),
+        )
+        .request_fn({
+            let calls = calls.clone();
+            move |a: Add, _| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Ok(a.a + a.b)
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[urls[1].clone(), urls[2].clone()]).await)
+        .build()
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..100 {
+        if client.send(Add { a: 1, b: 1 }).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "the cluster never routed a request");
+    cluster.kill(0);
+    let before = calls.load(Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(v) = client.send(Add { a: 5, b: 5 }).await {
+            assert_eq!(v, 10);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "peer never served again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(calls.load(Ordering::SeqCst) > before);
+}

@@ -1,0 +1,6 @@
+//! catga-nats against real nats-server processes (from catga-test-support).
+
+mod common;
+mod events;
+mod faults;
+mod requests;

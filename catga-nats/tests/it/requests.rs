@@ -1,0 +1,192 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::{Catga, Error, ErrorKind, Mediator, Metadata};
+use catga_test_support::NatsServer;
+
+use crate::common::*;
+
+type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;
+
+async fn adder(url: &str, index: usize, seen: Seen) -> Mediator {
+    let m = Catga::builder()
+        .service("calc")
+        .transport(connect(&[url.to_owned()]).await)
+        .request_fn(move |a: Add, _| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().entry(a.a).or_default().push(index);
+                Ok(a.a + a.b)
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_peers_share_300_requests_each_handled_exactly_once() {
+    let server = NatsServer::start();
+    let seen: Seen = Arc::default();
+    let mut peers = Vec::new();
+    for i in 0..3 {
+        peers.push(adder(&server.url(), i, seen.clone()).await);
+    }
+    let client = Catga::builder()
+        .service("gateway")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..300 {
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            client.send(Add { a: i, b: 1 }).await
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        assert_eq!(t.await.unwrap().unwrap(), i as i64 + 1);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 300);
+    let mut share = [0usize; 3];
+    for handlers in seen.values() {
+        assert_eq!(handlers.len(), 1, "a request was handled more than once");
+        share[handlers[0]] += 1;
+    }
+    assert!(
+        share.iter().all(|&n| n > 0),
+        "every peer got a share: {share:?}"
+    );
+}
+
+#[tokio::test]
+async fn handler_error_kind_and_code_cross_the_wire() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|f: Fail, _| async move {
+            Err::<(), _>(Error::handler(f.code, "refused: out of stock"))
+        })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let err = client
+        .send(Fail {
+            code: "orders.out_of_stock".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Handler);
+    assert_eq!(err.code(), Some("orders.out_of_stock"));
+    assert_eq!(err.message(), "refused: out of stock");
+    assert_eq!(err.message_name(), Some("test.Fail"));
+}
+
+#[tokio::test]
+async fn no_responders_and_timeouts_are_told_apart() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|s: Sleep, _| async move {
+            tokio::time::sleep(Duration::from_millis(s.millis)).await;
+            Ok(s.millis)
+        })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let none = client.send(Add { a: 1, b: 1 }).await.unwrap_err();
+    assert_eq!(none.kind(), ErrorKind::NoHandler, "{none}");
+    assert!(none.to_string().contains("test.Add"), "{none}");
+    let slow = client
+        .send_with(
+            Sleep { millis: 30_000 },
+            Metadata::new().with_timeout(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(slow.kind(), ErrorKind::Timeout, "{slow}");
+    assert!(slow.to_string().contains("test.Sleep"), "{slow}");
+    assert!(slow.to_string().contains("300ms"), "{slow}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_requests_in_flight() {
+    let server = NatsServer::start();
+    let entered = Arc::new(AtomicUsize::new(0));
+    let e = entered.clone();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(move |s: Sleep, _| {
+            let e = e.clone();
+            async move {
+                e.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(s.millis)).await;
+                Ok(s.millis)
+            }
+        })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let mut calls = Vec::new();
+    for _ in 0..10 {
+        let client = client.clone();
+        calls.push(tokio::spawn(async move {
+            client.send(Sleep { millis: 500 }).await
+        }));
+    }
+    eventually("10 requests in flight", || {
+        entered.load(Ordering::SeqCst) == 10
+    })
+    .await;
+    peer.shutdown().await.unwrap();
+    for c in calls {
+        assert_eq!(
+            c.await.unwrap().unwrap(),
+            500,
+            "a request in flight was lost"
+        );
+    }
+    let after = client.send(Sleep { millis: 1 }).await.unwrap_err();
+    assert_eq!(after.kind(), ErrorKind::NoHandler, "{after}");
+}
+
+#[tokio::test]
+async fn oversize_messages_get_a_clear_error() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|b: Blob, _| async move { Ok(b.data.len()) })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let err = client
+        .send(Blob {
+            data: "x".repeat(2 * 1024 * 1024),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("max_payload"), "{err}");
+    assert_eq!(client.send(Blob { data: "ok".into() }).await.unwrap(), 2);
+}
