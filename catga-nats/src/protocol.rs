@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use async_nats::{HeaderMap, HeaderValue};
+use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
 use catga_core::transport::{WireMessage, WireReply};
 use catga_core::{Error, ErrorKind, Format, Headers, Result, Uuid};
@@ -105,52 +105,73 @@ fn value(text: &str, header: &str) -> Result<HeaderValue> {
 }
 
 /// The W3C `traceparent` of a message: the caller's own when it set one,
-/// otherwise trace id = correlation id and parent id = the first 8 bytes of the
+/// otherwise trace id = correlation id and parent id = the last 8 bytes of the
 /// message id, so a conversation is one trace.
 pub fn traceparent(msg: &WireMessage) -> String {
     if let Some(tp) = msg.headers.get(header::TRACEPARENT) {
         return tp.to_owned();
     }
-    let trace = msg.correlation_id.simple().to_string();
-    let parent = &msg.message_id.simple().to_string()[16..];
-    format!("00-{trace}-{parent}-01")
+    let mut trace = [0u8; 32];
+    let mut parent = [0u8; 32];
+    let trace = msg.correlation_id.simple().encode_lower(&mut trace);
+    let parent = msg.message_id.simple().encode_lower(&mut parent);
+    let mut out = String::with_capacity(55);
+    out.push_str("00-");
+    out.push_str(trace);
+    out.push('-');
+    out.push_str(&parent[16..]);
+    out.push_str("-01");
+    out
 }
 
-/// Headers for an outgoing request or event.
+fn uuid_value(id: Uuid) -> HeaderValue {
+    let mut buf = [0u8; 36];
+    HeaderValue::from(&*id.hyphenated().encode_lower(&mut buf))
+}
+
+const MESSAGE_ID: HeaderName = HeaderName::from_static(header::MESSAGE_ID);
+const CORRELATION_ID: HeaderName = HeaderName::from_static(header::CORRELATION_ID);
+const CAUSATION_ID: HeaderName = HeaderName::from_static(header::CAUSATION_ID);
+const TIMEOUT_MS: HeaderName = HeaderName::from_static(header::TIMEOUT_MS);
+const HANDLED_BY: HeaderName = HeaderName::from_static(header::HANDLED_BY);
+const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
+const STATUS: HeaderName = HeaderName::from_static(header::STATUS);
+
+/// Headers for an outgoing request or event. Only what differs from the
+/// documented defaults is written: the correlation id when it is not the message
+/// id, the content type when it is not MessagePack.
 pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
-    h.insert(header::NAME, value(&msg.name, header::NAME)?);
-    h.insert(header::MESSAGE_ID, msg.message_id.to_string().as_str());
-    h.insert(
-        header::CORRELATION_ID,
-        msg.correlation_id.to_string().as_str(),
-    );
-    if let Some(c) = msg.causation_id {
-        h.insert(header::CAUSATION_ID, c.to_string().as_str());
+    h.insert(MESSAGE_ID, uuid_value(msg.message_id));
+    if msg.correlation_id != msg.message_id {
+        h.insert(CORRELATION_ID, uuid_value(msg.correlation_id));
     }
-    h.insert(header::CONTENT_TYPE, msg.format.content_type());
+    if let Some(c) = msg.causation_id {
+        h.insert(CAUSATION_ID, uuid_value(c));
+    }
+    if msg.format != Format::MsgPack {
+        h.insert(header::CONTENT_TYPE, msg.format.content_type());
+    }
     if let Some(t) = msg.timeout {
-        h.insert(header::TIMEOUT_MS, t.as_millis().to_string().as_str());
+        h.insert(
+            TIMEOUT_MS,
+            HeaderValue::from(t.as_millis().max(1).to_string()),
+        );
     }
     if let Some(service) = &msg.handled_by {
-        h.insert(header::HANDLED_BY, value(service, header::HANDLED_BY)?);
+        h.insert(HANDLED_BY, value(service, header::HANDLED_BY)?);
     }
-    h.insert(
-        header::TRACEPARENT,
-        value(&traceparent(msg), header::TRACEPARENT)?,
-    );
+    h.insert(TRACEPARENT, value(&traceparent(msg), header::TRACEPARENT)?);
     for (name, v) in msg.headers.iter() {
         if is_reserved(name) {
             continue;
         }
-        let valid_name =
-            !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':');
-        if !valid_name {
-            return Err(Error::codec(format!(
+        let header_name = name.parse::<HeaderName>().map_err(|_| {
+            Error::codec(format!(
                 "header name `{name}` cannot travel over NATS: use printable ASCII without `:`"
-            )));
-        }
-        h.insert(name, value(v, name)?);
+            ))
+        })?;
+        h.insert(header_name, value(v, name)?);
     }
     Ok(h)
 }
@@ -229,8 +250,10 @@ pub(crate) fn from_nats(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> Re
 /// Headers and payload of a successful reply.
 pub(crate) fn reply_ok(reply: WireReply) -> (HeaderMap, Bytes) {
     let mut h = HeaderMap::new();
-    h.insert(header::STATUS, "ok");
-    h.insert(header::CONTENT_TYPE, reply.format.content_type());
+    h.insert(STATUS, "ok");
+    if reply.format != Format::MsgPack {
+        h.insert(header::CONTENT_TYPE, reply.format.content_type());
+    }
     (h, reply.payload)
 }
 
@@ -347,5 +370,41 @@ mod tests {
         for bad in ["", "a..b", "a b", "a.*", "a.>", ".a"] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod doc_example {
+    use catga_core::Format;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct CreateOrder {
+        item: String,
+        qty: u32,
+    }
+
+    /// The bytes shown in docs/protocol.md are what Catga writes and reads.
+    #[test]
+    fn protocol_doc_example_bytes() {
+        let cmd = CreateOrder {
+            item: "book".into(),
+            qty: 2,
+        };
+        let bytes = Format::MsgPack.encode(&cmd).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                0x82, 0xa4, b'i', b't', b'e', b'm', 0xa4, b'b', b'o', b'o', b'k', 0xa3, b'q', b't',
+                b'y', 0x02
+            ]
+        );
+        assert_eq!(
+            Format::MsgPack.encode(&2000u64).unwrap(),
+            [0xcd, 0x07, 0xd0]
+        );
+        assert_eq!(Format::MsgPack.encode(&()).unwrap(), [0xc0]);
+        let json: CreateOrder = Format::Json.decode(br#"{"item":"book","qty":2}"#).unwrap();
+        assert_eq!(json, cmd);
     }
 }

@@ -12,6 +12,7 @@ use catga_core::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply
 use catga_core::{Error, ErrorKind, Result};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -385,8 +386,9 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
     Ok(())
 }
 
-/// Reads a core subscription, running at most `max_in_flight` handlers at once;
-/// on shutdown, unsubscribes and still handles what was already delivered.
+/// Reads a core subscription, running at most `max_in_flight` handlers at once
+/// on this task (no spawn per message); on shutdown, drains the subscription and
+/// still handles what was already delivered.
 fn serve_core(
     mut sub: Subscriber,
     running: &Running,
@@ -394,40 +396,26 @@ fn serve_core(
     handle: impl Fn(async_nats::Message) -> BoxFuture<'static, ()> + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
     let shutdown = running.shutdown.clone();
-    let work = running.work.clone();
-    let limit = Arc::new(Semaphore::new(max_in_flight));
     async move {
+        let mut in_flight = FuturesUnordered::new();
+        let mut open = true;
         loop {
-            let msg = tokio::select! {
+            tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                msg = sub.next() => match msg {
-                    Some(m) => m,
-                    None => return,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                () = shutdown.cancelled(), if open => {
+                    open = false;
+                    if let Err(e) = sub.drain().await {
+                        tracing::warn!(error = %e, "could not drain a NATS subscription");
+                    }
+                }
+                msg = sub.next(), if in_flight.len() < max_in_flight => match msg {
+                    Some(m) => in_flight.push(handle(m)),
+                    None => break,
                 },
-            };
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
-            let fut = handle(msg);
-            work.spawn(async move {
-                fut.await;
-                drop(permit);
-            });
+            }
         }
-        if let Err(e) = sub.drain().await {
-            tracing::warn!(error = %e, "could not drain a NATS subscription");
-        }
-        while let Some(msg) = sub.next().await {
-            let Ok(permit) = limit.clone().acquire_owned().await else {
-                return;
-            };
-            let fut = handle(msg);
-            work.spawn(async move {
-                fut.await;
-                drop(permit);
-            });
-        }
+        while in_flight.next().await.is_some() {}
     }
 }
 
@@ -655,6 +643,7 @@ async fn dead_letter(
     delivered: u32,
 ) -> Result<()> {
     let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert(header::NAME, name);
     let one_line: String = error
         .message()
         .chars()

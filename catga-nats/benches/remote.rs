@@ -1,0 +1,292 @@
+//! Remote dispatch over NATS: Catga against the bare async-nats client, same run.
+//!
+//! Run with `cargo bench -p catga-nats --bench remote` (starts its own
+//! nats-server on loopback; prints one JSON line per comparison).
+//!
+//! - `send`: request/reply with a 64-byte payload, `IN_FLIGHT` requests in flight
+//!   from one connection to one responder connection. The bare side decodes the
+//!   request and encodes the response with rmp-serde too, as a hand-written
+//!   service would, so the difference is Catga's own cost.
+//! - `publish`: fire-and-forget event publishes from one task, then a flush.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::Client;
+use catga_core::{Catga, Event, Mediator, Message, Request};
+use catga_nats::{NatsOptions, NatsTransport};
+use catga_test_support::NatsServer;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+const IN_FLIGHT: usize = 32;
+const WARM_UP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+
+/// `CATGA_BENCH_CASE=send|publish` runs one case only (for profiling).
+fn wants(case: &str) -> bool {
+    std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Echo {
+    body: String,
+}
+impl Message for Echo {
+    const NAME: &'static str = "bench.Echo";
+}
+impl Request for Echo {
+    type Response = usize;
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Tick {
+    body: String,
+}
+impl Message for Tick {
+    const NAME: &'static str = "bench.Tick";
+}
+impl Event for Tick {}
+
+fn body() -> String {
+    "x".repeat(56) // 64 bytes of MessagePack with the map header and field name
+}
+
+struct Stats {
+    per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Runs `IN_FLIGHT` loops of `call` for the warm-up plus the measured time.
+async fn drive<F, Fut>(call: F) -> Stats
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let call = call.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            loop {
+                let t = Instant::now();
+                if t - start > WARM_UP + MEASURE {
+                    break;
+                }
+                call().await;
+                if t - start > WARM_UP {
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    Stats {
+        per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}
+
+/// A hand-written responder; with `headers`, it answers with a status header
+/// as Catga's protocol does.
+async fn bare_responder(client: Client, subject: &'static str, headers: bool) {
+    let mut sub = client
+        .queue_subscribe(subject, "bare".into())
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let echo: Echo = rmp_serde::from_slice(&msg.payload).unwrap();
+            let reply = rmp_serde::to_vec_named(&echo.body.len()).unwrap();
+            if let Some(to) = msg.reply {
+                if headers {
+                    let mut h = async_nats::HeaderMap::new();
+                    h.insert("Catga-Status", "ok");
+                    client
+                        .publish_with_headers(to, h, reply.into())
+                        .await
+                        .unwrap();
+                } else {
+                    client.publish(to, reply.into()).await.unwrap();
+                }
+            }
+        }
+    });
+}
+
+/// The headers Catga sends with a request: message id, timeout, traceparent.
+fn catga_like_headers() -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(
+        "Catga-Message-Id",
+        catga_core::new_id().to_string().as_str(),
+    );
+    h.insert("Catga-Timeout-Ms", "30000");
+    h.insert(
+        "traceparent",
+        "00-0193b0d25a1e7cc49b1e3f6a2c0d4e11-9b1e3f6a2c0d4e11-01",
+    );
+    h
+}
+
+async fn catga_peer(url: &str) -> Mediator {
+    let nats = NatsTransport::connect(NatsOptions::new([url]))
+        .await
+        .unwrap();
+    let m = Catga::builder()
+        .service("bench")
+        .transport(nats)
+        .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+fn report(case: &str, catga: &Stats, bare: &Stats, unit: &str) {
+    println!(
+        "{{\"case\":\"{case}\",\"in_flight\":{IN_FLIGHT},\"catga_{unit}\":{:.0},\"bare_{unit}\":{:.0},\"ratio\":{:.3},\"catga_p50_us\":{:.1},\"bare_p50_us\":{:.1},\"p50_delta_us\":{:.1},\"catga_p99_us\":{:.1},\"bare_p99_us\":{:.1}}}",
+        catga.per_sec,
+        bare.per_sec,
+        catga.per_sec / bare.per_sec,
+        catga.p50_us,
+        bare.p50_us,
+        catga.p50_us - bare.p50_us,
+        catga.p99_us,
+        bare.p99_us,
+    );
+}
+
+async fn publish_rate<F, Fut>(publish: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < MEASURE {
+        for _ in 0..100 {
+            publish().await;
+        }
+        n += 100;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = NatsServer::start();
+        let url = server.url();
+
+        // Request/reply.
+        let client = Catga::builder()
+            .service("bench-client")
+            .transport(NatsTransport::connect(NatsOptions::new([url.as_str()])).await.unwrap())
+            .build()
+            .unwrap();
+        let bare_client = async_nats::connect(&url).await.unwrap();
+        if wants("send") {
+        bare_responder(async_nats::connect(&url).await.unwrap(), "bare.req.Echo", false).await;
+        bare_responder(async_nats::connect(&url).await.unwrap(), "bareh.req.Echo", true).await;
+        let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() }).unwrap().into();
+        assert_eq!(payload.len(), 64);
+        let bare = {
+            let (c, p) = (bare_client.clone(), payload.clone());
+            drive(move || {
+                let (c, p) = (c.clone(), p.clone());
+                async move {
+                    let r = c.request("bare.req.Echo", p).await.unwrap();
+                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
+                    assert_eq!(n, 56);
+                }
+            })
+            .await
+        };
+        let bare_headers = {
+            let (c, p) = (bare_client.clone(), payload.clone());
+            drive(move || {
+                let (c, p) = (c.clone(), p.clone());
+                async move {
+                    let r = c
+                        .request_with_headers("bareh.req.Echo", catga_like_headers(), p)
+                        .await
+                        .unwrap();
+                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
+                    assert_eq!(n, 56);
+                }
+            })
+            .await
+        };
+        let _peer = catga_peer(&url).await;
+        let catga = {
+            let c = client.clone();
+            drive(move || {
+                let c = c.clone();
+                async move {
+                    let n = c.send(Echo { body: body() }).await.unwrap();
+                    assert_eq!(n, 56);
+                }
+            })
+            .await
+        };
+        report("send", &catga, &bare, "requests_per_sec");
+        report("send_vs_bare_with_same_headers", &catga, &bare_headers, "requests_per_sec");
+        }
+        if !wants("publish") {
+            return;
+        }
+
+        // Publish (no subscribers: measures the publishing side).
+        let tick = rmp_serde::to_vec_named(&Tick { body: body() }).unwrap();
+        let bare_rate = {
+            let c = bare_client.clone();
+            let p: bytes::Bytes = tick.into();
+            let rate = publish_rate(|| {
+                let (c, p) = (c.clone(), p.clone());
+                async move { c.publish("bare.evt.Tick", p).await.unwrap() }
+            })
+            .await;
+            bare_client.flush().await.unwrap();
+            rate
+        };
+        let bare_headers_rate = {
+            let c = bare_client.clone();
+            let p: bytes::Bytes = rmp_serde::to_vec_named(&Tick { body: body() }).unwrap().into();
+            let rate = publish_rate(|| {
+                let (c, p) = (c.clone(), p.clone());
+                async move {
+                    c.publish_with_headers("bare.evt.Tick", catga_like_headers(), p)
+                        .await
+                        .unwrap()
+                }
+            })
+            .await;
+            bare_client.flush().await.unwrap();
+            rate
+        };
+        let catga_rate = publish_rate(|| {
+            let c = client.clone();
+            async move { c.publish(Tick { body: body() }).await.unwrap() }
+        })
+        .await;
+        println!(
+            "{{\"case\":\"publish\",\"catga_per_sec\":{catga_rate:.0},\"bare_per_sec\":{bare_rate:.0},\"ratio\":{:.3},\"bare_with_same_headers_per_sec\":{bare_headers_rate:.0},\"ratio_vs_same_headers\":{:.3}}}",
+            catga_rate / bare_rate,
+            catga_rate / bare_headers_rate
+        );
+    });
+}
