@@ -89,6 +89,7 @@ pub struct CatgaBuilder {
     request_timeout: Duration,
     leader_tasks: Vec<LeaderTask>,
     lock_store: Option<Arc<dyn LockStore>>,
+    resources: TypeMap<Arc<dyn Any + Send + Sync>>,
 }
 
 impl Default for CatgaBuilder {
@@ -104,6 +105,7 @@ impl Default for CatgaBuilder {
             request_timeout: Duration::from_secs(30),
             leader_tasks: Vec::new(),
             lock_store: None,
+            resources: TypeMap::default(),
         }
     }
 }
@@ -123,8 +125,16 @@ impl fmt::Debug for CatgaBuilder {
 impl CatgaBuilder {
     /// Registers the handler of request `R`. A second handler for the same request
     /// type (or wire name) makes [`build`](CatgaBuilder::build) fail, naming both.
-    pub fn request_handler<R: Request, H: RequestHandler<R>>(mut self, handler: H) -> Self {
-        let handler_name = std::any::type_name::<H>();
+    pub fn request_handler<R: Request, H: RequestHandler<R>>(self, handler: H) -> Self {
+        self.request_handler_named(handler, std::any::type_name::<H>())
+    }
+
+    /// Registers the handler of `R` under a name used in error messages.
+    pub(crate) fn request_handler_named<R: Request, H: RequestHandler<R>>(
+        mut self,
+        handler: H,
+        handler_name: &'static str,
+    ) -> Self {
         let make: MakeRoute = Box::new(move |behaviors, remote| {
             Box::new(RequestRoute::<R> {
                 handler: Box::new(handler),
@@ -157,10 +167,19 @@ impl CatgaBuilder {
     }
 
     /// Adds a handler of event `E`; an event may have any number of handlers.
-    pub fn event_handler<E: Event, H: EventHandler<E>>(mut self, handler: H) -> Self {
+    pub fn event_handler<E: Event, H: EventHandler<E>>(self, handler: H) -> Self {
+        self.event_handler_named(handler, std::any::type_name::<H>())
+    }
+
+    /// Adds a handler of `E` under a name used in error messages.
+    pub(crate) fn event_handler_named<E: Event, H: EventHandler<E>>(
+        mut self,
+        handler: H,
+        handler_name: &'static str,
+    ) -> Self {
         let entry = (
             Box::new(handler) as Box<dyn DynEventHandler<E>>,
-            std::any::type_name::<H>(),
+            handler_name,
         );
         let id = TypeId::of::<E>();
         match self.events.iter_mut().find(|(t, _)| *t == id) {
@@ -191,6 +210,28 @@ impl CatgaBuilder {
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.event_handler::<E, _>(FnHandler::<F, E>::new(f))
+    }
+
+    /// Registers every handler marked `#[handler]` (from `catga-macros`) in the
+    /// crates linked into this program. Explicit registrations mix freely with
+    /// it; a request handled twice is a build error naming both handlers.
+    ///
+    /// Handlers in a crate that nothing else in the program references are not
+    /// linked, so they are not found: call a function of that crate (or use one
+    /// of its types) from the program; `use orders_handlers as _;` alone is not
+    /// guaranteed to keep it. See `docs/architecture.md`.
+    pub fn auto_register(mut self) -> Self {
+        for registration in crate::__private::registrations() {
+            self = (registration.register)(self);
+        }
+        self
+    }
+
+    /// Shares `value` with every handler: read it with
+    /// [`Context::resource`](crate::Context::resource). One value per type.
+    pub fn resource<T: Send + Sync + 'static>(mut self, value: T) -> Self {
+        self.resources.insert(TypeId::of::<T>(), Arc::new(value));
+        self
     }
 
     /// Adds a behavior around every dispatch. Behaviors nest in the order added:
@@ -396,6 +437,7 @@ impl CatgaBuilder {
                     .lock_store
                     .unwrap_or_else(|| Arc::new(MemoryLockStore::new())),
                 running: Running::default(),
+                resources: self.resources,
             }),
         })
     }

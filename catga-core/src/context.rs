@@ -71,6 +71,12 @@ impl Context {
         &self.meta
     }
 
+    /// A value shared through the builder's `.resource(..)` (a database pool, a
+    /// configuration): the way handlers get state.
+    pub fn resource<T: Send + Sync + 'static>(&self) -> Result<&T> {
+        self.mediator.resource::<T>()
+    }
+
     /// The mediator that dispatched this message.
     pub fn mediator(&self) -> &Mediator {
         &self.mediator

@@ -53,6 +53,9 @@
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
 pub mod behavior;
 mod builder;
 pub mod codec;

@@ -42,6 +42,7 @@ pub(crate) struct Inner {
     pub(crate) leader_tasks: Vec<LeaderTask>,
     pub(crate) lock_store: Arc<dyn LockStore>,
     pub(crate) running: Running,
+    pub(crate) resources: TypeMap<Arc<dyn Any + Send + Sync>>,
 }
 
 /// Background work started by [`Mediator::start`].
@@ -237,6 +238,24 @@ impl Mediator {
             Some(transport) => transport.shutdown().await,
             None => Ok(()),
         }
+    }
+
+    /// The resource of type `T` given to the builder with
+    /// [`CatgaBuilder::resource`](crate::CatgaBuilder::resource).
+    pub fn resource<T: Send + Sync + 'static>(&self) -> Result<&T> {
+        self.inner
+            .resources
+            .get(&TypeId::of::<T>())
+            .and_then(|r| r.downcast_ref::<T>())
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "no resource of type `{}`: add it with `.resource(..)` on the builder",
+                        std::any::type_name::<T>()
+                    ),
+                )
+            })
     }
 
     /// Name of the service this peer belongs to.

@@ -1,6 +1,65 @@
 //! # catga-macros
 //!
-//! Derive and attribute macros for Catga messages and handlers (work in
-//! progress): `#[derive(Request)]`, `#[derive(Event)]` and `#[handler]` with
-//! automatic registration through `inventory`.
+//! Declare a message and its handler in a few lines; never write a registration
+//! list by hand. Use these through the `catga` crate (feature `macros`, on by
+//! default), which re-exports them; generated code names only `catga::__private`,
+//! so you add no other dependency.
+//!
+//! - `#[derive(Request)]` with `#[catga(name = "orders.CreateOrder", response = OrderId)]`
+//! - `#[derive(Event)]` with `#[catga(name = "orders.OrderCreated")]`
+//! - `#[handler]` on an `async fn(&Message, &Context) -> Result<T>` or on an
+//!   `impl RequestHandler<M> for H` / `impl EventHandler<M> for H` (the handler is
+//!   built with `Default`; shared state comes from `ctx.resource::<T>()`)
+//! - `CatgaBuilder::auto_register()` then adds every `#[handler]` in the program.
+//!
+//! When `name` is omitted, the wire name is the type's name (`CreateOrder`):
+//! stable across crates and modules, so two services that define the same type
+//! agree on it. Namespace it (`orders.CreateOrder`) when names could collide.
+//!
+//! `#[catga(crate = "path")]` on a message, or `#[handler(crate = "path")]`,
+//! points generated code at another path than `::catga`.
 #![forbid(unsafe_code)]
+
+mod attrs;
+mod handler;
+mod message;
+
+use proc_macro::TokenStream;
+
+/// Implements `Message` and `Request` for a struct or enum.
+///
+/// `#[catga(response = T)]` is required (`()` for a command that returns
+/// nothing); `#[catga(name = "...")]` sets the wire name.
+#[proc_macro_derive(Request, attributes(catga))]
+pub fn derive_request(input: TokenStream) -> TokenStream {
+    message::expand(input.into(), message::Kind::Request)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Implements `Message` and `Event` for a struct or enum.
+#[proc_macro_derive(Event, attributes(catga))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    message::expand(input.into(), message::Kind::Event)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Registers a handler for `CatgaBuilder::auto_register()`.
+///
+/// On a function: `async fn name(message: &M, ctx: &Context) -> Result<T>`.
+/// On an impl block: `impl RequestHandler<M> for H` or `impl EventHandler<M> for H`,
+/// where `H: Default`.
+#[proc_macro_attribute]
+pub fn handler(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let item = proc_macro2::TokenStream::from(item);
+    match handler::expand(attr.into(), item.clone()) {
+        Ok(tokens) => tokens.into(),
+        // Keep the item so the only error the user sees is ours.
+        Err(e) => {
+            let mut tokens = e.into_compile_error();
+            tokens.extend(item);
+            tokens.into()
+        }
+    }
+}

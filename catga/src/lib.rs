@@ -12,14 +12,14 @@
 //! |----------|----------------|-----------------------------------------------|
 //! | `nats`   | `catga-nats`   | NATS transport (queue groups, JetStream)      |
 //! | `redis`  | `catga-redis`  | Redis idempotency, outbox, lock, leader tasks |
-//! | `macros` | `catga-macros` | derive and attribute macros                   |
+//! | `macros` (default) | `catga-macros` | `#[derive(Request)]`, `#[derive(Event)]`, `#[handler]` |
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
 pub use catga_core::*;
 
 #[cfg(feature = "macros")]
-pub use catga_macros;
+pub use catga_macros::{Event, Request, handler};
 #[cfg(feature = "nats")]
 pub use catga_nats as nats;
 #[cfg(feature = "redis")]

@@ -1,0 +1,72 @@
+//! `#[derive(Request)]` and `#[derive(Event)]`.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::{DeriveInput, LitStr};
+
+use crate::attrs::{message_args, runtime};
+
+pub(crate) enum Kind {
+    Request,
+    Event,
+}
+
+pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream> {
+    let input: DeriveInput = syn::parse2(input)?;
+    if !input.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &input.generics,
+            "messages cannot be generic: a wire name stands for one concrete type; \
+             define one message type per variant",
+        ));
+    }
+    let args = message_args(&input.attrs)?;
+    let ident = &input.ident;
+    let krate = runtime(args.krate);
+    let private = quote!(#krate::__private);
+    let name = args
+        .name
+        .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
+    let message = quote! {
+        impl #krate::Message for #ident {
+            const NAME: &'static str = #name;
+        }
+    };
+    let specific = match kind {
+        Kind::Request => {
+            let Some(response) = args.response else {
+                return Err(syn::Error::new(
+                    ident.span(),
+                    "missing `response`: add `#[catga(response = YourResponse)]` \
+                     (use `response = ()` for a command that returns nothing)",
+                ));
+            };
+            quote! {
+                impl #krate::Request for #ident {
+                    type Response = #response;
+                }
+                impl #private::MessageRoute for #ident {
+                    type Route = #private::RequestRoute;
+                }
+            }
+        }
+        Kind::Event => {
+            if let Some(response) = args.response {
+                return Err(syn::Error::new_spanned(
+                    response,
+                    "events have no response: remove `response`, or derive `Request` instead",
+                ));
+            }
+            quote! {
+                impl #krate::Event for #ident {}
+                impl #private::MessageRoute for #ident {
+                    type Route = #private::EventRoute;
+                }
+            }
+        }
+    };
+    Ok(quote! {
+        #message
+        #specific
+    })
+}
