@@ -4,12 +4,13 @@
 use std::future::Future;
 
 use crate::builder::CatgaBuilder;
-use crate::context::Context;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::handler::{EventHandler, RequestHandler};
-use crate::message::{Event, Request};
 
 pub use inventory;
+
+// Everything generated code names, in one place.
+pub use crate::{Context, Event, Message, Request, Result};
 
 /// One `#[handler]`, collected at link time and applied by `auto_register()`.
 #[derive(Debug)]

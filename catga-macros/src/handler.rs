@@ -83,7 +83,7 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
     let ident = &sig.ident;
     let vis = &f.vis;
     let shim = format_ident!("__CatgaHandler_{}", ident);
-    let ctx_ty = quote!(#krate::Context);
+    let ctx_ty = quote!(#krate::__private::Context);
     let output_check = quote_spanned! {output.span()=>
         <#output as #private::HandlerResult>::Ok
     };
@@ -101,7 +101,7 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
                 &self,
                 message: &#message,
                 ctx: &#ctx_ty,
-            ) -> impl ::core::future::Future<Output = #krate::Result<Self::Output>> + ::core::marker::Send {
+            ) -> impl ::core::future::Future<Output = #private::Result<Self::Output>> + ::core::marker::Send {
                 #ident(message, ctx)
             }
         }

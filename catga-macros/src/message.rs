@@ -28,7 +28,7 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
         .name
         .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
     let message = quote! {
-        impl #krate::Message for #ident {
+        impl #private::Message for #ident {
             const NAME: &'static str = #name;
         }
     };
@@ -42,7 +42,7 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
                 ));
             };
             quote! {
-                impl #krate::Request for #ident {
+                impl #private::Request for #ident {
                     type Response = #response;
                 }
                 impl #private::MessageRoute for #ident {
@@ -58,7 +58,7 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
                 ));
             }
             quote! {
-                impl #krate::Event for #ident {}
+                impl #private::Event for #ident {}
                 impl #private::MessageRoute for #ident {
                     type Route = #private::EventRoute;
                 }
