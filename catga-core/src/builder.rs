@@ -21,8 +21,9 @@ use crate::mediator::{
 };
 use crate::message::{Event, Message, MessageKind, Request};
 use crate::metadata::new_id;
+use crate::relay::RelayOptions;
 use crate::route::{EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, pipeline_for};
-use crate::store::{LockStore, MemoryLockStore};
+use crate::store::{LockStore, MemoryLockStore, OutboxStore};
 use crate::transport::Transport;
 
 /// Entry point: `Catga::builder()`.
@@ -90,6 +91,7 @@ pub struct CatgaBuilder {
     leader_tasks: Vec<LeaderTask>,
     lock_store: Option<Arc<dyn LockStore>>,
     resources: TypeMap<Arc<dyn Any + Send + Sync>>,
+    outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
 }
 
 impl Default for CatgaBuilder {
@@ -106,6 +108,7 @@ impl Default for CatgaBuilder {
             leader_tasks: Vec::new(),
             lock_store: None,
             resources: TypeMap::default(),
+            outbox: None,
         }
     }
 }
@@ -231,6 +234,19 @@ impl CatgaBuilder {
     /// [`Context::resource`](crate::Context::resource). One value per type.
     pub fn resource<T: Send + Sync + 'static>(mut self, value: T) -> Self {
         self.resources.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    /// Runs an outbox relay on this peer for `store` (see [`relay`](crate::relay)).
+    /// Use the store the idempotency behavior writes to: events its handlers
+    /// publish are held back and stored with their result, then relayed.
+    pub fn outbox(self, store: Arc<dyn OutboxStore>) -> Self {
+        self.outbox_with(store, RelayOptions::default())
+    }
+
+    /// Like [`CatgaBuilder::outbox`], with relay options.
+    pub fn outbox_with(mut self, store: Arc<dyn OutboxStore>, options: RelayOptions) -> Self {
+        self.outbox = Some((store, options));
         self
     }
 
@@ -438,6 +454,7 @@ impl CatgaBuilder {
                     .unwrap_or_else(|| Arc::new(MemoryLockStore::new())),
                 running: Running::default(),
                 resources: self.resources,
+                outbox: self.outbox,
             }),
         })
     }

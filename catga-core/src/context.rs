@@ -1,5 +1,6 @@
 //! What a handler knows about the message it handles, and how it sends more.
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -9,18 +10,27 @@ use crate::error::Result;
 use crate::mediator::Mediator;
 use crate::message::{Event, Request};
 use crate::metadata::{Headers, Metadata};
+use crate::store::OutboxRecord;
 
 /// The context of one dispatch, given to handlers and behaviors.
 ///
 /// Messages sent or published through a context continue its conversation: the
 /// same correlation id, causation set to the current message id, the same
 /// deadline and headers.
+///
+/// Under the idempotency behavior with an outbox, events published through the
+/// context are not sent at once: they are kept and written to the outbox
+/// together with the handler's result, and only if the handler succeeds.
 #[derive(Debug, Clone)]
 pub struct Context {
     mediator: Mediator,
     meta: Metadata,
     name: &'static str,
+    outbox: OnceLock<OutboxBuffer>,
 }
+
+/// Events held back until the handler's result is stored.
+pub(crate) type OutboxBuffer = Arc<Mutex<Vec<OutboxRecord>>>;
 
 impl Context {
     pub(crate) fn new(mediator: Mediator, meta: Metadata, name: &'static str) -> Self {
@@ -28,7 +38,40 @@ impl Context {
             mediator,
             meta,
             name,
+            outbox: OnceLock::new(),
         }
+    }
+
+    /// Starts holding back events published through this context; `None` when
+    /// something already does (the outer holder then writes them).
+    pub(crate) fn hold_events(&self) -> Option<OutboxBuffer> {
+        let buffer = OutboxBuffer::default();
+        self.outbox.set(buffer.clone()).ok().map(|()| buffer)
+    }
+
+    fn hold<E: Event>(&self, buffer: &OutboxBuffer, event: &E, meta: &Metadata) -> Result<()> {
+        let format = self.mediator.format();
+        let payload = format
+            .encode(event)
+            .map_err(|e| e.with_message_name(E::NAME))?;
+        let record = OutboxRecord {
+            name: E::NAME.to_owned(),
+            payload: payload.into(),
+            content_type: format.content_type().to_owned(),
+            message_id: meta.message_id(),
+            correlation_id: meta.correlation_id(),
+            causation_id: meta.causation_id(),
+            headers: meta
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect(),
+        };
+        buffer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(record);
+        Ok(())
     }
 
     /// Wire name of the message being handled.
@@ -96,13 +139,19 @@ impl Context {
 
     /// Publishes an event as a consequence of the current message.
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        self.mediator.publish_with(event, self.meta.child()).await
+        let meta = self.meta.child();
+        match self.outbox.get() {
+            Some(buffer) => self.hold(buffer, &event, &meta),
+            None => self.mediator.publish_with(event, meta).await,
+        }
     }
 
     /// Like [`Context::publish`], with per-call metadata (values set there win).
     pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
-        self.mediator
-            .publish_with(event, self.meta.child().overridden_by(meta))
-            .await
+        let meta = self.meta.child().overridden_by(meta);
+        match self.outbox.get() {
+            Some(buffer) => self.hold(buffer, &event, &meta),
+            None => self.mediator.publish_with(event, meta).await,
+        }
     }
 }

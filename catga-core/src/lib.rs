@@ -19,6 +19,7 @@
 //!   across machines.
 //! - [`store`]: idempotency, outbox and lock traits with in-memory implementations;
 //!   `catga-redis` backs them for a cluster.
+//! - [`relay`]: the outbox relay, publishing events stored with handler results.
 //! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
 //!   fenced lock.
 //! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.
@@ -66,6 +67,7 @@ pub mod leader;
 mod mediator;
 mod message;
 mod metadata;
+pub mod relay;
 mod route;
 pub mod store;
 pub mod transport;

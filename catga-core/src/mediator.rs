@@ -19,8 +19,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::leader::{self, LeaderTask};
 use crate::message::{Event, Request};
 use crate::metadata::Metadata;
+use crate::relay::{self, RelayOptions};
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
-use crate::store::LockStore;
+use crate::store::{LockStore, OutboxRecord, OutboxStore};
 use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
 
 pub(crate) type InboundRequestFn =
@@ -43,6 +44,7 @@ pub(crate) struct Inner {
     pub(crate) lock_store: Arc<dyn LockStore>,
     pub(crate) running: Running,
     pub(crate) resources: TypeMap<Arc<dyn Any + Send + Sync>>,
+    pub(crate) outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
 }
 
 /// Background work started by [`Mediator::start`].
@@ -200,6 +202,14 @@ impl Mediator {
         if self.inner.started.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        if let Some((store, options)) = &self.inner.outbox {
+            self.inner.running.tasks.spawn(relay::run(
+                store.clone(),
+                self.clone(),
+                options.clone(),
+                self.inner.running.shutdown.clone(),
+            ));
+        }
         for task in &self.inner.leader_tasks {
             self.inner.running.tasks.spawn(leader::run(
                 task.clone(),
@@ -256,6 +266,46 @@ impl Mediator {
                     ),
                 )
             })
+    }
+
+    /// Publishes an event that is already encoded (an outbox entry): through the
+    /// transport when there is one (every service, this one included, gets it
+    /// once), otherwise to the local handlers.
+    pub async fn publish_record(&self, record: &OutboxRecord) -> Result<()> {
+        let format = Format::from_content_type(&record.content_type).ok_or_else(|| {
+            Error::codec(format!(
+                "outbox entry of `{}` has unknown content type `{}`",
+                record.name, record.content_type
+            ))
+            .with_retryable(false)
+        })?;
+        let mut headers = crate::metadata::Headers::new();
+        for (n, v) in &record.headers {
+            headers.insert(n.clone(), v.clone());
+        }
+        let wire = WireMessage {
+            name: record.name.clone().into(),
+            payload: record.payload.clone(),
+            format,
+            message_id: record.message_id,
+            correlation_id: record.correlation_id,
+            causation_id: record.causation_id,
+            timeout: None,
+            headers,
+            handled_by: None,
+        };
+        match &self.inner.transport {
+            Some(transport) => transport.publish(wire).await,
+            None => match self.inner.inbound_events.get(&*wire.name) {
+                Some(handle) => handle(self.clone(), wire).await,
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// Whether a relay moves this peer's outbox (set with the builder's `.outbox(..)`).
+    pub fn has_outbox(&self) -> bool {
+        self.inner.outbox.is_some()
     }
 
     /// Name of the service this peer belongs to.

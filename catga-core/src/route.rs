@@ -173,13 +173,20 @@ impl<E: Event> Endpoint for EventSlot<E> {
 
 impl<E: Event> EventSlot<E> {
     async fn run(&self, event: &E, ctx: &Context, info: &MessageInfo) -> Result<()> {
-        let run = if self.pipeline.is_empty() {
-            self.handler.call(event, ctx)
-        } else {
-            let env = Envelope::new(event, ctx, info, self.handler_name);
-            Box::pin(async move { Next::new(&self.pipeline, self).run(env).await.map(drop) })
-        };
-        guarded(E::NAME, self.handler_name, run).await
+        if self.pipeline.is_empty() {
+            return guarded(E::NAME, self.handler_name, self.handler.call(event, ctx)).await;
+        }
+        // Each handler's pipeline gets its own context, so what one handler's
+        // behaviors hold back (outbox events) stays its own.
+        let own = ctx.clone();
+        let env = Envelope::new(event, &own, info, self.handler_name);
+        let run = Next::new(&self.pipeline, self).run(env);
+        guarded(
+            E::NAME,
+            self.handler_name,
+            async move { run.await.map(drop) },
+        )
+        .await
     }
 }
 

@@ -21,6 +21,12 @@ use crate::store::{Claim, IdempotencyStore};
 ///
 /// The scope defaults to the message name and handler type, so each handler of
 /// an event is idempotent on its own.
+///
+/// **Outbox.** When the mediator runs an outbox relay (`.outbox(store)` on the
+/// builder, with the same store), events the handler publishes through its
+/// context are held back and written with the response in one atomic step, so
+/// they are published if and only if the handler's result is stored: none on
+/// failure, none lost on a crash after success.
 #[derive(Clone)]
 pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
@@ -104,13 +110,27 @@ impl Behavior for Idempotency {
         loop {
             match self.store.claim(&key, self.lease).await? {
                 Claim::Acquired { token } => {
+                    let ctx = env.context();
+                    // Hold back published events only when a relay will move them.
+                    let held = if ctx.mediator().has_outbox() {
+                        ctx.hold_events()
+                    } else {
+                        None
+                    };
                     let result = next.run(env).await;
                     match &result {
                         Ok(reply) => {
                             let bytes = env.encode_reply(reply, Format::MsgPack)?;
+                            let events = held
+                                .map(|b| {
+                                    std::mem::take(
+                                        &mut *b.lock().unwrap_or_else(|p| p.into_inner()),
+                                    )
+                                })
+                                .unwrap_or_default();
                             let stored = self
                                 .store
-                                .complete(&key, &token, bytes.into(), self.retention)
+                                .complete(&key, &token, bytes.into(), self.retention, events)
                                 .await?;
                             if !stored {
                                 tracing::warn!(

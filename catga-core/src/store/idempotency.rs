@@ -1,7 +1,7 @@
 //! Idempotency: run a handler once per message id, replay its response after.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::error::Result;
+use crate::store::outbox::{MemoryOutboxStore, OutboxRecord};
 
 /// The outcome of claiming a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +34,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for `lease` unless it is claimed or completed.
     fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>>;
 
-    /// Stores `response` as completed for `retention`, only while `token` still
-    /// holds the claim; returns `false` (and stores nothing) otherwise.
+    /// Stores `response` as completed for `retention` and appends `events` to
+    /// this store's outbox, in one atomic step, only while `token` still holds
+    /// the claim; returns `false` (and stores nothing) otherwise.
     fn complete<'a>(
         &'a self,
         key: &'a str,
         token: &'a str,
         response: Bytes,
         retention: Duration,
+        events: Vec<OutboxRecord>,
     ) -> BoxFuture<'a, Result<bool>>;
 
     /// Deletes the claim if `token` still holds it, so the next attempt runs again.
@@ -62,15 +65,24 @@ impl Slot {
 }
 
 /// In-process [`IdempotencyStore`]: enough for one peer, lost on restart.
+///
+/// Events completed with a response go to its [`outbox`](Self::outbox); give
+/// that to the builder's `.outbox(..)` so a relay publishes them.
 #[derive(Debug, Default)]
 pub struct MemoryIdempotencyStore {
     slots: Mutex<HashMap<String, Slot>>,
+    outbox: Arc<MemoryOutboxStore>,
 }
 
 impl MemoryIdempotencyStore {
-    /// An empty store.
+    /// An empty store with an empty outbox.
     pub fn new() -> Self {
         MemoryIdempotencyStore::default()
+    }
+
+    /// The outbox completed events are written to.
+    pub fn outbox(&self) -> Arc<MemoryOutboxStore> {
+        self.outbox.clone()
     }
 
     /// Number of live keys (expired ones are dropped first).
@@ -125,10 +137,14 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         token: &'a str,
         response: Bytes,
         retention: Duration,
+        events: Vec<OutboxRecord>,
     ) -> BoxFuture<'a, Result<bool>> {
         let mut slots = self.lock();
         let ours = matches!(slots.get(key), Some(Slot::InProgress { token: t, .. }) if t == token);
         if ours {
+            // Under the slot lock, so no duplicate can see "completed" before
+            // the events are in the outbox.
+            self.outbox.append_now(events);
             slots.insert(
                 key.to_owned(),
                 Slot::Completed {

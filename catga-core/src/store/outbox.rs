@@ -108,8 +108,8 @@ impl MemoryOutboxStore {
     }
 }
 
-impl OutboxStore for MemoryOutboxStore {
-    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+impl MemoryOutboxStore {
+    pub(crate) fn append_now(&self, records: Vec<OutboxRecord>) {
         let mut state = self.lock();
         for record in records {
             state.next += 1;
@@ -123,6 +123,12 @@ impl OutboxStore for MemoryOutboxStore {
                 },
             );
         }
+    }
+}
+
+impl OutboxStore for MemoryOutboxStore {
+    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+        self.append_now(records);
         Box::pin(std::future::ready(Ok(())))
     }
 

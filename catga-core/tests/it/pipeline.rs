@@ -311,3 +311,58 @@ async fn idempotency_lets_a_failed_attempt_run_again() {
     m.send_with(msg, meta).await.unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn idempotent_handlers_publish_through_the_outbox_only_on_success() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let m = Catga::builder()
+        .behavior(Idempotency::shared(store.clone()))
+        .outbox_with(
+            store.outbox(),
+            catga_core::relay::RelayOptions {
+                poll_interval: Duration::from_millis(5),
+                ..Default::default()
+            },
+        )
+        .request_fn(|a: Add, ctx: catga_core::Context| async move {
+            ctx.publish(Happened { n: a.a as u32 }).await?;
+            if a.b < 0 {
+                return Err(Error::handler("test.negative", "b < 0"));
+            }
+            Ok(a.a + a.b)
+        })
+        .event_fn(move |e: Happened, _| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(e.n);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let id = catga_core::new_id();
+    m.send_with(Add { a: 7, b: 1 }, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    m.send_with(Add { a: 7, b: 1 }, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    m.send(Add { a: 9, b: -1 }).await.unwrap_err();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    m.shutdown().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![7],
+        "once for the duplicate, never for the failure"
+    );
+}

@@ -19,14 +19,26 @@ async fn idempotency_store_moves_through_its_states() {
         Claim::InProgress
     );
     assert!(
-        !s.complete("k", "wrong-token", "x".into(), Duration::from_secs(60))
-            .await
-            .unwrap()
+        !s.complete(
+            "k",
+            "wrong-token",
+            "x".into(),
+            Duration::from_secs(60),
+            Vec::new()
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        s.complete("k", &token, "resp".into(), Duration::from_secs(60))
-            .await
-            .unwrap()
+        s.complete(
+            "k",
+            &token,
+            "resp".into(),
+            Duration::from_secs(60),
+            Vec::new()
+        )
+        .await
+        .unwrap()
     );
     assert_eq!(
         s.claim("k", Duration::from_secs(5)).await.unwrap(),
@@ -51,14 +63,26 @@ async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
         panic!("an expired lease frees the key")
     };
     assert!(
-        !s.complete("k", &old, "stale".into(), Duration::from_secs(60))
-            .await
-            .unwrap()
+        !s.complete(
+            "k",
+            &old,
+            "stale".into(),
+            Duration::from_secs(60),
+            Vec::new()
+        )
+        .await
+        .unwrap()
     );
     assert!(
-        s.complete("k", &new, "fresh".into(), Duration::from_secs(60))
-            .await
-            .unwrap()
+        s.complete(
+            "k",
+            &new,
+            "fresh".into(),
+            Duration::from_secs(60),
+            Vec::new()
+        )
+        .await
+        .unwrap()
     );
 }
 
