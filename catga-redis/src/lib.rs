@@ -1,7 +1,44 @@
 //! # catga-redis
 //!
-//! Redis stores for Catga (work in progress): idempotency, transactional outbox
-//! and relay, fenced distributed lock, leader-only tasks. They implement the
-//! store traits of `catga_core::store`, whose in-memory implementations serve a
-//! single peer today.
+//! Redis behind the store traits of `catga_core::store`, so every copy of a
+//! service shares one view: [`RedisStore`] is an idempotency store, a
+//! transactional outbox and a fenced lock, on one Redis node or a Redis Cluster.
+//!
+//! - **Idempotency** (with `catga_core::behavior::idempotency::Idempotency`): a key
+//!   per (handler scope, message id), claimed with a lease, completed with the
+//!   encoded response and a retention time. Concurrent duplicates run the handler
+//!   once; a completion whose lease expired cannot overwrite a newer attempt.
+//! - **Outbox**: events a handler publishes are written with its completion in
+//!   one script, to a Redis Stream; the relay on every peer shares the streams
+//!   through a consumer group, reclaims entries of a crashed relay (XAUTOCLAIM)
+//!   and dead-letters poison entries.
+//! - **Lock**: `SET NX PX` with a random token, compare-and-act renew and release,
+//!   and a fencing counter incremented on every acquire. Leader-only tasks
+//!   (`CatgaBuilder::leader_task`) use it through `.lock_store(..)`.
+//!
+//! Each atomic operation is one Lua script in `catga-redis/lua/`; keys of one
+//! script share a hash tag, so the same code runs on Redis Cluster.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
+//! use std::sync::Arc;
+//! use catga_core::{Catga, behavior::idempotency::Idempotency};
+//! use catga_redis::{RedisOptions, RedisStore};
+//!
+//! let redis = RedisStore::connect(RedisOptions::new("redis://127.0.0.1:6379/")).await?;
+//! let mediator = Catga::builder()
+//!     .behavior(Idempotency::new(redis.clone()))
+//!     .outbox(Arc::new(redis.clone()))
+//!     .lock_store(redis)
+//!     .build()?;
+//! mediator.start().await?;
+//! # Ok(()) }
+//! ```
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
+
+mod conn;
+mod keys;
+mod store;
+
+pub use store::{RedisOptions, RedisStore};

@@ -1,0 +1,604 @@
+//! [`RedisStore`]: the idempotency, outbox and lock stores of catga-core on Redis.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use catga_core::store::{
+    Claim, IdempotencyStore, Lease, LockStore, OutboxEntry, OutboxRecord, OutboxStore, random_token,
+};
+use catga_core::{Error, Result, Uuid};
+use futures_util::future::BoxFuture;
+use redis::streams::{
+    StreamAutoClaimOptions, StreamAutoClaimReply, StreamId, StreamPendingCountReply,
+    StreamReadOptions, StreamReadReply,
+};
+use redis::{AsyncCommands, Script, ScriptInvocation, Value};
+
+use crate::conn::{self, Conn, store_error};
+use crate::keys::Keys;
+
+/// Where and how to connect.
+///
+/// ```
+/// use std::time::Duration;
+/// use catga_redis::RedisOptions;
+///
+/// let single = RedisOptions::new("redis://127.0.0.1:6379/");
+/// let cluster = RedisOptions::cluster(["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"])
+///     .prefix("shop")
+///     .timeout(Duration::from_secs(1));
+/// # drop((single, cluster));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisOptions {
+    urls: Vec<String>,
+    cluster: bool,
+    prefix: String,
+    outbox_shards: u32,
+    timeout: Duration,
+}
+
+impl RedisOptions {
+    /// One Redis node.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            urls: vec![url.into()],
+            cluster: false,
+            prefix: "catga".to_owned(),
+            outbox_shards: 8,
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// A Redis Cluster, given some of its nodes.
+    pub fn cluster<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisOptions {
+            urls: urls.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..RedisOptions::new("")
+        }
+    }
+
+    /// Key prefix (default `catga`); peers of one deployment must agree on it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Number of outbox streams (default 8). Idempotency keys and outbox entries
+    /// spread over them, and so over a cluster's nodes. Peers must agree on it.
+    pub fn outbox_shards(mut self, shards: u32) -> Self {
+        self.outbox_shards = shards.max(1);
+        self
+    }
+
+    /// Connect and response timeout (default 2 s): past it, an operation fails
+    /// with a retryable store error instead of waiting for Redis.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
+
+struct Scripts {
+    claim: Script,
+    complete: Script,
+    release: Script,
+    append: Script,
+    ack: Script,
+    dead_letter: Script,
+    lock_acquire: Script,
+    lock_renew: Script,
+    lock_release: Script,
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        Scripts {
+            claim: Script::new(include_str!("../lua/claim.lua")),
+            complete: Script::new(include_str!("../lua/complete.lua")),
+            release: Script::new(include_str!("../lua/release.lua")),
+            append: Script::new(include_str!("../lua/append.lua")),
+            ack: Script::new(include_str!("../lua/ack.lua")),
+            dead_letter: Script::new(include_str!("../lua/dead_letter.lua")),
+            lock_acquire: Script::new(include_str!("../lua/lock_acquire.lua")),
+            lock_renew: Script::new(include_str!("../lua/lock_renew.lua")),
+            lock_release: Script::new(include_str!("../lua/lock_release.lua")),
+        }
+    }
+}
+
+/// Idempotency, outbox and lock on Redis (a node or a cluster); cheap to clone.
+///
+/// Give it to the idempotency behavior, to the builder's `.outbox(..)` and
+/// `.lock_store(..)`: every peer of a service then shares one view.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Conn,
+    keys: Keys,
+    scripts: Arc<Scripts>,
+    /// Outbox shards whose consumer group is known to exist.
+    groups: Arc<Mutex<HashSet<u32>>>,
+    next_shard: Arc<AtomicU32>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("keys", &self.keys)
+            .field("cluster", &matches!(self.conn, Conn::Cluster(_)))
+            .finish_non_exhaustive()
+    }
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+impl RedisStore {
+    /// Connects; fails with a store error when Redis does not answer.
+    pub async fn connect(options: RedisOptions) -> Result<RedisStore> {
+        let conn = if options.cluster {
+            conn::cluster(&options.urls, options.timeout).await?
+        } else {
+            conn::single(&options.urls[0], options.timeout).await?
+        };
+        Ok(RedisStore {
+            conn,
+            keys: Keys::new(&options.prefix, options.outbox_shards),
+            scripts: Arc::new(Scripts::load()),
+            groups: Arc::default(),
+            next_shard: Arc::default(),
+        })
+    }
+
+    /// Entries in the outbox dead-letter streams.
+    pub async fn dead_letter_count(&self) -> Result<usize> {
+        let mut conn = self.conn.clone();
+        let mut n = 0;
+        for shard in 0..self.keys.shards() {
+            let len: usize = conn
+                .xlen(self.keys.dead_letters(shard))
+                .await
+                .map_err(|e| store_error("XLEN of the dead-letter stream", e))?;
+            n += len;
+        }
+        Ok(n)
+    }
+
+    async fn ensure_group(&self, shard: u32) -> Result<()> {
+        if self
+            .groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&shard)
+        {
+            return Ok(());
+        }
+        let mut conn = self.conn.clone();
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(self.keys.outbox(shard), self.keys.group(), "0")
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(e) if e.code() == Some("BUSYGROUP") => {}
+            Err(e) => return Err(store_error("creating the outbox consumer group", e)),
+        }
+        self.groups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(shard);
+        Ok(())
+    }
+
+    fn forget_group(&self, shard: u32, e: &redis::RedisError) {
+        if e.code() == Some("NOGROUP") {
+            self.groups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&shard);
+        }
+    }
+
+    async fn claim_shard(
+        &self,
+        shard: u32,
+        consumer: &str,
+        max: usize,
+        min_idle: Duration,
+        out: &mut Vec<OutboxEntry>,
+    ) -> Result<()> {
+        self.ensure_group(shard).await?;
+        let stream = self.keys.outbox(shard);
+        let group = self.keys.group();
+        let mut conn = self.conn.clone();
+        let reclaimed: StreamAutoClaimReply = conn
+            .xautoclaim_options(
+                &stream,
+                &group,
+                consumer,
+                ms(min_idle),
+                "0-0",
+                StreamAutoClaimOptions::default().count(max),
+            )
+            .await
+            .map_err(|e| {
+                self.forget_group(shard, &e);
+                store_error("XAUTOCLAIM on the outbox", e)
+            })?;
+        if !reclaimed.deleted_ids.is_empty() {
+            let _: redis::RedisResult<usize> =
+                conn.xack(&stream, &group, &reclaimed.deleted_ids).await;
+        }
+        for sid in reclaimed.claimed {
+            let pending: StreamPendingCountReply = conn
+                .xpending_count(&stream, &group, &sid.id, &sid.id, 1)
+                .await
+                .map_err(|e| store_error("XPENDING on the outbox", e))?;
+            let deliveries = pending
+                .ids
+                .first()
+                .map_or(2, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX));
+            out.push(decode_entry(shard, &stream, sid, deliveries)?);
+        }
+        let room = max.saturating_sub(out.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let fresh: Option<StreamReadReply> = conn
+            .xread_options(
+                &[&stream],
+                &[">"],
+                &StreamReadOptions::default()
+                    .group(&group, consumer)
+                    .count(room),
+            )
+            .await
+            .map_err(|e| {
+                self.forget_group(shard, &e);
+                store_error("XREADGROUP on the outbox", e)
+            })?;
+        for key in fresh.map(|r| r.keys).unwrap_or_default() {
+            for sid in key.ids {
+                out.push(decode_entry(shard, &stream, sid, 1)?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Adds an event's seven fields to a script invocation (see `lua/complete.lua`).
+fn push_event(inv: &mut ScriptInvocation<'_>, record: &OutboxRecord) -> Result<()> {
+    let headers = rmp_serde::to_vec(&record.headers)
+        .map_err(|e| Error::codec(format!("cannot encode outbox headers: {e}")))?;
+    inv.arg(&record.name)
+        .arg(&record.payload[..])
+        .arg(&record.content_type)
+        .arg(record.message_id.to_string())
+        .arg(record.correlation_id.to_string())
+        .arg(
+            record
+                .causation_id
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+        )
+        .arg(headers);
+    Ok(())
+}
+
+fn field<'a>(sid: &'a StreamId, stream: &str, name: &str) -> Result<&'a [u8]> {
+    match sid.map.get(name) {
+        Some(Value::BulkString(b)) => Ok(b),
+        Some(Value::SimpleString(s)) => Ok(s.as_bytes()),
+        _ => Err(corrupt(
+            stream,
+            &sid.id,
+            &format!("field `{name}` is missing"),
+        )),
+    }
+}
+
+fn corrupt(stream: &str, id: &str, what: &str) -> Error {
+    Error::store(format!(
+        "outbox entry {id} in `{stream}` is corrupt: {what}; move it aside with XDEL after inspection"
+    ))
+    .with_retryable(false)
+}
+
+fn text(sid: &StreamId, stream: &str, name: &str) -> Result<String> {
+    String::from_utf8(field(sid, stream, name)?.to_vec())
+        .map_err(|_| corrupt(stream, &sid.id, &format!("field `{name}` is not UTF-8")))
+}
+
+fn uuid(sid: &StreamId, stream: &str, name: &str) -> Result<Option<Uuid>> {
+    let t = text(sid, stream, name)?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| corrupt(stream, &sid.id, &format!("field `{name}` is not a UUID")))
+}
+
+fn decode_entry(shard: u32, stream: &str, sid: StreamId, deliveries: u32) -> Result<OutboxEntry> {
+    let headers: Vec<(String, String)> = rmp_serde::from_slice(field(&sid, stream, "headers")?)
+        .map_err(|_| corrupt(stream, &sid.id, "headers are not MessagePack"))?;
+    let message_id = uuid(&sid, stream, "message_id")?
+        .ok_or_else(|| corrupt(stream, &sid.id, "no message id"))?;
+    let record = OutboxRecord {
+        name: text(&sid, stream, "name")?,
+        payload: Bytes::copy_from_slice(field(&sid, stream, "payload")?),
+        content_type: text(&sid, stream, "content_type")?,
+        message_id,
+        correlation_id: uuid(&sid, stream, "correlation_id")?.unwrap_or(message_id),
+        causation_id: uuid(&sid, stream, "causation_id")?,
+        headers,
+    };
+    Ok(OutboxEntry {
+        id: format!("{shard}/{}", sid.id),
+        record,
+        deliveries,
+    })
+}
+
+/// Splits an entry id `"<shard>/<stream id>"`.
+fn split_id(id: &str) -> Result<(u32, &str)> {
+    id.split_once('/')
+        .and_then(|(shard, sid)| Some((shard.parse().ok()?, sid)))
+        .ok_or_else(|| {
+            Error::store(format!("`{id}` is not a Redis outbox entry id")).with_retryable(false)
+        })
+}
+
+impl IdempotencyStore for RedisStore {
+    fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
+        Box::pin(async move {
+            let (idem, _) = self.keys.idempotency(key);
+            let token = random_token();
+            let mut conn = self.conn.clone();
+            let reply: Vec<Vec<u8>> = self
+                .scripts
+                .claim
+                .key(&idem)
+                .arg(&token)
+                .arg(ms(lease))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("claiming `{idem}`"), e))?;
+            match reply.first().map(Vec::as_slice) {
+                Some(b"acquired") => Ok(Claim::Acquired { token }),
+                Some(b"in_progress") => Ok(Claim::InProgress),
+                Some(b"completed") => Ok(Claim::Completed(Bytes::from(
+                    reply.get(1).cloned().unwrap_or_default(),
+                ))),
+                _ => Err(Error::store(format!(
+                    "the value under `{idem}` is not a Catga idempotency record; delete the key \
+                     if it was written by something else"
+                ))
+                .with_retryable(false)),
+            }
+        })
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        response: Bytes,
+        retention: Duration,
+        events: Vec<OutboxRecord>,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let (idem, outbox) = self.keys.idempotency(key);
+            let mut inv = self.scripts.complete.key(&idem);
+            inv.key(&outbox)
+                .arg(token)
+                .arg(&response[..])
+                .arg(ms(retention))
+                .arg(events.len());
+            for e in &events {
+                push_event(&mut inv, e)?;
+            }
+            let mut conn = self.conn.clone();
+            let stored: i64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("completing `{idem}`"), e))?;
+            Ok(stored == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (idem, _) = self.keys.idempotency(key);
+            let mut conn = self.conn.clone();
+            let _: i64 = self
+                .scripts
+                .release
+                .key(&idem)
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("releasing `{idem}`"), e))?;
+            Ok(())
+        })
+    }
+}
+
+impl OutboxStore for RedisStore {
+    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if records.is_empty() {
+                return Ok(());
+            }
+            let shard = self.keys.shard_of(&records[0].message_id.to_string());
+            let stream = self.keys.outbox(shard);
+            let mut inv = self.scripts.append.key(&stream);
+            inv.arg(records.len());
+            for r in &records {
+                push_event(&mut inv, r)?;
+            }
+            let mut conn = self.conn.clone();
+            let _: i64 = inv
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error("appending to the outbox", e))?;
+            Ok(())
+        })
+    }
+
+    fn claim<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        min_idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<OutboxEntry>>> {
+        Box::pin(async move {
+            let shards = self.keys.shards();
+            let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
+            let mut out = Vec::new();
+            for i in 0..shards {
+                if out.len() >= max {
+                    break;
+                }
+                let shard = (start + i) % shards;
+                self.claim_shard(shard, consumer, max, min_idle, &mut out)
+                    .await?;
+            }
+            Ok(out)
+        })
+    }
+
+    fn ack<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut by_shard: std::collections::BTreeMap<u32, Vec<&str>> = Default::default();
+            for id in ids {
+                let (shard, sid) = split_id(id)?;
+                by_shard.entry(shard).or_default().push(sid);
+            }
+            let mut conn = self.conn.clone();
+            for (shard, sids) in by_shard {
+                let stream = self.keys.outbox(shard);
+                let mut inv = self.scripts.ack.key(&stream);
+                inv.arg(self.keys.group());
+                for sid in sids {
+                    inv.arg(sid);
+                }
+                let _: i64 = inv
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(|e| store_error("acknowledging outbox entries", e))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        entry: &'a OutboxEntry,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let (shard, sid) = split_id(&entry.id)?;
+            let mut conn = self.conn.clone();
+            let _: i64 = self
+                .scripts
+                .dead_letter
+                .key(self.keys.outbox(shard))
+                .key(self.keys.dead_letters(shard))
+                .arg(self.keys.group())
+                .arg(sid)
+                .arg(reason)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error("dead-lettering an outbox entry", e))?;
+            Ok(())
+        })
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut n = 0;
+            for shard in 0..self.keys.shards() {
+                let len: usize = conn
+                    .xlen(self.keys.outbox(shard))
+                    .await
+                    .map_err(|e| store_error("XLEN of the outbox", e))?;
+                n += len;
+            }
+            Ok(n)
+        })
+    }
+}
+
+impl LockStore for RedisStore {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Lease>>> {
+        Box::pin(async move {
+            let (key, fence) = self.keys.lock(name);
+            let token = random_token();
+            let mut conn = self.conn.clone();
+            let acquired: Option<u64> = self
+                .scripts
+                .lock_acquire
+                .key(&key)
+                .key(&fence)
+                .arg(&token)
+                .arg(ms(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("acquiring lock `{key}`"), e))?;
+            Ok(acquired.map(|fence| Lease { token, fence }))
+        })
+    }
+
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let (key, _) = self.keys.lock(name);
+            let mut conn = self.conn.clone();
+            let renewed: i64 = self
+                .scripts
+                .lock_renew
+                .key(&key)
+                .arg(token)
+                .arg(ms(ttl))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("renewing lock `{key}`"), e))?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let (key, _) = self.keys.lock(name);
+            let mut conn = self.conn.clone();
+            let released: i64 = self
+                .scripts
+                .lock_release
+                .key(&key)
+                .arg(token)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("releasing lock `{key}`"), e))?;
+            Ok(released == 1)
+        })
+    }
+}

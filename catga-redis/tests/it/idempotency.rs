@@ -1,0 +1,247 @@
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::store::{Claim, IdempotencyStore};
+use catga_core::{Catga, Error, ErrorKind, Mediator, Metadata};
+use catga_redis::{RedisOptions, RedisStore};
+use catga_test_support::RedisServer;
+
+use crate::common::*;
+
+fn charging(store: RedisStore, runs: Arc<AtomicUsize>, retention: Duration) -> Mediator {
+    Catga::builder()
+        .behavior(
+            Idempotency::new(store)
+                .retention(retention)
+                .wait(Duration::from_secs(20)),
+        )
+        .request_fn(move |c: Charge, _| {
+            let runs = runs.clone();
+            async move {
+                let n = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if c.fail {
+                    return Err(
+                        Error::handler("test.declined", "card declined").with_retryable(true)
+                    );
+                }
+                Ok(format!("receipt-{}-run-{n}", c.cents))
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+async fn duplicates_run_once(backend: Backend) {
+    let runs = Arc::new(AtomicUsize::new(0));
+    // Ten peers, each with its own connection, get the same message id.
+    let mut peers = Vec::new();
+    for _ in 0..10 {
+        peers.push(charging(
+            backend.store().await,
+            runs.clone(),
+            Duration::from_secs(60),
+        ));
+    }
+    let id = catga_core::new_id();
+    let mut tasks = Vec::new();
+    for m in &peers {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            m.send_with(
+                Charge {
+                    cents: 500,
+                    fail: false,
+                },
+                Metadata::new().with_message_id(id),
+            )
+            .await
+        }));
+    }
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap().unwrap());
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "{}: handler ran more than once",
+        backend.name()
+    );
+    assert!(answers.iter().all(|a| a == &answers[0]), "{answers:?}");
+    // A completed duplicate is served from the store.
+    let again = peers[3]
+        .send_with(
+            Charge {
+                cents: 500,
+                fail: false,
+            },
+            Metadata::new().with_message_id(id),
+        )
+        .await
+        .unwrap();
+    assert_eq!(again, answers[0]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_duplicates_run_the_handler_once_single_node() {
+    duplicates_run_once(Backend::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_duplicates_run_the_handler_once_cluster() {
+    duplicates_run_once(Backend::cluster()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_runs_again_and_retention_expiry_runs_again() {
+    let backend = Backend::single();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let m = charging(
+        backend.store().await,
+        runs.clone(),
+        Duration::from_millis(300),
+    );
+    let id = catga_core::new_id();
+    let meta = || Metadata::new().with_message_id(id);
+    let err = m
+        .send_with(
+            Charge {
+                cents: 1,
+                fail: true,
+            },
+            meta(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("test.declined"));
+    let ok = m
+        .send_with(
+            Charge {
+                cents: 1,
+                fail: false,
+            },
+            meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok, "receipt-1-run-2", "the failure was not stored");
+    assert_eq!(
+        m.send_with(
+            Charge {
+                cents: 1,
+                fail: false
+            },
+            meta()
+        )
+        .await
+        .unwrap(),
+        ok
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let after = m
+        .send_with(
+            Charge {
+                cents: 1,
+                fail: false,
+            },
+            meta(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after, "receipt-1-run-3",
+        "expired retention runs the handler again"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
+    let backend = Backend::single();
+    let s = backend.store().await;
+    let Claim::Acquired { token: old } = s.claim("k", Duration::from_millis(100)).await.unwrap()
+    else {
+        panic!("first claim")
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let Claim::Acquired { token: new } = s.claim("k", Duration::from_secs(10)).await.unwrap()
+    else {
+        panic!("an expired lease frees the key")
+    };
+    assert!(
+        !s.complete("k", &old, "stale".into(), Duration::from_secs(60), vec![])
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete("k", &new, "fresh".into(), Duration::from_secs(60), vec![])
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.claim("k", Duration::from_secs(1)).await.unwrap(),
+        Claim::Completed("fresh".into())
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_value_is_an_error_naming_the_key() {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(server.url()).outbox_shards(1))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg("{catga:o0}:idem:orders/h:1")
+        .arg("garbage")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let err = store
+        .claim("orders/h:1", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store);
+    assert!(
+        err.to_string().contains("{catga:o0}:idem:orders/h:1"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_is_a_retryable_store_error_and_it_reconnects() {
+    let mut server = RedisServer::start();
+    let store =
+        RedisStore::connect(RedisOptions::new(server.url()).timeout(Duration::from_millis(500)))
+            .await
+            .unwrap();
+    assert!(matches!(
+        store.claim("a", Duration::from_secs(5)).await.unwrap(),
+        Claim::Acquired { .. }
+    ));
+    server.kill();
+    let err = store.claim("b", Duration::from_secs(5)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Store, "{err}");
+    assert!(err.is_retryable());
+    server.restart();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.claim("c", Duration::from_secs(5)).await {
+            Ok(Claim::Acquired { .. }) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => {
+                assert!(e.is_retryable(), "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never reconnected: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

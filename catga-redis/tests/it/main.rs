@@ -1,0 +1,7 @@
+//! catga-redis against real redis-server processes (single node and cluster).
+
+mod common;
+mod idempotency;
+mod leader;
+mod lock;
+mod outbox;

@@ -1,0 +1,263 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+use catga_core::relay::RelayOptions;
+use catga_core::store::{OutboxEntry, OutboxRecord, OutboxStore};
+use catga_core::{Catga, Context, Mediator, Result};
+use catga_nats::{NatsOptions, NatsTransport};
+use catga_redis::{RedisOptions, RedisStore};
+use catga_test_support::{NatsServer, RedisServer};
+use futures_util::future::BoxFuture;
+
+use crate::common::*;
+
+/// An outbox whose relay "crashes" after publishing: it never acknowledges.
+struct NeverAcks(RedisStore);
+
+impl OutboxStore for NeverAcks {
+    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+        self.0.append(records)
+    }
+    fn claim<'a>(
+        &'a self,
+        c: &'a str,
+        max: usize,
+        idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<OutboxEntry>>> {
+        self.0.claim(c, max, idle)
+    }
+    fn ack<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn dead_letter<'a>(&'a self, e: &'a OutboxEntry, r: &'a str) -> BoxFuture<'a, Result<()>> {
+        self.0.dead_letter(e, r)
+    }
+    fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
+        self.0.backlog()
+    }
+}
+
+/// Counts deliveries before idempotency filters them.
+struct CountDeliveries(Arc<AtomicUsize>);
+impl Behavior for CountDeliveries {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        next.run(env).await
+    }
+}
+
+/// An event's amount and its `tenant` header, as a handler saw them.
+type Relayed = (u64, Option<String>);
+
+fn fast_relay() -> RelayOptions {
+    RelayOptions {
+        poll_interval: Duration::from_millis(10),
+        min_idle: Duration::from_millis(300),
+        ..Default::default()
+    }
+}
+
+async fn orders_peer(nats: &str, store: RedisStore, outbox: Arc<dyn OutboxStore>) -> Mediator {
+    let m = Catga::builder()
+        .service("payments")
+        .transport(
+            NatsTransport::connect(NatsOptions::new([nats]))
+                .await
+                .unwrap(),
+        )
+        .behavior(Idempotency::new(store))
+        .outbox_with(outbox, fast_relay())
+        .request_fn(|c: Charge, ctx: Context| async move {
+            ctx.publish(Charged { cents: c.cents }).await?;
+            Ok(format!("charged {}", c.cents))
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_dying_between_publish_and_ack_still_delivers_and_the_effect_happens_once() {
+    let nats = NatsServer::start();
+    let redis = RedisServer::start();
+    let opts = || RedisOptions::new(redis.url());
+
+    let deliveries = Arc::new(AtomicUsize::new(0));
+    let effects: Arc<Mutex<HashMap<u64, usize>>> = Arc::default();
+    let e = effects.clone();
+    let ledger = Catga::builder()
+        .service("ledger")
+        .transport(
+            NatsTransport::connect(NatsOptions::new([nats.url()]))
+                .await
+                .unwrap(),
+        )
+        .behavior(CountDeliveries(deliveries.clone()))
+        .behavior(Idempotency::new(RedisStore::connect(opts()).await.unwrap()))
+        .event_fn(move |c: Charged, _| {
+            let e = e.clone();
+            async move {
+                *e.lock().unwrap().entry(c.cents).or_default() += 1;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    ledger.start().await.unwrap();
+
+    let store = RedisStore::connect(opts()).await.unwrap();
+    let crashing = orders_peer(
+        &nats.url(),
+        store.clone(),
+        Arc::new(NeverAcks(store.clone())),
+    )
+    .await;
+    assert_eq!(
+        crashing
+            .send(Charge {
+                cents: 700,
+                fail: false
+            })
+            .await
+            .unwrap(),
+        "charged 700"
+    );
+    eventually("the first delivery", || {
+        deliveries.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    crashing.shutdown().await.unwrap();
+
+    // A healthy peer's relay reclaims the unacknowledged entry and publishes again.
+    let healthy_store = RedisStore::connect(opts()).await.unwrap();
+    let healthy = orders_peer(
+        &nats.url(),
+        healthy_store.clone(),
+        Arc::new(healthy_store.clone()),
+    )
+    .await;
+    eventually("the redelivery", || deliveries.load(Ordering::SeqCst) >= 2).await;
+    let backlog_empty = Arc::new(AtomicBool::new(false));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !backlog_empty.load(Ordering::SeqCst) {
+        backlog_empty.store(
+            healthy_store.backlog().await.unwrap() == 0,
+            Ordering::SeqCst,
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the entry was never acknowledged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        *effects.lock().unwrap(),
+        HashMap::from([(700, 1)]),
+        "the effect happened once"
+    );
+    healthy.shutdown().await.unwrap();
+    ledger.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_outbox_entries_survive_a_redis_restart_with_aof() {
+    let mut redis = RedisServer::start_with_aof();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let records: Vec<OutboxRecord> = (1..=5)
+        .map(|cents| OutboxRecord {
+            name: "test.Charged".into(),
+            payload: catga_core::Format::MsgPack
+                .encode(&Charged { cents })
+                .unwrap()
+                .into(),
+            content_type: "application/msgpack".into(),
+            message_id: catga_core::new_id(),
+            correlation_id: catga_core::new_id(),
+            causation_id: None,
+            headers: vec![("tenant".into(), "acme".into())],
+        })
+        .collect();
+    store.append(records).await.unwrap();
+    assert_eq!(store.backlog().await.unwrap(), 5);
+    redis.restart(); // SIGKILL, then start on the same AOF
+
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.backlog().await.unwrap(),
+        5,
+        "the entries survived the restart"
+    );
+    let seen: Arc<Mutex<Vec<Relayed>>> = Arc::default();
+    let s = seen.clone();
+    let m = Catga::builder()
+        .outbox_with(Arc::new(store.clone()), fast_relay())
+        .event_fn(move |c: Charged, ctx: Context| {
+            let s = s.clone();
+            async move {
+                s.lock()
+                    .unwrap()
+                    .push((c.cents, ctx.headers().get("tenant").map(str::to_owned)));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    eventually("5 relayed events", || seen.lock().unwrap().len() >= 5).await;
+    m.shutdown().await.unwrap();
+    let mut got = seen.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(
+        got,
+        (1..=5)
+            .map(|c| (c, Some("acme".to_owned())))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(store.backlog().await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_entry_goes_to_the_dead_letter_stream() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    store
+        .append(vec![OutboxRecord {
+            name: "test.Charged".into(),
+            payload: vec![0xc1].into(),
+            content_type: "application/msgpack".into(),
+            message_id: catga_core::new_id(),
+            correlation_id: catga_core::new_id(),
+            causation_id: None,
+            headers: vec![],
+        }])
+        .await
+        .unwrap();
+    let m = Catga::builder()
+        .outbox_with(Arc::new(store.clone()), fast_relay())
+        .event_fn(|_: Charged, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.dead_letter_count().await.unwrap() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never dead-lettered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.shutdown().await.unwrap();
+    assert_eq!(store.backlog().await.unwrap(), 0);
+}
