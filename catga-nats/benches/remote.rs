@@ -9,13 +9,13 @@
 //!   service would, so the difference is Catga's own cost.
 //! - `publish`: fire-and-forget event publishes from one task, then a flush.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::Client;
 use catga_core::{Catga, Event, Mediator, Message, Request};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_test_support::NatsServer;
+use catga_test_support::bench::{self, Stats};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -52,49 +52,12 @@ fn body() -> String {
     "x".repeat(56) // 64 bytes of MessagePack with the map header and field name
 }
 
-struct Stats {
-    per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
-}
-
-/// Runs `IN_FLIGHT` loops of `call` for the warm-up plus the measured time.
 async fn drive<F, Fut>(call: F) -> Stats
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let call = Arc::new(call);
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..IN_FLIGHT {
-        let call = call.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let t = Instant::now();
-                if t - start > WARM_UP + MEASURE {
-                    break;
-                }
-                call().await;
-                if t - start > WARM_UP {
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-            }
-            lat
-        }));
-    }
-    let mut all = Vec::new();
-    for t in tasks {
-        all.extend(t.await.unwrap());
-    }
-    all.sort_unstable();
-    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    Stats {
-        per_sec: all.len() as f64 / MEASURE.as_secs_f64(),
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-    }
+    bench::drive(IN_FLIGHT, WARM_UP, MEASURE, call).await
 }
 
 /// A hand-written responder; with `headers`, it answers with a status header
@@ -153,18 +116,8 @@ async fn catga_peer(url: &str) -> Mediator {
     m
 }
 
-fn report(case: &str, catga: &Stats, bare: &Stats, unit: &str) {
-    println!(
-        "{{\"case\":\"{case}\",\"in_flight\":{IN_FLIGHT},\"catga_{unit}\":{:.0},\"bare_{unit}\":{:.0},\"ratio\":{:.3},\"catga_p50_us\":{:.1},\"bare_p50_us\":{:.1},\"p50_delta_us\":{:.1},\"catga_p99_us\":{:.1},\"bare_p99_us\":{:.1}}}",
-        catga.per_sec,
-        bare.per_sec,
-        catga.per_sec / bare.per_sec,
-        catga.p50_us,
-        bare.p50_us,
-        catga.p50_us - bare.p50_us,
-        catga.p99_us,
-        bare.p99_us,
-    );
+fn report(case: &str, catga: &Stats, bare: &Stats) {
+    bench::report(case, IN_FLIGHT, catga, bare);
 }
 
 async fn publish_rate<F, Fut>(publish: F) -> f64
@@ -243,8 +196,8 @@ fn main() {
             })
             .await
         };
-        report("send", &catga, &bare, "requests_per_sec");
-        report("send_vs_bare_with_same_headers", &catga, &bare_headers, "requests_per_sec");
+        report("send", &catga, &bare);
+        report("send_vs_bare_with_same_headers", &catga, &bare_headers);
         }
         if !wants("publish") {
             return;

@@ -9,8 +9,11 @@
 //! The binaries are found on `PATH` (`nats-server`, `redis-server`). When one is
 //! missing the constructor panics with an install hint; `scripts/test.sh`
 //! installs both.
+//!
+//! [`bench`] has the load driver the benchmark binaries share.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod nats;
 mod process;
 mod redis;

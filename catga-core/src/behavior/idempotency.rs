@@ -15,7 +15,9 @@ use crate::store::{Claim, IdempotencyStore};
 ///
 /// - First attempt: claims the key as in-progress for `lease`, runs the rest of
 ///   the pipeline, and on success stores the encoded response for `retention`.
-/// - A failed attempt releases its claim: the next duplicate runs the handler.
+/// - A failed attempt releases its claim: the next duplicate runs the handler
+///   (unless [`store_failures`](Idempotency::store_failures) keeps non-retryable
+///   failures).
 /// - A duplicate that finds the key in progress polls until it completes or
 ///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
 ///
@@ -35,6 +37,7 @@ pub struct Idempotency {
     wait: Duration,
     poll: Duration,
     scope: Option<Arc<str>>,
+    store_failures: bool,
 }
 
 impl std::fmt::Debug for Idempotency {
@@ -63,6 +66,7 @@ impl Idempotency {
             wait: Duration::from_secs(5),
             poll: Duration::from_millis(20),
             scope: None,
+            store_failures: false,
         }
     }
 
@@ -87,6 +91,15 @@ impl Idempotency {
         self
     }
 
+    /// Also stores non-retryable failures (validation, business rule errors), so
+    /// a duplicate gets the same error without running the handler. Retryable
+    /// failures are never stored: the next attempt runs again.
+    #[must_use]
+    pub fn store_failures(mut self, store: bool) -> Self {
+        self.store_failures = store;
+        self
+    }
+
     /// A fixed scope instead of message name + handler type.
     #[must_use]
     pub fn scope(mut self, scope: impl Into<Arc<str>>) -> Self {
@@ -103,61 +116,123 @@ impl Idempotency {
     }
 }
 
+/// Tag of a stored outcome: the first byte of the stored value.
+const OK: u8 = 0;
+const FAILED: u8 = 1;
+
+/// A stored failure: what a duplicate gets back instead of running again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredError {
+    kind: String,
+    code: Option<String>,
+    message: String,
+}
+
+impl Idempotency {
+    /// Runs the handler as the attempt holding the claim, and stores its outcome.
+    async fn attempt<'a>(
+        &'a self,
+        env: Envelope<'a>,
+        next: Next<'a>,
+        key: &str,
+        token: &str,
+    ) -> Result<Reply> {
+        let ctx = env.context();
+        // Hold back published events only when a relay will move them.
+        let held = if ctx.mediator().has_outbox() {
+            ctx.hold_events()
+        } else {
+            None
+        };
+        let result = next.run(env).await;
+        let outcome = match &result {
+            Ok(reply) => {
+                let mut bytes = vec![OK];
+                bytes.extend(env.encode_reply(reply, Format::MsgPack)?);
+                Some(bytes)
+            }
+            Err(e) if self.store_failures && !e.is_retryable() => {
+                let stored = StoredError {
+                    kind: e.kind().as_str().to_owned(),
+                    code: e.code().map(str::to_owned),
+                    message: e.message().to_owned(),
+                };
+                let mut bytes = vec![FAILED];
+                bytes.extend(Format::MsgPack.encode(&stored)?);
+                Some(bytes)
+            }
+            Err(_) => None,
+        };
+        match outcome {
+            Some(bytes) => {
+                // Events are published only with a success.
+                let events = match (&result, held) {
+                    (Ok(_), Some(buffer)) => {
+                        std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()))
+                    }
+                    _ => Vec::new(),
+                };
+                let stored = self
+                    .store
+                    .complete(key, token, bytes.into(), self.retention, events)
+                    .await?;
+                if !stored {
+                    tracing::warn!(
+                        key,
+                        "idempotency lease expired before the handler finished; its outcome \
+                         was not stored (raise the lease)"
+                    );
+                }
+            }
+            None => {
+                if let Err(e) = self.store.release(key, token).await {
+                    tracing::warn!(key, error = %e, "could not release idempotency claim");
+                }
+            }
+        }
+        result
+    }
+
+    /// What a duplicate gets from a stored outcome.
+    fn replay(&self, env: &Envelope<'_>, key: &str, bytes: &[u8]) -> Result<Reply> {
+        let corrupt = |what: &str| {
+            Error::new(
+                ErrorKind::Store,
+                format!("stored outcome under `{key}` is corrupt: {what}"),
+            )
+            .with_message_name(env.name())
+            .with_retryable(false)
+        };
+        match bytes.split_first() {
+            Some((&OK, response)) => env
+                .decode_reply(response, Format::MsgPack)
+                .map_err(|e| corrupt(e.message())),
+            Some((&FAILED, error)) => {
+                let stored: StoredError = Format::MsgPack
+                    .decode(error)
+                    .map_err(|e| corrupt(e.message()))?;
+                let kind = ErrorKind::from_wire(&stored.kind).unwrap_or(ErrorKind::Handler);
+                let mut e = Error::new(kind, stored.message)
+                    .with_message_name(env.name())
+                    .with_retryable(false);
+                if let Some(code) = stored.code {
+                    e = e.with_code(code);
+                }
+                Err(e)
+            }
+            _ => Err(corrupt("unknown outcome tag")),
+        }
+    }
+}
+
 impl Behavior for Idempotency {
     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
         let key = self.key(&env);
         let give_up = Instant::now() + self.wait;
         loop {
             match self.store.claim(&key, self.lease).await? {
-                Claim::Acquired { token } => {
-                    let ctx = env.context();
-                    // Hold back published events only when a relay will move them.
-                    let held = if ctx.mediator().has_outbox() {
-                        ctx.hold_events()
-                    } else {
-                        None
-                    };
-                    let result = next.run(env).await;
-                    match &result {
-                        Ok(reply) => {
-                            let bytes = env.encode_reply(reply, Format::MsgPack)?;
-                            let events = held
-                                .map(|b| {
-                                    std::mem::take(
-                                        &mut *b.lock().unwrap_or_else(|p| p.into_inner()),
-                                    )
-                                })
-                                .unwrap_or_default();
-                            let stored = self
-                                .store
-                                .complete(&key, &token, bytes.into(), self.retention, events)
-                                .await?;
-                            if !stored {
-                                tracing::warn!(
-                                    key,
-                                    "idempotency lease expired before the handler finished; \
-                                     its response was not stored (raise the lease)"
-                                );
-                            }
-                        }
-                        Err(_) => {
-                            if let Err(e) = self.store.release(&key, &token).await {
-                                tracing::warn!(key, error = %e, "could not release idempotency claim");
-                            }
-                        }
-                    }
-                    return result;
-                }
-                Claim::Completed(bytes) => {
-                    return env.decode_reply(&bytes, Format::MsgPack).map_err(|e| {
-                        Error::new(
-                            ErrorKind::Store,
-                            format!("stored response under `{key}` is corrupt: {}", e.message()),
-                        )
-                        .with_message_name(env.name())
-                        .with_retryable(false)
-                    });
-                }
+                Claim::Acquired { token } => return self.attempt(env, next, &key, &token).await,
+                Claim::Completed(bytes) => return self.replay(&env, &key, &bytes),
                 Claim::InProgress => {
                     if Instant::now() >= give_up {
                         return Err(Error::new(

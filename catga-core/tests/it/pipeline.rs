@@ -366,3 +366,43 @@ async fn idempotent_handlers_publish_through_the_outbox_only_on_success() {
         "once for the duplicate, never for the failure"
     );
 }
+
+#[tokio::test]
+async fn idempotency_can_keep_non_retryable_failures_for_duplicates() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()).store_failures(true))
+        .request_fn(move |f: Fail, _| {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                Err::<(), _>(Error::handler(f.code, "rejected").with_retryable(f.retryable))
+            }
+        })
+        .build()
+        .unwrap();
+    let fatal = Metadata::new().with_message_id(catga_core::new_id());
+    let msg = |retryable| Fail {
+        code: "orders.rejected".into(),
+        retryable,
+    };
+    let first = m.send_with(msg(false), fatal.clone()).await.unwrap_err();
+    let again = m.send_with(msg(false), fatal).await.unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the stored failure was replayed"
+    );
+    assert_eq!(again.kind(), first.kind());
+    assert_eq!(again.code(), Some("orders.rejected"));
+    assert_eq!(again.message(), "rejected");
+    let flaky = Metadata::new().with_message_id(catga_core::new_id());
+    m.send_with(msg(true), flaky.clone()).await.unwrap_err();
+    m.send_with(msg(true), flaky).await.unwrap_err();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "retryable failures are never stored"
+    );
+}

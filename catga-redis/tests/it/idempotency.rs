@@ -96,9 +96,7 @@ async fn ten_concurrent_duplicates_run_the_handler_once_cluster() {
     duplicates_run_once(Backend::cluster()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_attempt_runs_again_and_retention_expiry_runs_again() {
-    let backend = Backend::single();
+async fn failures_and_expiry_run_again(backend: Backend) {
     let runs = Arc::new(AtomicUsize::new(0));
     let m = charging(
         backend.store().await,
@@ -157,6 +155,16 @@ async fn a_failed_attempt_runs_again_and_retention_expiry_runs_again() {
         after, "receipt-1-run-3",
         "expired retention runs the handler again"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_runs_again_and_retention_expiry_runs_again_single_node() {
+    failures_and_expiry_run_again(Backend::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_runs_again_and_retention_expiry_runs_again_cluster() {
+    failures_and_expiry_run_again(Backend::cluster()).await;
 }
 
 #[tokio::test]

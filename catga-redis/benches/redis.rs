@@ -1,0 +1,196 @@
+//! Redis-backed operations: Catga against the bare clients, same run.
+//!
+//! Run with `cargo bench -p catga-redis --bench redis` (starts its own
+//! nats-server and redis-server on loopback; prints one JSON line per case).
+//!
+//! - `idempotent_send`: a remote command through NATS with the idempotency
+//!   behavior on Redis (claim script + completion script), against a bare
+//!   async-nats request/reply whose responder does one `SET NX PX` and one
+//!   `SET PX` through the redis crate. Both responders handle requests
+//!   concurrently; 32 in flight.
+//! - `lock`: `try_acquire` + `release` (Lua scripts with a fencing counter)
+//!   against a bare `SET NX PX` + `DEL`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::store::LockStore;
+use catga_core::{Catga, Message, Request};
+use catga_nats::{NatsOptions, NatsTransport};
+use catga_redis::{RedisOptions, RedisStore};
+use catga_test_support::bench::{drive, report};
+use catga_test_support::{NatsServer, RedisServer};
+use futures_util::StreamExt;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+const IN_FLIGHT: usize = 32;
+const WARM_UP: Duration = Duration::from_millis(500);
+const MEASURE: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Serialize, Deserialize)]
+struct Echo {
+    body: String,
+}
+impl Message for Echo {
+    const NAME: &'static str = "bench.Echo";
+}
+impl Request for Echo {
+    type Response = usize;
+}
+
+fn body() -> String {
+    "x".repeat(56)
+}
+
+async fn bare_idempotent_responder(nats: &str, redis_url: &str) {
+    let client = async_nats::connect(nats).await.unwrap();
+    let redis = redis::Client::open(redis_url).unwrap();
+    let conn = redis::aio::ConnectionManager::new(redis).await.unwrap();
+    let mut sub = client
+        .queue_subscribe("bare.req.Echo", "bare".into())
+        .await
+        .unwrap();
+    let seq = Arc::new(AtomicU64::new(0));
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let (client, mut conn, seq) = (client.clone(), conn.clone(), seq.clone());
+            tokio::spawn(async move {
+                let key = format!("bare:idem:{}", seq.fetch_add(1, Ordering::Relaxed));
+                let claimed: bool = conn
+                    .set_options(
+                        &key,
+                        "p:token",
+                        redis::SetOptions::default()
+                            .conditional_set(redis::ExistenceCheck::NX)
+                            .with_expiration(redis::SetExpiry::PX(30_000)),
+                    )
+                    .await
+                    .unwrap();
+                assert!(claimed);
+                let echo: Echo = rmp_serde::from_slice(&msg.payload).unwrap();
+                let reply = rmp_serde::to_vec_named(&echo.body.len()).unwrap();
+                let _: () = conn
+                    .set_options(
+                        &key,
+                        &reply[..],
+                        redis::SetOptions::default()
+                            .with_expiration(redis::SetExpiry::PX(86_400_000)),
+                    )
+                    .await
+                    .unwrap();
+                if let Some(to) = msg.reply {
+                    client.publish(to, reply.into()).await.unwrap();
+                }
+            });
+        }
+    });
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let nats = NatsServer::start();
+        let redis_server = RedisServer::start();
+        let (nats_url, redis_url) = (nats.url(), redis_server.url());
+
+        // Idempotent remote command.
+        bare_idempotent_responder(&nats_url, &redis_url).await;
+        let bare_client = async_nats::connect(&nats_url).await.unwrap();
+        let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
+            .unwrap()
+            .into();
+        let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+            let (c, p) = (bare_client.clone(), payload.clone());
+            async move {
+                let r = c.request("bare.req.Echo", p).await.unwrap();
+                let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
+                assert_eq!(n, 56);
+            }
+        })
+        .await;
+        let store = RedisStore::connect(RedisOptions::new(&redis_url))
+            .await
+            .unwrap();
+        let peer = Catga::builder()
+            .service("bench")
+            .transport(
+                NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
+                    .await
+                    .unwrap(),
+            )
+            .behavior(Idempotency::new(store.clone()))
+            .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
+            .build()
+            .unwrap();
+        peer.start().await.unwrap();
+        let client = Catga::builder()
+            .service("bench-client")
+            .transport(
+                NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
+                    .await
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+            let c = client.clone();
+            async move {
+                assert_eq!(c.send(Echo { body: body() }).await.unwrap(), 56);
+            }
+        })
+        .await;
+        report("idempotent_send", IN_FLIGHT, &catga, &bare);
+
+        // Lock acquire + release.
+        let raw =
+            redis::aio::ConnectionManager::new(redis::Client::open(redis_url.as_str()).unwrap())
+                .await
+                .unwrap();
+        let seq = Arc::new(AtomicU64::new(0));
+        let s = seq.clone();
+        let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+            let (mut conn, key) = (
+                raw.clone(),
+                format!("bare:lock:{}", s.fetch_add(1, Ordering::Relaxed)),
+            );
+            async move {
+                let ok: bool = conn
+                    .set_options(
+                        &key,
+                        "token",
+                        redis::SetOptions::default()
+                            .conditional_set(redis::ExistenceCheck::NX)
+                            .with_expiration(redis::SetExpiry::PX(30_000)),
+                    )
+                    .await
+                    .unwrap();
+                assert!(ok);
+                let _: usize = conn.del(&key).await.unwrap();
+            }
+        })
+        .await;
+        let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+            let (store, name) = (
+                store.clone(),
+                format!("bench:{}", seq.fetch_add(1, Ordering::Relaxed)),
+            );
+            async move {
+                let lease = store
+                    .try_acquire(&name, Duration::from_secs(30))
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(store.release(&name, &lease.token).await.unwrap());
+            }
+        })
+        .await;
+        report("lock_acquire_release", IN_FLIGHT, &catga, &bare);
+        peer.shutdown().await.unwrap();
+    });
+}
