@@ -2,7 +2,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use catga_core::{Catga, ErrorKind, Mediator};
+use catga_core::{Catga, ErrorKind, Mediator, Metadata};
 use catga_test_support::{NatsCluster, NatsServer};
 
 use crate::common::*;
@@ -98,7 +98,8 @@ async fn peers_reconnect_after_a_server_restart() {
     server.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        match client.send(Add { a: 2, b: 2 }).await {
+        let quick = Metadata::new().with_timeout(Duration::from_secs(2));
+        match client.send_with(Add { a: 2, b: 2 }, quick).await {
             Ok(v) => {
                 assert_eq!(v, 4);
                 break;
@@ -150,7 +151,8 @@ async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
         .unwrap();
     let mut ok = false;
     for _ in 0..100 {
-        if client.send(Add { a: 1, b: 1 }).await.is_ok() {
+        let quick = Metadata::new().with_timeout(Duration::from_secs(2));
+        if client.send_with(Add { a: 1, b: 1 }, quick).await.is_ok() {
             ok = true;
             break;
         }
