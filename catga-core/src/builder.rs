@@ -377,6 +377,12 @@ impl CatgaBuilder {
             seen.insert(p.type_id, p);
             names.insert(p.name, p);
         }
+        let registered = self.requests.iter().map(|p| p.name);
+        for name in registered.chain(self.events.iter().map(|(_, p)| p.name)) {
+            if let Err(e) = crate::message::validate_name(name) {
+                errors.push(e);
+            }
+        }
         let mut event_names: HashMap<&'static str, &'static str> = HashMap::new();
         for (_, p) in &self.events {
             if let Some(first) = event_names.insert(p.name, p.type_name) {

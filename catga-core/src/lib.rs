@@ -78,6 +78,6 @@ pub use context::Context;
 pub use error::{Error, ErrorKind, Result};
 pub use handler::{EventHandler, FnHandler, RequestHandler};
 pub use mediator::Mediator;
-pub use message::{Event, Message, MessageKind, Request};
+pub use message::{Event, Message, MessageKind, Request, validate_name};
 pub use metadata::{Headers, Metadata, new_id};
 pub use uuid::Uuid;

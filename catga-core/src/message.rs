@@ -8,6 +8,8 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::error::{Error, ErrorKind, Result};
+
 /// Anything that can be dispatched: serialisable, shareable, with a wire name.
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable wire name, unique within a deployment.
@@ -42,4 +44,42 @@ pub enum MessageKind {
     Request,
     /// An event with any number of handlers.
     Event,
+}
+
+/// Checks that `name` can be a wire name: dot-separated tokens of printable ASCII
+/// without spaces, `*` or `>`, so it fits in a NATS subject (and any other
+/// transport's address) unchanged. [`CatgaBuilder::build`](crate::CatgaBuilder::build)
+/// checks every registered name with it.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.split('.').all(|t| !t.is_empty())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!(
+                "`{name}` is not a valid wire name: use dot-separated printable ASCII without \
+                 spaces, `*` or `>`, e.g. \"orders.CreateOrder\""
+            ),
+        )
+        .with_message_name(name.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_name;
+
+    #[test]
+    fn wire_names_are_subject_safe() {
+        assert!(validate_name("orders.CreateOrder").is_ok());
+        assert!(validate_name("CreateOrder").is_ok());
+        for bad in ["", "a..b", "a b", "a.*", "a.>", ".a", "a."] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+    }
 }

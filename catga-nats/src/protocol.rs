@@ -66,27 +66,6 @@ pub fn dead_letter_subject(prefix: &str, name: &str) -> String {
     format!("{prefix}.dlq.{name}")
 }
 
-/// Whether a wire name can be used in a subject: non-empty tokens of printable
-/// ASCII without wildcards or whitespace.
-pub(crate) fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.split('.').all(|t| !t.is_empty())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(
-            ErrorKind::Config,
-            format!(
-                "`{name}` cannot be a NATS subject token: use dot-separated ASCII without spaces, `*` or `>`"
-            ),
-        )
-        .with_message_name(name.to_owned()))
-    }
-}
-
 fn is_reserved(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.starts_with("catga-")
@@ -362,14 +341,6 @@ mod tests {
         assert_eq!(back.code(), Some("orders.out_of_stock"));
         assert!(back.is_retryable());
         assert_eq!(back.message(), "no stock");
-    }
-
-    #[test]
-    fn names_are_checked_for_subject_safety() {
-        assert!(check_name("orders.CreateOrder").is_ok());
-        for bad in ["", "a..b", "a b", "a.*", "a.>", ".a"] {
-            assert!(check_name(bad).is_err(), "{bad:?}");
-        }
     }
 }
 

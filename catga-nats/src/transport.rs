@@ -313,7 +313,7 @@ impl Transport for NatsTransport {
 
 async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> Result<()> {
     for name in peer.requests.iter().chain(&peer.events) {
-        protocol::check_name(name)?;
+        catga_core::validate_name(name)?;
     }
     let running = Running {
         shutdown: CancellationToken::new(),

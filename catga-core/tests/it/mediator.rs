@@ -279,3 +279,21 @@ async fn handlers_run_concurrently_through_a_cloned_mediator() {
     assert_eq!(sum, (0..50).sum::<i64>());
     assert_eq!(count.load(Ordering::SeqCst), 50);
 }
+
+#[test]
+fn invalid_wire_names_fail_the_build() {
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Spaced;
+    impl catga_core::Message for Spaced {
+        const NAME: &'static str = "orders.Create Order";
+    }
+    impl Request for Spaced {
+        type Response = ();
+    }
+    let err = Catga::builder()
+        .request_fn(|_: Spaced, _| async { Ok(()) })
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("orders.Create Order"), "{err}");
+}
