@@ -23,6 +23,7 @@ use crate::message::{Event, Message, MessageKind, Request};
 use crate::metadata::new_id;
 use crate::relay::RelayOptions;
 use crate::route::{EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, pipeline_for};
+use crate::saga::{MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
 use crate::store::{LockStore, MemoryLockStore, OutboxStore};
 use crate::transport::Transport;
 
@@ -92,6 +93,8 @@ pub struct CatgaBuilder {
     lock_store: Option<Arc<dyn LockStore>>,
     resources: TypeMap<Arc<dyn Any + Send + Sync>>,
     outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
+    sagas: Vec<Arc<dyn SagaRunner>>,
+    saga_store: Option<Arc<dyn SagaStore>>,
 }
 
 impl Default for CatgaBuilder {
@@ -109,6 +112,8 @@ impl Default for CatgaBuilder {
             lock_store: None,
             resources: TypeMap::default(),
             outbox: None,
+            sagas: Vec::new(),
+            saga_store: None,
         }
     }
 }
@@ -247,6 +252,19 @@ impl CatgaBuilder {
     /// Like [`CatgaBuilder::outbox`], with relay options.
     pub fn outbox_with(mut self, store: Arc<dyn OutboxStore>, options: RelayOptions) -> Self {
         self.outbox = Some((store, options));
+        self
+    }
+
+    /// Registers a saga definition: its coordinator runs as a leader-only task
+    /// (in the lock store), and [`Mediator::start_saga`] can start it here.
+    pub fn saga<D: SagaData>(mut self, saga: Saga<D>) -> Self {
+        self.sagas.push(Arc::new(Arc::new(saga)));
+        self
+    }
+
+    /// Where saga state lives. Default: in memory (one peer).
+    pub fn saga_store(mut self, store: Arc<dyn SagaStore>) -> Self {
+        self.saga_store = Some(store);
         self
     }
 
@@ -419,6 +437,15 @@ impl CatgaBuilder {
                 ));
             }
         }
+        let mut saga_names = std::collections::HashSet::new();
+        for s in &self.sagas {
+            if !saga_names.insert(s.name().to_owned()) {
+                errors.push(Error::new(
+                    ErrorKind::DuplicateHandler,
+                    format!("two sagas are named `{}`; give each its own name", s.name()),
+                ));
+            }
+        }
         if !errors.is_empty() {
             let first = errors.remove(0);
             return Err(if errors.is_empty() {
@@ -442,6 +469,16 @@ impl CatgaBuilder {
             events.insert(id, (p.finish)(p.handlers, &self.behaviors));
             inbound_events.insert(p.name, p.inbound);
         }
+        let saga_store = self
+            .saga_store
+            .unwrap_or_else(|| Arc::new(MemorySagaStore::new()));
+        let saga_wake = Arc::new(tokio::sync::Notify::new());
+        let mut leader_tasks = self.leader_tasks;
+        let mut sagas = HashMap::new();
+        for runner in self.sagas {
+            leader_tasks.push(runner.leader_task(saga_store.clone(), saga_wake.clone()));
+            sagas.insert(runner.name().to_owned(), runner);
+        }
         Ok(Mediator {
             inner: Arc::new(Inner {
                 requests,
@@ -454,13 +491,16 @@ impl CatgaBuilder {
                 peer_id: new_id(),
                 request_timeout: self.request_timeout,
                 started: AtomicBool::new(false),
-                leader_tasks: self.leader_tasks,
+                leader_tasks,
                 lock_store: self
                     .lock_store
                     .unwrap_or_else(|| Arc::new(MemoryLockStore::new())),
                 running: Running::default(),
                 resources: self.resources,
                 outbox: self.outbox,
+                sagas,
+                saga_store,
+                saga_wake,
             }),
         })
     }

@@ -45,6 +45,9 @@ pub enum ErrorKind {
     InProgress,
     /// The builder or a component was configured in a way that cannot work.
     Config,
+    /// Stored state changed since it was read (optimistic versioning), or a
+    /// newer owner (higher fencing token) wrote it.
+    Conflict,
 }
 
 impl ErrorKind {
@@ -63,12 +66,13 @@ impl ErrorKind {
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::InProgress => "in_progress",
             ErrorKind::Config => "config",
+            ErrorKind::Conflict => "conflict",
         }
     }
 
     /// Parses a wire name produced by [`ErrorKind::as_str`].
     pub fn from_wire(s: &str) -> Option<Self> {
-        const ALL: [ErrorKind; 12] = [
+        const ALL: [ErrorKind; 13] = [
             ErrorKind::NoHandler,
             ErrorKind::DuplicateHandler,
             ErrorKind::Handler,
@@ -81,6 +85,7 @@ impl ErrorKind {
             ErrorKind::Overloaded,
             ErrorKind::InProgress,
             ErrorKind::Config,
+            ErrorKind::Conflict,
         ];
         ALL.into_iter().find(|k| k.as_str() == s)
     }

@@ -20,6 +20,7 @@
 //! - [`store`]: idempotency, outbox and lock traits with in-memory implementations;
 //!   `catga-redis` backs them for a cluster.
 //! - [`relay`]: the outbox relay, publishing events stored with handler results.
+//! - [`saga`]: persisted sagas with compensation, coordinated by a leader.
 //! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
 //!   fenced lock.
 //! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.
@@ -69,6 +70,7 @@ mod message;
 mod metadata;
 pub mod relay;
 mod route;
+pub mod saga;
 pub mod store;
 pub mod transport;
 

@@ -21,6 +21,7 @@ use crate::message::{Event, Request};
 use crate::metadata::Metadata;
 use crate::relay::{self, RelayOptions};
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
+use crate::saga::{Saga, SagaData, SagaRunner, SagaState, SagaStore};
 use crate::store::{LockStore, OutboxRecord, OutboxStore};
 use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
 
@@ -45,6 +46,9 @@ pub(crate) struct Inner {
     pub(crate) running: Running,
     pub(crate) resources: TypeMap<Arc<dyn Any + Send + Sync>>,
     pub(crate) outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
+    pub(crate) sagas: HashMap<String, Arc<dyn SagaRunner>>,
+    pub(crate) saga_store: Arc<dyn SagaStore>,
+    pub(crate) saga_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Background work started by [`Mediator::start`].
@@ -301,6 +305,27 @@ impl Mediator {
                 None => Ok(()),
             },
         }
+    }
+
+    /// Starts an instance of `saga` with `data` and returns its id. The saga must
+    /// be registered on this peer (`.saga(..)` on the builder); its coordinator,
+    /// on whichever peer leads, runs it.
+    pub async fn start_saga<D: SagaData>(&self, saga: &Saga<D>, data: D) -> Result<Uuid> {
+        if !self.inner.sagas.contains_key(saga.name()) {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "saga `{}` is not registered on this peer: add `.saga(..)` to the builder",
+                    saga.name()
+                ),
+            ));
+        }
+        crate::saga::start(&*self.inner.saga_store, &self.inner.saga_wake, saga, &data).await
+    }
+
+    /// The state of saga `id`: status, current step, data and history.
+    pub async fn saga(&self, id: Uuid) -> Result<Option<SagaState>> {
+        self.inner.saga_store.load(id).await
     }
 
     /// Whether a relay moves this peer's outbox (set with the builder's `.outbox(..)`).

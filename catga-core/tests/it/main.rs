@@ -5,5 +5,6 @@ mod leader;
 mod mediator;
 mod messages;
 mod pipeline;
+mod saga;
 mod stores;
 mod transport;

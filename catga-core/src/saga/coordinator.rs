@@ -1,0 +1,354 @@
+//! The saga coordinator: a leader-only task that drives every unfinished saga.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
+use crate::codec::Format;
+use crate::error::{ErrorKind, Result};
+use crate::leader::{LeaderContext, LeaderTask};
+use crate::mediator::Mediator;
+use crate::message::{Event, Message};
+use crate::metadata::Metadata;
+
+/// Published when a saga ran every step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaCompleted {
+    /// Saga definition name.
+    pub saga: String,
+    /// Saga instance id.
+    pub id: Uuid,
+}
+
+/// Published when a saga failed and every completed step was undone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaCompensated {
+    /// Saga definition name.
+    pub saga: String,
+    /// Saga instance id.
+    pub id: Uuid,
+    /// The step that failed.
+    pub step: String,
+    /// Why it failed.
+    pub reason: String,
+}
+
+/// Published when a compensation kept failing: the saga needs an operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaFailed {
+    /// Saga definition name.
+    pub saga: String,
+    /// Saga instance id.
+    pub id: Uuid,
+    /// The step whose compensation failed.
+    pub step: String,
+    /// Why.
+    pub reason: String,
+}
+
+impl Message for SagaCompleted {
+    const NAME: &'static str = "catga.SagaCompleted";
+}
+impl Event for SagaCompleted {}
+impl Message for SagaCompensated {
+    const NAME: &'static str = "catga.SagaCompensated";
+}
+impl Event for SagaCompensated {}
+impl Message for SagaFailed {
+    const NAME: &'static str = "catga.SagaFailed";
+}
+impl Event for SagaFailed {}
+
+/// A saga definition with its data type erased, as the mediator keeps it.
+pub(crate) trait SagaRunner: Send + Sync + 'static {
+    fn name(&self) -> &str;
+    fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask;
+}
+
+impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask {
+        let saga = self.clone();
+        LeaderTask::new(format!("catga.saga.{}", self.name), move |ctx| {
+            coordinate(saga.clone(), store.clone(), wake.clone(), ctx)
+        })
+        .ttl(self.lease)
+    }
+}
+
+/// Stores a new saga instance; the coordinator picks it up.
+pub(crate) async fn start<D: SagaData>(
+    store: &dyn SagaStore,
+    wake: &Notify,
+    saga: &Saga<D>,
+    data: &D,
+) -> Result<Uuid> {
+    let state = SagaState::new(&saga.name, Format::MsgPack.encode(data)?);
+    store.create(&state).await?;
+    wake.notify_waiters();
+    Ok(state.id)
+}
+
+/// The message id of step `step`'s command (`do`) or compensation (`undo`):
+/// the same after every crash and failover, so handlers' idempotency sees a
+/// re-sent command as the same message.
+fn step_id(saga: Uuid, step: usize, kind: &str) -> Uuid {
+    Uuid::new_v5(&saga, format!("{step}:{kind}").as_bytes())
+}
+
+async fn coordinate<D: SagaData>(
+    saga: Arc<Saga<D>>,
+    store: Arc<dyn SagaStore>,
+    wake: Arc<Notify>,
+    ctx: LeaderContext,
+) -> Result<()> {
+    let mediator = ctx.mediator().clone();
+    let mut active: HashSet<Uuid> = HashSet::new();
+    let mut tasks = FuturesUnordered::new();
+    while !ctx.is_cancelled() {
+        // Registered before the query, so a saga started meanwhile wakes us.
+        let woken = wake.notified();
+        match store.unfinished(&saga.name).await {
+            Ok(ids) => {
+                for id in ids {
+                    if active.len() >= saga.max_concurrent {
+                        break;
+                    }
+                    if active.insert(id) {
+                        let driving = drive(
+                            saga.clone(),
+                            store.clone(),
+                            mediator.clone(),
+                            id,
+                            ctx.fence(),
+                            ctx.cancellation().clone(),
+                        );
+                        tasks.push(driving.map(move |()| id));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas"),
+        }
+        tokio::select! {
+            Some(id) = tasks.next(), if !tasks.is_empty() => { active.remove(&id); }
+            () = woken => {}
+            () = tokio::time::sleep(saga.poll_interval) => {}
+            () = ctx.cancelled() => {}
+        }
+    }
+    // Sagas in flight stop here; the next leader resumes them from their state.
+    Ok(())
+}
+
+async fn drive<D: SagaData>(
+    saga: Arc<Saga<D>>,
+    store: Arc<dyn SagaStore>,
+    mediator: Mediator,
+    id: Uuid,
+    fence: u64,
+    cancel: CancellationToken,
+) {
+    let run = Driver {
+        saga: &saga,
+        store: &*store,
+        mediator: &mediator,
+        fence,
+        cancel: &cancel,
+    };
+    if let Err(e) = run.saga(id).await {
+        if e.kind() == ErrorKind::Conflict {
+            tracing::info!(saga = %saga.name, %id, error = %e, "saga taken over");
+        } else {
+            tracing::warn!(saga = %saga.name, %id, error = %e, "saga paused; it resumes on the next round");
+        }
+    }
+}
+
+struct Driver<'a, D> {
+    saga: &'a Saga<D>,
+    store: &'a dyn SagaStore,
+    mediator: &'a Mediator,
+    fence: u64,
+    cancel: &'a CancellationToken,
+}
+
+impl<D: SagaData> Driver<'_, D> {
+    async fn saga(&self, id: Uuid) -> Result<()> {
+        let Some(mut state) = self.store.load(id).await? else {
+            return Ok(());
+        };
+        while !self.cancel.is_cancelled() {
+            match state.status {
+                SagaStatus::Running => self.forward(&mut state).await?,
+                SagaStatus::Compensating => self.backward(&mut state).await?,
+                _ => return Ok(()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, state: &mut SagaState) -> Result<()> {
+        state.version += 1;
+        state.fence = self.fence;
+        self.store.save(state).await
+    }
+
+    /// Waits before another attempt; `false` when the coordinator is stopping.
+    async fn pause(&self, attempt: u32, base: Duration) -> bool {
+        let wait = base
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+            .min(Duration::from_secs(10));
+        tokio::select! {
+            () = tokio::time::sleep(wait) => true,
+            () = self.cancel.cancelled() => false,
+        }
+    }
+
+    fn meta(state: &SagaState, step: usize, kind: &str, timeout: Duration) -> Metadata {
+        Metadata::new()
+            .with_message_id(step_id(state.id, step, kind))
+            .with_correlation_id(state.id)
+            .with_timeout(timeout)
+    }
+
+    /// Runs the next step (or finishes the saga) and saves the outcome.
+    async fn forward(&self, state: &mut SagaState) -> Result<()> {
+        let i = state.step as usize;
+        let Some(step) = self.saga.steps.get(i) else {
+            state.status = SagaStatus::Completed;
+            state.record("", "finished", "completed");
+            self.save(state).await?;
+            let event = SagaCompleted {
+                saga: state.saga.clone(),
+                id: state.id,
+            };
+            self.announce(event).await;
+            return Ok(());
+        };
+        let mut data: D = state.data()?;
+        if step.when.as_ref().is_some_and(|when| !when(&data)) {
+            state.step += 1;
+            state.record(&step.name, "skipped", "");
+            return self.save(state).await;
+        }
+        let mut attempt = 0;
+        loop {
+            let meta = Self::meta(state, i, "do", step.timeout);
+            match (step.action)(self.mediator.clone(), data.clone(), meta).await {
+                Ok(apply) => {
+                    apply(&mut data);
+                    state.data = Format::MsgPack.encode(&data)?;
+                    state.completed.push(state.step);
+                    state.step += 1;
+                    state.record(&step.name, "completed", "");
+                    return self.save(state).await;
+                }
+                Err(e) if e.is_retryable() && attempt < step.retries => {
+                    attempt += 1;
+                    tracing::debug!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "step retrying");
+                    if !self.pause(attempt, self.saga.backoff).await {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    if self.cancel.is_cancelled() {
+                        return Ok(());
+                    }
+                    state.status = SagaStatus::Compensating;
+                    state.error = Some(e.to_string());
+                    state.failed_step = Some(step.name.to_string());
+                    state.record(&step.name, "failed", e.to_string());
+                    return self.save(state).await;
+                }
+            }
+        }
+    }
+
+    /// Undoes the last completed step (or finishes the compensation) and saves.
+    async fn backward(&self, state: &mut SagaState) -> Result<()> {
+        let Some(&last) = state.completed.last() else {
+            state.status = SagaStatus::Compensated;
+            state.record("", "finished", "compensated");
+            self.save(state).await?;
+            let event = SagaCompensated {
+                saga: state.saga.clone(),
+                id: state.id,
+                step: state.failed_step.clone().unwrap_or_default(),
+                reason: state.error.clone().unwrap_or_default(),
+            };
+            self.announce(event).await;
+            return Ok(());
+        };
+        let i = last as usize;
+        let Some(step) = self.saga.steps.get(i) else {
+            // The definition lost steps since this saga started.
+            state.completed.pop();
+            state.record(
+                "",
+                "compensation_skipped",
+                format!("no step {i} in this definition"),
+            );
+            return self.save(state).await;
+        };
+        if let Some(undo) = &step.undo {
+            let data: D = state.data()?;
+            let attempts = self.saga.compensation_retries.max(1);
+            let mut attempt = 1;
+            loop {
+                let meta = Self::meta(state, i, "undo", step.timeout);
+                match undo(self.mediator.clone(), data.clone(), meta).await {
+                    Ok(()) => break,
+                    Err(e) if attempt < attempts => {
+                        tracing::warn!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "compensation retrying");
+                        if !self.pause(attempt, self.saga.backoff).await {
+                            return Ok(());
+                        }
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        if self.cancel.is_cancelled() {
+                            return Ok(());
+                        }
+                        let reason = format!(
+                            "compensation of `{}` failed after {attempts} attempts: {e}",
+                            step.name
+                        );
+                        state.status = SagaStatus::Failed;
+                        state.failed_step = Some(step.name.to_string());
+                        state.error = Some(reason.clone());
+                        state.record(&step.name, "compensation_failed", reason.clone());
+                        self.save(state).await?;
+                        let event = SagaFailed {
+                            saga: state.saga.clone(),
+                            id: state.id,
+                            step: step.name.to_string(),
+                            reason,
+                        };
+                        self.announce(event).await;
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        state.completed.pop();
+        state.record(&step.name, "compensated", "");
+        self.save(state).await
+    }
+
+    async fn announce<E: Event>(&self, event: E) {
+        if let Err(e) = self.mediator.publish(event).await {
+            tracing::warn!(event = E::NAME, error = %e, "saga event not delivered to every handler");
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! Persisted saga state and the store that keeps it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::codec::Format;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Where a saga stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum SagaStatus {
+    /// Running its steps forward.
+    Running,
+    /// A step failed; undoing the completed steps in reverse.
+    Compensating,
+    /// Every step ran.
+    Completed,
+    /// A step failed and every completed step was undone.
+    Compensated,
+    /// A compensation kept failing; an operator must look at it.
+    Failed,
+}
+
+impl SagaStatus {
+    /// Whether the saga will not move any more.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            SagaStatus::Completed | SagaStatus::Compensated | SagaStatus::Failed
+        )
+    }
+}
+
+/// One line of a saga's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SagaEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The step concerned (empty for the saga itself).
+    pub step: String,
+    /// What happened: `started`, `completed`, `skipped`, `failed`,
+    /// `compensated`, `compensation_failed`, `finished`.
+    pub what: String,
+    /// Details (an error message, a status).
+    pub detail: String,
+}
+
+/// Everything persisted about one saga instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SagaState {
+    /// Saga instance id (also the correlation id of its commands).
+    pub id: Uuid,
+    /// Name of the saga definition.
+    pub saga: String,
+    /// Where it stands.
+    pub status: SagaStatus,
+    /// Index of the next step to run forward.
+    pub step: u32,
+    /// Steps that completed, in order (the ones compensation undoes).
+    pub completed: Vec<u32>,
+    /// The saga data, MessagePack-encoded.
+    pub data: Vec<u8>,
+    /// Bumped by every save; a save must name the version it read.
+    pub version: u64,
+    /// Fencing token of the coordinator that last wrote it.
+    pub fence: u64,
+    /// What happened, oldest first.
+    pub history: Vec<SagaEvent>,
+    /// Why it is compensating, compensated or failed.
+    pub error: Option<String>,
+    /// The step that failed (forward or in compensation).
+    pub failed_step: Option<String>,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl SagaState {
+    pub(crate) fn new(saga: &str, data: Vec<u8>) -> SagaState {
+        SagaState {
+            id: crate::new_id(),
+            saga: saga.to_owned(),
+            status: SagaStatus::Running,
+            step: 0,
+            completed: Vec::new(),
+            data,
+            version: 0,
+            fence: 0,
+            history: vec![SagaEvent {
+                at_ms: now_ms(),
+                step: String::new(),
+                what: "started".into(),
+                detail: String::new(),
+            }],
+            error: None,
+            failed_step: None,
+        }
+    }
+
+    /// The saga data.
+    pub fn data<D: DeserializeOwned>(&self) -> Result<D> {
+        Format::MsgPack.decode(&self.data)
+    }
+
+    pub(crate) fn record(&mut self, step: &str, what: &str, detail: impl Into<String>) {
+        self.history.push(SagaEvent {
+            at_ms: now_ms(),
+            step: step.to_owned(),
+            what: what.to_owned(),
+            detail: detail.into(),
+        });
+    }
+
+    /// Encodes the state for a store.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        Format::MsgPack.encode(self)
+    }
+
+    /// Decodes a state written by [`SagaState::to_bytes`].
+    pub fn from_bytes(bytes: &[u8]) -> Result<SagaState> {
+        Format::MsgPack.decode(bytes)
+    }
+}
+
+/// A conflict on save: someone else wrote the saga since it was read.
+pub fn conflict(id: Uuid, why: &str) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        format!("saga {id} was not saved: {why}; its new owner carries on"),
+    )
+}
+
+/// Keeps saga states with optimistic versioning and fencing.
+pub trait SagaStore: Send + Sync + 'static {
+    /// Stores a new saga (version 0).
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>>;
+
+    /// The saga with `id`, if any.
+    fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>>;
+
+    /// Writes `state` only if the stored version is `state.version - 1` and the
+    /// stored fence is not greater than `state.fence`; otherwise fails with
+    /// [`ErrorKind::Conflict`]. Finished sagas leave the unfinished list.
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>>;
+
+    /// Ids of the unfinished sagas of definition `saga`.
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>>;
+}
+
+/// In-process [`SagaStore`].
+#[derive(Debug, Default)]
+pub struct MemorySagaStore {
+    sagas: Mutex<HashMap<Uuid, SagaState>>,
+}
+
+impl MemorySagaStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        MemorySagaStore::default()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SagaState>> {
+        self.sagas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SagaStore for MemorySagaStore {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+        self.lock().insert(state.id, state.clone());
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>> {
+        let state = self.lock().get(&id).cloned();
+        Box::pin(std::future::ready(Ok(state)))
+    }
+
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+        let mut sagas = self.lock();
+        let result = match sagas.get(&state.id) {
+            None => Err(conflict(state.id, "it does not exist")),
+            Some(old) if old.version + 1 != state.version => {
+                Err(conflict(state.id, "its version changed"))
+            }
+            Some(old) if old.fence > state.fence => {
+                Err(conflict(state.id, "a newer coordinator wrote it"))
+            }
+            Some(_) => {
+                sagas.insert(state.id, state.clone());
+                Ok(())
+            }
+        };
+        Box::pin(std::future::ready(result))
+    }
+
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        let mut ids: Vec<Uuid> = self
+            .lock()
+            .values()
+            .filter(|s| s.saga == saga && !s.status.is_finished())
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        Box::pin(std::future::ready(Ok(ids)))
+    }
+}

@@ -1,0 +1,340 @@
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::saga::{
+    MemorySagaStore, Saga, SagaCompensated, SagaCompleted, SagaState, SagaStatus, SagaStore, Step,
+};
+use catga_core::{Catga, Context, Error, ErrorKind, Mediator, Message, Request, Uuid};
+use serde::{Deserialize, Serialize};
+
+/// What each command did, per saga (its correlation id), in order.
+type Journal = Arc<Mutex<HashMap<Uuid, Vec<String>>>>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Act {
+    what: String,
+    fail: bool,
+    sleep_ms: u64,
+}
+impl Message for Act {
+    const NAME: &'static str = "saga.Act";
+}
+impl Request for Act {
+    type Response = u32;
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Undo {
+    what: String,
+    fail: bool,
+}
+impl Message for Undo {
+    const NAME: &'static str = "saga.Undo";
+}
+impl Request for Undo {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Order {
+    fail_at: Option<String>,
+    slow_at: Option<String>,
+    undo_fails: bool,
+    skip_ship: bool,
+    receipts: Vec<u32>,
+}
+
+fn act(name: &'static str) -> Step<Order> {
+    Step::send(name, move |o: &Order| Act {
+        what: name.to_owned(),
+        fail: o.fail_at.as_deref() == Some(name),
+        sleep_ms: if o.slow_at.as_deref() == Some(name) {
+            60_000
+        } else {
+            0
+        },
+    })
+    .record(|o, receipt| o.receipts.push(receipt))
+    .compensate(move |o: &Order| Undo {
+        what: name.to_owned(),
+        fail: o.undo_fails,
+    })
+    .timeout(Duration::from_millis(300))
+    .retries(0)
+    .into()
+}
+
+fn fulfilment() -> Saga<Order> {
+    Saga::new("test.fulfilment")
+        .step(act("reserve"))
+        .step(act("charge"))
+        .step(Step::from(act("ship")))
+        .compensation_retries(3, Duration::from_millis(10))
+        .polling(Duration::from_millis(20), Duration::from_secs(5))
+}
+
+fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Mediator {
+    let (j1, j2, j3) = (journal.clone(), journal.clone(), journal.clone());
+    let saga = fulfilment();
+    let conditional = Saga::<Order>::new("test.conditional")
+        .step(act("reserve"))
+        .step(
+            Step::send("ship", |_: &Order| Act {
+                what: "ship".into(),
+                fail: false,
+                sleep_ms: 0,
+            })
+            .when(|o| !o.skip_ship),
+        )
+        .polling(Duration::from_millis(20), Duration::from_secs(5));
+    Catga::builder()
+        .saga_store(store)
+        .saga(saga)
+        .saga(conditional)
+        .request_fn(move |a: Act, ctx: Context| {
+            let j = j1.clone();
+            async move {
+                if a.sleep_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(a.sleep_ms)).await;
+                }
+                if a.fail {
+                    return Err(Error::handler(
+                        "test.refused",
+                        format!("{} refused", a.what),
+                    ));
+                }
+                let mut j = j.lock().unwrap();
+                let log = j.entry(ctx.correlation_id()).or_default();
+                log.push(a.what.clone());
+                Ok(log.len() as u32)
+            }
+        })
+        .request_fn(move |u: Undo, ctx: Context| {
+            let j = j2.clone();
+            async move {
+                if u.fail {
+                    return Err(Error::handler("test.stuck", "cannot undo"));
+                }
+                j.lock()
+                    .unwrap()
+                    .entry(ctx.correlation_id())
+                    .or_default()
+                    .push(format!("undo {}", u.what));
+                Ok(())
+            }
+        })
+        .event_fn(move |e: SagaCompleted, _| {
+            let j = j3.clone();
+            async move {
+                j.lock()
+                    .unwrap()
+                    .entry(e.id)
+                    .or_default()
+                    .push("event completed".into());
+                Ok(())
+            }
+        })
+        .event_fn(|_: SagaCompensated, _| async { Ok(()) })
+        .build()
+        .unwrap()
+}
+
+async fn finished(m: &Mediator, id: Uuid) -> SagaState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = m.saga(id).await.unwrap().expect("the saga exists");
+        if state.status.is_finished() {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saga never finished: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn started() -> (Journal, Mediator) {
+    let journal = Journal::default();
+    let m = mediator(journal.clone(), Arc::new(MemorySagaStore::new()));
+    (journal, m)
+}
+
+fn log(j: &Journal, id: Uuid) -> Vec<String> {
+    j.lock().unwrap().get(&id).cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn the_happy_path_runs_every_step_and_records_responses() {
+    let (j, m) = started();
+    m.start().await.unwrap();
+    let id = m.start_saga(&fulfilment(), Order::default()).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Completed);
+    assert_eq!(state.data::<Order>().unwrap().receipts, vec![1, 2, 3]);
+    let whats: Vec<_> = state
+        .history
+        .iter()
+        .map(|h| format!("{}:{}", h.step, h.what))
+        .collect();
+    assert!(whats.contains(&"charge:completed".to_owned()), "{whats:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        log(&j, id),
+        ["reserve", "charge", "ship", "event completed"]
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failure_at_step_three_compensates_steps_two_then_one() {
+    let (j, m) = started();
+    m.start().await.unwrap();
+    let order = Order {
+        fail_at: Some("ship".into()),
+        ..Order::default()
+    };
+    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.failed_step.as_deref(), Some("ship"));
+    assert!(
+        state.error.as_deref().unwrap().contains("ship refused"),
+        "{state:?}"
+    );
+    assert_eq!(
+        log(&j, id),
+        ["reserve", "charge", "undo charge", "undo reserve"]
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_step_timeout_compensates() {
+    let (j, m) = started();
+    m.start().await.unwrap();
+    let order = Order {
+        slow_at: Some("charge".into()),
+        ..Order::default()
+    };
+    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.failed_step.as_deref(), Some("charge"));
+    assert!(
+        state.error.as_deref().unwrap().contains("timeout"),
+        "{state:?}"
+    );
+    assert_eq!(log(&j, id), ["reserve", "undo reserve"]);
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator() {
+    let (_, m) = started();
+    m.start().await.unwrap();
+    let order = Order {
+        fail_at: Some("charge".into()),
+        undo_fails: true,
+        ..Order::default()
+    };
+    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Failed);
+    assert_eq!(state.failed_step.as_deref(), Some("reserve"));
+    let reason = state.error.unwrap();
+    assert!(
+        reason.contains("after 3 attempts") && reason.contains("cannot undo"),
+        "{reason}"
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn conditional_steps_are_skipped() {
+    let (j, m) = started();
+    m.start().await.unwrap();
+    let conditional = Saga::<Order>::new("test.conditional");
+    let id = m
+        .start_saga(
+            &conditional,
+            Order {
+                skip_ship: true,
+                ..Order::default()
+            },
+        )
+        .await
+        .unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Completed);
+    let done = log(&j, id);
+    assert_eq!(done[0], "reserve");
+    assert!(!done.contains(&"ship".to_owned()), "{done:?}");
+    assert!(
+        state
+            .history
+            .iter()
+            .any(|h| h.step == "ship" && h.what == "skipped")
+    );
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_concurrent_sagas_complete_with_no_lost_or_duplicated_step() {
+    let (j, m) = started();
+    m.start().await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(m.start_saga(&fulfilment(), Order::default()).await.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(finished(&m, *id).await.status, SagaStatus::Completed);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for id in &ids {
+        assert_eq!(
+            log(&j, *id),
+            ["reserve", "charge", "ship", "event completed"]
+        );
+    }
+    m.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn unregistered_sagas_cannot_start() {
+    let (_, m) = started();
+    let err = m
+        .start_saga(&Saga::<Order>::new("test.unknown"), Order::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+}
+
+#[tokio::test]
+async fn a_stale_coordinator_cannot_write() {
+    let store = MemorySagaStore::new();
+    let (_, m) = started();
+    m.start().await.unwrap();
+    let id = m.start_saga(&fulfilment(), Order::default()).await.unwrap();
+    let state = finished(&m, id).await;
+    store.create(&state).await.unwrap();
+    let mut newer = state.clone();
+    newer.version += 1;
+    newer.fence = state.fence + 5;
+    store.save(&newer).await.unwrap();
+    let mut stale = newer.clone();
+    stale.version += 1;
+    stale.fence = state.fence;
+    let err = store.save(&stale).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    let mut old_version = newer.clone();
+    old_version.fence += 1;
+    let err = store.save(&old_version).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Conflict,
+        "a save must name the version it read"
+    );
+    m.shutdown().await.unwrap();
+}
