@@ -69,7 +69,7 @@ fn fulfilment() -> Saga<Order> {
     Saga::new("test.fulfilment")
         .step(act("reserve"))
         .step(act("charge"))
-        .step(Step::from(act("ship")))
+        .step(act("ship"))
         .compensation_retries(3, Duration::from_millis(10))
         .polling(Duration::from_millis(20), Duration::from_secs(5))
 }
