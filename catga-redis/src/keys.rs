@@ -4,6 +4,7 @@
 //! - idempotency: `{<prefix>:o<shard>}:idem:<scope>:<message id>`
 //! - outbox:      `{<prefix>:o<shard>}:outbox` and `{<prefix>:o<shard>}:outbox:dead`
 //! - lock:        `{<prefix>:lock:<name>}` and `{<prefix>:lock:<name>}:fence`
+//! - sagas:       `{<prefix>:saga:<id>}` (a hash) and `{<prefix>:sagas:<name>}:unfinished`
 //!
 //! An idempotency key and the outbox stream its completion writes to live in the
 //! same shard; shards spread the keys over the cluster's slots.
@@ -56,6 +57,16 @@ impl Keys {
         let key = format!("{{{}:lock:{name}}}", self.prefix);
         let fence = format!("{key}:fence");
         (key, fence)
+    }
+
+    /// The hash holding one saga's state.
+    pub(crate) fn saga(&self, id: uuid::Uuid) -> String {
+        format!("{{{}:saga:{id}}}", self.prefix)
+    }
+
+    /// The set of unfinished saga ids of one definition.
+    pub(crate) fn unfinished_sagas(&self, saga: &str) -> String {
+        format!("{{{}:sagas:{saga}}}:unfinished", self.prefix)
     }
 
     /// The consumer group every relay joins.

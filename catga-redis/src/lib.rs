@@ -15,6 +15,8 @@
 //! - **Lock**: `SET NX PX` with a random token, compare-and-act renew and release,
 //!   and a fencing counter incremented on every acquire. Leader-only tasks
 //!   (`CatgaBuilder::leader_task`) use it through `.lock_store(..)`.
+//! - **Sagas**: saga state with optimistic versioning and the coordinator's
+//!   fencing token checked in one script (`.saga_store(..)`).
 //!
 //! Each atomic operation is one Lua script in `catga-redis/lua/`; keys of one
 //! script share a hash tag, so the same code runs on Redis Cluster.
@@ -39,6 +41,7 @@
 
 mod conn;
 mod keys;
+mod saga;
 mod store;
 
 pub use store::{RedisOptions, RedisStore};

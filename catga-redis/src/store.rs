@@ -88,7 +88,7 @@ impl RedisOptions {
     }
 }
 
-struct Scripts {
+pub(crate) struct Scripts {
     claim: Script,
     complete: Script,
     release: Script,
@@ -98,6 +98,7 @@ struct Scripts {
     lock_acquire: Script,
     lock_renew: Script,
     lock_release: Script,
+    pub(crate) saga_save: Script,
 }
 
 impl Scripts {
@@ -112,6 +113,7 @@ impl Scripts {
             lock_acquire: Script::new(include_str!("../lua/lock_acquire.lua")),
             lock_renew: Script::new(include_str!("../lua/lock_renew.lua")),
             lock_release: Script::new(include_str!("../lua/lock_release.lua")),
+            saga_save: Script::new(include_str!("../lua/saga_save.lua")),
         }
     }
 }
@@ -122,9 +124,9 @@ impl Scripts {
 /// `.lock_store(..)`: every peer of a service then shares one view.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Conn,
-    keys: Keys,
-    scripts: Arc<Scripts>,
+    pub(crate) conn: Conn,
+    pub(crate) keys: Keys,
+    pub(crate) scripts: Arc<Scripts>,
     /// Outbox shards whose consumer group is known to exist.
     groups: Arc<Mutex<HashSet<u32>>>,
     next_shard: Arc<AtomicU32>,

@@ -69,3 +69,70 @@ pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A peer on its own runtime, so killing it is like killing a process: its
+/// tasks stop where they are and release nothing.
+pub(crate) struct Isolated {
+    runtime: Option<tokio::runtime::Runtime>,
+    pub(crate) mediator: catga_core::Mediator,
+}
+
+impl Isolated {
+    pub(crate) async fn start<F, Fut>(make: F) -> Isolated
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = catga_core::Mediator> + Send + 'static,
+    {
+        Isolated::named("peer", make).await
+    }
+
+    /// Like [`Isolated::start`]; the runtime's threads are named `name`.
+    pub(crate) async fn named<F, Fut>(name: &str, make: F) -> Isolated
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = catga_core::Mediator> + Send + 'static,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .unwrap();
+        let mediator = runtime
+            .spawn(async move {
+                let m = make().await;
+                m.start().await.unwrap();
+                m
+            })
+            .await
+            .unwrap();
+        Isolated {
+            runtime: Some(runtime),
+            mediator,
+        }
+    }
+
+    /// Dies without releasing anything.
+    pub(crate) fn kill(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+
+    /// Stops gracefully (releases locks, drains).
+    pub(crate) async fn stop(&mut self) {
+        let m = self.mediator.clone();
+        if let Some(rt) = &self.runtime {
+            rt.spawn(async move { m.shutdown().await })
+                .await
+                .unwrap()
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for Isolated {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

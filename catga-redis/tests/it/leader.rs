@@ -2,61 +2,48 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use catga_core::Catga;
 use catga_core::leader::LeaderTask;
-use catga_core::{Catga, Mediator};
 use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::RedisServer;
-use tokio::runtime::Runtime;
 use tokio::time::Instant;
 
-use crate::common::eventually;
+use crate::common::{Isolated, eventually};
 
-/// A peer on its own runtime, so killing it is like killing a process: its
-/// tasks stop where they are and release nothing.
+/// A leader-task peer: the task marks itself running until cancelled.
 struct Peer {
-    runtime: Option<Runtime>,
-    mediator: Mediator,
+    node: Isolated,
     running: Arc<AtomicBool>,
     cancelled: Arc<AtomicUsize>,
 }
 
 impl Peer {
     async fn start(url: &str, ttl: Duration) -> Peer {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
         let running = Arc::new(AtomicBool::new(false));
         let cancelled = Arc::new(AtomicUsize::new(0));
         let (r, c, url) = (running.clone(), cancelled.clone(), url.to_owned());
-        let mediator = runtime
-            .spawn(async move {
-                let store = RedisStore::connect(RedisOptions::new(url)).await.unwrap();
-                let task = LeaderTask::new("test.scheduler", move |ctx| {
-                    let (r, c) = (r.clone(), c.clone());
-                    async move {
-                        r.store(true, Ordering::SeqCst);
-                        ctx.cancelled().await;
-                        r.store(false, Ordering::SeqCst);
-                        c.fetch_add(1, Ordering::SeqCst);
-                        Ok(())
-                    }
-                })
-                .ttl(ttl);
-                let m = Catga::builder()
-                    .lock_store(store)
-                    .leader(task)
-                    .build()
-                    .unwrap();
-                m.start().await.unwrap();
-                m
+        let node = Isolated::start(move || async move {
+            let store = RedisStore::connect(RedisOptions::new(url)).await.unwrap();
+            let task = LeaderTask::new("test.scheduler", move |ctx| {
+                let (r, c) = (r.clone(), c.clone());
+                async move {
+                    r.store(true, Ordering::SeqCst);
+                    ctx.cancelled().await;
+                    r.store(false, Ordering::SeqCst);
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
             })
-            .await
-            .unwrap();
+            .ttl(ttl);
+            Catga::builder()
+                .lock_store(store)
+                .leader(task)
+                .build()
+                .unwrap()
+        })
+        .await;
         Peer {
-            runtime: Some(runtime),
-            mediator,
+            node,
             running,
             cancelled,
         }
@@ -66,28 +53,13 @@ impl Peer {
         self.running.load(Ordering::SeqCst)
     }
 
-    /// Dies without releasing anything.
     fn kill(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
+        self.node.kill();
         self.running.store(false, Ordering::SeqCst);
     }
 
     async fn stop(&mut self) {
-        let m = self.mediator.clone();
-        if let Some(rt) = &self.runtime {
-            rt.spawn(async move { m.shutdown().await })
-                .await
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        self.kill();
+        self.node.stop().await;
     }
 }
 

@@ -5,3 +5,4 @@ mod idempotency;
 mod leader;
 mod lock;
 mod outbox;
+mod saga;

@@ -1,0 +1,19 @@
+-- Save a saga state with optimistic versioning and fencing.
+-- KEYS[1]  saga hash (fields: state, version, fence)
+-- ARGV[1]  the version the writer read (the stored version must equal it)
+-- ARGV[2]  the new version
+-- ARGV[3]  the writer's fencing token (must not be below the stored one)
+-- ARGV[4]  the encoded state
+-- Returns 'ok', 'missing', 'version' or 'fence'.
+local stored = redis.call('HMGET', KEYS[1], 'version', 'fence')
+if not stored[1] then
+  return 'missing'
+end
+if tonumber(stored[1]) ~= tonumber(ARGV[1]) then
+  return 'version'
+end
+if tonumber(stored[2] or '0') > tonumber(ARGV[3]) then
+  return 'fence'
+end
+redis.call('HSET', KEYS[1], 'state', ARGV[4], 'version', ARGV[2], 'fence', ARGV[3])
+return 'ok'

@@ -1,0 +1,116 @@
+//! Saga state on Redis: one hash per saga, a set of unfinished ids per definition.
+
+use catga_core::saga::{SagaState, SagaStore, conflict};
+use catga_core::{Error, Result, Uuid};
+use futures_util::future::BoxFuture;
+use redis::AsyncCommands;
+
+use crate::conn::store_error;
+use crate::store::RedisStore;
+
+impl SagaStore for RedisStore {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let blob = state.to_bytes()?;
+            // Index first: an id without state is dropped on load; a state
+            // without index would never be driven.
+            let _: usize = conn
+                .sadd(
+                    self.keys.unfinished_sagas(&state.saga),
+                    state.id.to_string(),
+                )
+                .await
+                .map_err(|e| store_error("indexing a new saga", e))?;
+            let key = self.keys.saga(state.id);
+            let _: () = redis::cmd("HSET")
+                .arg(&key)
+                .arg("state")
+                .arg(blob)
+                .arg("version")
+                .arg(state.version)
+                .arg("fence")
+                .arg(state.fence)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("creating `{key}`"), e))?;
+            Ok(())
+        })
+    }
+
+    fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let key = self.keys.saga(id);
+            let blob: Option<Vec<u8>> = conn
+                .hget(&key, "state")
+                .await
+                .map_err(|e| store_error(&format!("loading `{key}`"), e))?;
+            blob.map(|b| {
+                SagaState::from_bytes(&b).map_err(|e| {
+                    Error::store(format!(
+                        "the saga state under `{key}` is corrupt: {}",
+                        e.message()
+                    ))
+                    .with_retryable(false)
+                })
+            })
+            .transpose()
+        })
+    }
+
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let key = self.keys.saga(state.id);
+            let outcome: String = self
+                .scripts
+                .saga_save
+                .key(&key)
+                .arg(state.version.saturating_sub(1))
+                .arg(state.version)
+                .arg(state.fence)
+                .arg(state.to_bytes()?)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("saving `{key}`"), e))?;
+            match outcome.as_str() {
+                "ok" => {}
+                "version" => return Err(conflict(state.id, "its version changed")),
+                "fence" => return Err(conflict(state.id, "a newer coordinator wrote it")),
+                _ => return Err(conflict(state.id, "it does not exist")),
+            }
+            if state.status.is_finished() {
+                let _: redis::RedisResult<usize> = conn
+                    .srem(
+                        self.keys.unfinished_sagas(&state.saga),
+                        state.id.to_string(),
+                    )
+                    .await;
+            }
+            Ok(())
+        })
+    }
+
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let set = self.keys.unfinished_sagas(saga);
+            let ids: Vec<String> = conn
+                .smembers(&set)
+                .await
+                .map_err(|e| store_error(&format!("listing `{set}`"), e))?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                match id.parse::<Uuid>() {
+                    Ok(id) => out.push(id),
+                    Err(_) => {
+                        let _: redis::RedisResult<usize> = conn.srem(&set, &id).await;
+                    }
+                }
+            }
+            out.sort_unstable();
+            Ok(out)
+        })
+    }
+}
