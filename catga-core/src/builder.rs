@@ -501,6 +501,7 @@ impl CatgaBuilder {
                 sagas,
                 saga_store,
                 saga_wake,
+                leading: Default::default(),
             }),
         })
     }

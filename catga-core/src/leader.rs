@@ -194,6 +194,7 @@ async fn lead(
     shutdown: &CancellationToken,
 ) -> Result<()> {
     tracing::info!(task = %task.name, fence = lease.fence, "elected leader");
+    let _term = Term::begin(&mediator, &task.name);
     let cancel = shutdown.child_token();
     let ctx = LeaderContext {
         name: task.name.clone(),
@@ -241,6 +242,28 @@ async fn lead(
         }
     }
     outcome
+}
+
+/// Marks this peer as the leader of a task while alive.
+struct Term {
+    mediator: Mediator,
+    name: Arc<str>,
+}
+
+impl Term {
+    fn begin(mediator: &Mediator, name: &Arc<str>) -> Term {
+        mediator.set_leading(name, true);
+        Term {
+            mediator: mediator.clone(),
+            name: name.clone(),
+        }
+    }
+}
+
+impl Drop for Term {
+    fn drop(&mut self) {
+        self.mediator.set_leading(&self.name, false);
+    }
 }
 
 fn lease_lost(name: &str, why: &str) -> Error {

@@ -49,6 +49,7 @@ pub(crate) struct Inner {
     pub(crate) sagas: HashMap<String, Arc<dyn SagaRunner>>,
     pub(crate) saga_store: Arc<dyn SagaStore>,
     pub(crate) saga_wake: Arc<tokio::sync::Notify>,
+    pub(crate) leading: std::sync::Mutex<std::collections::BTreeSet<Arc<str>>>,
 }
 
 /// Background work started by [`Mediator::start`].
@@ -311,6 +312,18 @@ impl Mediator {
     /// be registered on this peer (`.saga(..)` on the builder); its coordinator,
     /// on whichever peer leads, runs it.
     pub async fn start_saga<D: SagaData>(&self, saga: &Saga<D>, data: D) -> Result<Uuid> {
+        self.start_saga_with_id(saga, crate::new_id(), data).await
+    }
+
+    /// Like [`Mediator::start_saga`] with a chosen id. Idempotent: when a saga
+    /// with this id exists, nothing changes and the id is returned, so a caller
+    /// that retries (or derives the id from its own entity) starts it once.
+    pub async fn start_saga_with_id<D: SagaData>(
+        &self,
+        saga: &Saga<D>,
+        id: Uuid,
+        data: D,
+    ) -> Result<Uuid> {
         if !self.inner.sagas.contains_key(saga.name()) {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -320,12 +333,44 @@ impl Mediator {
                 ),
             ));
         }
-        crate::saga::start(&*self.inner.saga_store, &self.inner.saga_wake, saga, &data).await
+        crate::saga::start(
+            &*self.inner.saga_store,
+            &self.inner.saga_wake,
+            saga,
+            id,
+            &data,
+        )
+        .await
     }
 
     /// The state of saga `id`: status, current step, data and history.
     pub async fn saga(&self, id: Uuid) -> Result<Option<SagaState>> {
         self.inner.saga_store.load(id).await
+    }
+
+    /// Names of the leader-only tasks this peer runs right now.
+    pub fn leading(&self) -> Vec<String> {
+        self.inner
+            .leading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    }
+
+    pub(crate) fn set_leading(&self, name: &Arc<str>, leading: bool) {
+        let mut set = self.inner.leading.lock().unwrap_or_else(|p| p.into_inner());
+        if leading {
+            set.insert(name.clone());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    /// The outbox this peer relays, if any (for a backlog gauge).
+    pub fn outbox_store(&self) -> Option<Arc<dyn OutboxStore>> {
+        self.inner.outbox.as_ref().map(|(s, _)| s.clone())
     }
 
     /// Whether a relay moves this peer's outbox (set with the builder's `.outbox(..)`).

@@ -9,7 +9,7 @@ use crate::conn::store_error;
 use crate::store::RedisStore;
 
 impl SagaStore for RedisStore {
-    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let blob = state.to_bytes()?;
@@ -23,18 +23,17 @@ impl SagaStore for RedisStore {
                 .await
                 .map_err(|e| store_error("indexing a new saga", e))?;
             let key = self.keys.saga(state.id);
-            let _: () = redis::cmd("HSET")
-                .arg(&key)
-                .arg("state")
+            let created: i64 = self
+                .scripts
+                .saga_create
+                .key(&key)
                 .arg(blob)
-                .arg("version")
                 .arg(state.version)
-                .arg("fence")
                 .arg(state.fence)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("creating `{key}`"), e))?;
-            Ok(())
+            Ok(created == 1)
         })
     }
 

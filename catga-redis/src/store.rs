@@ -99,6 +99,7 @@ pub(crate) struct Scripts {
     lock_renew: Script,
     lock_release: Script,
     pub(crate) saga_save: Script,
+    pub(crate) saga_create: Script,
 }
 
 impl Scripts {
@@ -114,6 +115,7 @@ impl Scripts {
             lock_renew: Script::new(include_str!("../lua/lock_renew.lua")),
             lock_release: Script::new(include_str!("../lua/lock_release.lua")),
             saga_save: Script::new(include_str!("../lua/saga_save.lua")),
+            saga_create: Script::new(include_str!("../lua/saga_create.lua")),
         }
     }
 }

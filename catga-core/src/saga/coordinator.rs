@@ -92,11 +92,13 @@ pub(crate) async fn start<D: SagaData>(
     store: &dyn SagaStore,
     wake: &Notify,
     saga: &Saga<D>,
+    id: Uuid,
     data: &D,
 ) -> Result<Uuid> {
-    let state = SagaState::new(&saga.name, Format::MsgPack.encode(data)?);
-    store.create(&state).await?;
-    wake.notify_waiters();
+    let state = SagaState::new(id, &saga.name, Format::MsgPack.encode(data)?);
+    if store.create(&state).await? {
+        wake.notify_waiters();
+    }
     Ok(state.id)
 }
 

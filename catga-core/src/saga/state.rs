@@ -86,9 +86,9 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl SagaState {
-    pub(crate) fn new(saga: &str, data: Vec<u8>) -> SagaState {
+    pub(crate) fn new(id: Uuid, saga: &str, data: Vec<u8>) -> SagaState {
         SagaState {
-            id: crate::new_id(),
+            id,
             saga: saga.to_owned(),
             status: SagaStatus::Running,
             step: 0,
@@ -142,8 +142,9 @@ pub fn conflict(id: Uuid, why: &str) -> Error {
 
 /// Keeps saga states with optimistic versioning and fencing.
 pub trait SagaStore: Send + Sync + 'static {
-    /// Stores a new saga (version 0).
-    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>>;
+    /// Stores a new saga (version 0) unless one with its id exists; returns
+    /// whether it stored it (so starting a saga with a chosen id is idempotent).
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>>;
 
     /// The saga with `id`, if any.
     fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>>;
@@ -175,9 +176,13 @@ impl MemorySagaStore {
 }
 
 impl SagaStore for MemorySagaStore {
-    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
-        self.lock().insert(state.id, state.clone());
-        Box::pin(std::future::ready(Ok(())))
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>> {
+        let mut sagas = self.lock();
+        let created = !sagas.contains_key(&state.id);
+        if created {
+            sagas.insert(state.id, state.clone());
+        }
+        Box::pin(std::future::ready(Ok(created)))
     }
 
     fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>> {

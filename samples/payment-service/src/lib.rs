@@ -1,0 +1,54 @@
+//! The payment service: charges and refunds per order.
+//!
+//! Handles `payment.ChargePayment` (the customer `declined` is always declined,
+//! with `payment.declined`) and `payment.RefundPayment`, and refunds a paid
+//! order that is cancelled (`orders.OrderCancelled`). Idempotent by message id.
+
+use std::sync::Arc;
+
+use catga::{CatgaBuilder, Error, Result};
+use shop_common::Infra;
+use shop_common::messages::{ChargePayment, OrderCancelled, RefundPayment};
+use shop_common::store::PaymentStore;
+
+/// Adds the payment handlers to `builder`.
+pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
+    let payments: Arc<dyn PaymentStore> = infra.payments.clone();
+    let (p1, p2, p3) = (payments.clone(), payments.clone(), payments);
+    let builder = infra.idempotent::<ChargePayment>(builder);
+    let builder = infra.idempotent::<RefundPayment>(builder);
+    let builder = infra.idempotent::<OrderCancelled>(builder);
+    builder
+        .request_fn(move |cmd: ChargePayment, _| {
+            let payments = p1.clone();
+            async move {
+                if cmd.customer == "declined" {
+                    return Err(Error::handler(
+                        "payment.declined",
+                        format!("the card of `{}` was declined", cmd.customer),
+                    ));
+                }
+                payments.charge(cmd.order_id, cmd.amount_cents).await
+            }
+        })
+        .request_fn(move |cmd: RefundPayment, _| {
+            let payments = p2.clone();
+            async move { payments.refund(cmd.order_id).await }
+        })
+        .event_fn(move |e: OrderCancelled, _| {
+            let payments = p3.clone();
+            async move {
+                if e.paid {
+                    tracing::info!(order = %e.order_id, "refunding a cancelled order");
+                    payments.refund(e.order_id).await?;
+                }
+                Ok(())
+            }
+        })
+}
+
+/// Serves until shut down.
+pub async fn run(infra: Infra) -> Result<()> {
+    let mediator = register(&infra, infra.builder()).build()?;
+    infra.serve(mediator, axum::Router::new()).await
+}

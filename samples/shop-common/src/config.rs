@@ -1,0 +1,73 @@
+//! Configuration from the environment.
+//!
+//! | variable | meaning | default |
+//! |----------|---------|---------|
+//! | `CATGA_NATS_URL` | NATS URLs, comma-separated: join a cluster | unset: in memory |
+//! | `CATGA_REDIS_URL` | Redis URL for stores, idempotency, outbox, locks, sagas | unset: in memory |
+//! | `CATGA_HTTP_ADDR` | where this service serves HTTP | per service |
+//! | `CATGA_SEED_STOCK` | `sku=qty,...` stock set at start when missing | `book=1000,pen=1000` |
+//! | `RUST_LOG` | log filter | `info` |
+
+use std::net::SocketAddr;
+
+use catga::{Error, ErrorKind, Result};
+
+/// What a service process was told to be.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Service name (queue group of its events).
+    pub service: String,
+    /// NATS URLs; `None` runs without a transport.
+    pub nats: Option<Vec<String>>,
+    /// Redis URL; `None` keeps everything in memory.
+    pub redis: Option<String>,
+    /// HTTP listen address.
+    pub http: SocketAddr,
+    /// Stock to seed.
+    pub seed_stock: Vec<(String, u64)>,
+}
+
+fn config_error(what: String) -> Error {
+    Error::new(ErrorKind::Config, what)
+}
+
+impl Config {
+    /// Reads the environment; `default_http` when `CATGA_HTTP_ADDR` is unset.
+    pub fn from_env(service: &str, default_http: &str) -> Result<Config> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let nats = var("CATGA_NATS_URL").map(|v| {
+            v.split(',')
+                .map(|u| u.trim().to_owned())
+                .collect::<Vec<_>>()
+        });
+        let http = var("CATGA_HTTP_ADDR")
+            .unwrap_or_else(|| default_http.to_owned())
+            .parse()
+            .map_err(|e| config_error(format!("CATGA_HTTP_ADDR is not host:port: {e}")))?;
+        let seed = var("CATGA_SEED_STOCK").unwrap_or_else(|| "book=1000,pen=1000".to_owned());
+        let seed_stock =
+            seed.split(',')
+                .map(|pair| {
+                    let (sku, qty) = pair.split_once('=').ok_or_else(|| {
+                        config_error(format!("CATGA_SEED_STOCK entry `{pair}` is not sku=qty"))
+                    })?;
+                    let qty = qty.trim().parse().map_err(|e| {
+                        config_error(format!("CATGA_SEED_STOCK quantity `{qty}`: {e}"))
+                    })?;
+                    Ok((sku.trim().to_owned(), qty))
+                })
+                .collect::<Result<Vec<_>>>()?;
+        Ok(Config {
+            service: service.to_owned(),
+            nats,
+            redis: var("CATGA_REDIS_URL"),
+            http,
+            seed_stock,
+        })
+    }
+
+    /// Whether this process joins a cluster (NATS and Redis both configured).
+    pub fn is_cluster(&self) -> bool {
+        self.nats.is_some() && self.redis.is_some()
+    }
+}

@@ -1,0 +1,160 @@
+//! Turning a [`Config`] into stores, a transport and a Catga builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use catga::behavior::idempotency::Idempotency;
+use catga::behavior::retry::Retry;
+use catga::behavior::tracing::Tracing;
+use catga::nats::{NatsOptions, NatsTransport};
+use catga::redis::{RedisOptions, RedisStore};
+use catga::store::MemoryIdempotencyStore;
+use catga::{Catga, CatgaBuilder, Error, Mediator, Message, Result};
+
+use crate::config::Config;
+use crate::messages::{OrderCancelled, OrderShipped};
+use crate::ops::{self, Metrics, Probe};
+use crate::store::{MemoryStores, OrderStore, PaymentStore, RedisStores, StockStore};
+
+/// Everything a service process connects to.
+pub struct Infra {
+    /// The configuration it was built from.
+    pub config: Config,
+    /// Orders.
+    pub orders: Arc<dyn OrderStore>,
+    /// Stock.
+    pub stock: Arc<dyn StockStore>,
+    /// Payments.
+    pub payments: Arc<dyn PaymentStore>,
+    nats: Option<NatsTransport>,
+    redis: Option<RedisStore>,
+    memory: Arc<MemoryIdempotencyStore>,
+}
+
+impl std::fmt::Debug for Infra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Infra")
+            .field("service", &self.config.service)
+            .field("cluster", &self.config.is_cluster())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Infra {
+    /// Connects what the configuration names: NATS and Redis in a cluster,
+    /// nothing (all in memory) otherwise.
+    pub async fn connect(config: Config) -> Result<Infra> {
+        let memory_stores = Arc::new(MemoryStores::default());
+        let (orders, stock, payments): (
+            Arc<dyn OrderStore>,
+            Arc<dyn StockStore>,
+            Arc<dyn PaymentStore>,
+        ) = match &config.redis {
+            Some(url) => {
+                let s = RedisStores::connect(url).await?;
+                (Arc::new(s.clone()), Arc::new(s.clone()), Arc::new(s))
+            }
+            None => (memory_stores.clone(), memory_stores.clone(), memory_stores),
+        };
+        let redis = match &config.redis {
+            Some(url) => Some(RedisStore::connect(RedisOptions::new(url.clone())).await?),
+            None => None,
+        };
+        let nats = match &config.nats {
+            Some(urls) => Some(
+                NatsTransport::connect(
+                    NatsOptions::new(urls.clone())
+                        .name(config.service.clone())
+                        .reliable_event::<OrderShipped>()
+                        .reliable_event::<OrderCancelled>(),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        Ok(Infra {
+            config,
+            orders,
+            stock,
+            payments,
+            nats,
+            redis,
+            memory: Arc::new(MemoryIdempotencyStore::new()),
+        })
+    }
+
+    /// A builder with the service name, transport, stores and the shared
+    /// behaviors (tracing, metrics, retry of transient failures).
+    pub fn builder(&self) -> CatgaBuilder {
+        let mut b = Catga::builder()
+            .service(self.config.service.clone())
+            .behavior(Tracing::new())
+            .behavior(Metrics)
+            .behavior(Retry::new(3).backoff(Duration::from_millis(50), Duration::from_secs(1)))
+            .request_timeout(Duration::from_secs(10));
+        if let Some(nats) = &self.nats {
+            b = b.transport(nats.clone());
+        }
+        match &self.redis {
+            Some(redis) => b
+                .outbox(Arc::new(redis.clone()))
+                .lock_store(redis.clone())
+                .saga_store(Arc::new(redis.clone())),
+            None => b.outbox(self.memory.outbox()),
+        }
+    }
+
+    /// Adds idempotency (Redis or memory) around message type `M`: a command
+    /// re-sent with the same message id takes effect once.
+    pub fn idempotent<M: Message>(&self, builder: CatgaBuilder) -> CatgaBuilder {
+        let behavior = match &self.redis {
+            Some(redis) => Idempotency::new(redis.clone()),
+            None => Idempotency::shared(self.memory.clone()),
+        };
+        builder.behavior_for::<M, _>(behavior.wait(Duration::from_secs(30)))
+    }
+
+    /// Sets initial stock where missing.
+    pub async fn seed_stock(&self) -> Result<()> {
+        for (sku, qty) in &self.config.seed_stock {
+            self.stock.seed(sku, *qty).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts `mediator`, serves `api` plus the health and metrics endpoints
+    /// until Ctrl-C or SIGTERM, then shuts down gracefully: HTTP stops taking
+    /// requests, leader tasks hand over, the outbox is flushed, NATS drains.
+    pub async fn serve(&self, mediator: Mediator, api: Router) -> Result<()> {
+        let _ = ops::metrics(); // install the recorder before anything is counted
+        mediator.start().await?;
+        let probe = Probe {
+            mediator: mediator.clone(),
+            store: self.stock.clone(),
+            nats: self.nats.as_ref().map(|n| n.client().clone()),
+        };
+        let app = api.merge(ops::router(probe));
+        let listener = tokio::net::TcpListener::bind(self.config.http)
+            .await
+            .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", self.config.http)))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::transport(e.to_string()))?;
+        println!(
+            "{} listening on http://{addr} ({})",
+            self.config.service,
+            if self.config.is_cluster() {
+                "cluster"
+            } else {
+                "embedded, in memory"
+            }
+        );
+        tracing::info!(%addr, service = %self.config.service, "serving");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(ops::shutdown_signal())
+            .await
+            .map_err(|e| Error::transport(format!("HTTP server failed: {e}")))?;
+        mediator.shutdown().await
+    }
+}
