@@ -22,7 +22,9 @@ use crate::store::{Claim, IdempotencyStore};
 ///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
 ///
 /// The scope defaults to the message name and handler type, so each handler of
-/// an event is idempotent on its own.
+/// an event is idempotent on its own. Add it once per message type: two
+/// idempotency behaviors with the same scope around one handler would make the
+/// inner one wait for the outer one's claim.
 ///
 /// **Outbox.** When the mediator runs an outbox relay (`.outbox(store)` on the
 /// builder, with the same store), events the handler publishes through its

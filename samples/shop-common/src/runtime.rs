@@ -30,6 +30,10 @@ pub struct Infra {
     nats: Option<NatsTransport>,
     redis: Option<RedisStore>,
     memory: Arc<MemoryIdempotencyStore>,
+    /// Message types already made idempotent: services sharing one process
+    /// (embedded mode) must not wrap a message twice, or the inner claim waits
+    /// on the outer one.
+    idempotent: std::sync::Mutex<std::collections::HashSet<std::any::TypeId>>,
 }
 
 impl std::fmt::Debug for Infra {
@@ -81,6 +85,7 @@ impl Infra {
             nats,
             redis,
             memory: Arc::new(MemoryIdempotencyStore::new()),
+            idempotent: Default::default(),
         })
     }
 
@@ -108,6 +113,14 @@ impl Infra {
     /// Adds idempotency (Redis or memory) around message type `M`: a command
     /// re-sent with the same message id takes effect once.
     pub fn idempotent<M: Message>(&self, builder: CatgaBuilder) -> CatgaBuilder {
+        let first = self
+            .idempotent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(std::any::TypeId::of::<M>());
+        if !first {
+            return builder;
+        }
         let behavior = match &self.redis {
             Some(redis) => Idempotency::new(redis.clone()),
             None => Idempotency::shared(self.memory.clone()),
