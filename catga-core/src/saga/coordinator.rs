@@ -194,7 +194,7 @@ impl<D: SagaData> Driver<'_, D> {
             match state.status {
                 SagaStatus::Running => self.forward(&mut state).await?,
                 SagaStatus::Compensating => self.backward(&mut state).await?,
-                _ => return Ok(()),
+                _ => return self.store.forget(&state.saga, state.id).await,
             }
         }
         Ok(())

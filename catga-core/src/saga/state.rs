@@ -156,6 +156,13 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Ids of the unfinished sagas of definition `saga`.
     fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>>;
+
+    /// Drops a finished saga from the unfinished list, for stores that keep the
+    /// list apart from the state (a writer may have died between the two).
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
+        let _ = (saga, id);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 /// In-process [`SagaStore`].

@@ -125,7 +125,11 @@ impl Infra {
             Some(redis) => Idempotency::new(redis.clone()),
             None => Idempotency::shared(self.memory.clone()),
         };
-        builder.behavior_for::<M, _>(behavior.wait(Duration::from_secs(30)))
+        // A claim left by a killed copy blocks its key for one lease.
+        let behavior = behavior
+            .lease(Duration::from_secs(10))
+            .wait(Duration::from_secs(5));
+        builder.behavior_for::<M, _>(behavior)
     }
 
     /// Sets initial stock where missing.

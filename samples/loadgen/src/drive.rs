@@ -1,0 +1,302 @@
+//! Driving orders through the HTTP API and auditing what happened.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use shop_common::store::{PaymentStore, RedisStores, StockStore};
+use uuid::Uuid;
+
+/// How to drive.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// Orders to place.
+    pub orders: usize,
+    /// Orders started per second.
+    pub rate: f64,
+    /// Units per order.
+    pub qty: u32,
+    /// How long one order may take to be accepted, retries included.
+    pub submit_deadline: Duration,
+    /// How long all orders may take to settle after the last was accepted.
+    pub settle_deadline: Duration,
+}
+
+impl Default for Load {
+    fn default() -> Self {
+        Load {
+            orders: 300,
+            rate: 50.0,
+            qty: 1,
+            submit_deadline: Duration::from_secs(90),
+            settle_deadline: Duration::from_secs(180),
+        }
+    }
+}
+
+/// What one order did.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The order id, when it was accepted.
+    pub id: Option<Uuid>,
+    /// From the first attempt to the payment being accepted.
+    pub latency: Duration,
+    /// When the payment was accepted (since the start of the run).
+    pub accepted_at: Duration,
+    /// HTTP attempts it took.
+    pub attempts: u32,
+}
+
+/// The JSON report of a run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Orders the tool tried to place.
+    pub orders: usize,
+    /// Orders accepted (created and payment started).
+    pub accepted: usize,
+    /// Accepted orders per second over the submit phase.
+    pub throughput_per_sec: f64,
+    /// Median client latency (create + pay), milliseconds.
+    pub latency_p50_ms: f64,
+    /// 99th percentile client latency, milliseconds.
+    pub latency_p99_ms: f64,
+    /// Longest stretch without an accepted order, milliseconds.
+    pub longest_gap_ms: f64,
+    /// Accepted orders that are missing or never settled.
+    pub orders_lost: usize,
+    /// Orders whose stock or payment was applied more than once.
+    pub orders_duplicated: usize,
+    /// Paid orders whose stock or payment was never applied.
+    pub effects_missing: usize,
+    /// Orders paid.
+    pub paid: usize,
+    /// Orders rejected (their stock and money given back).
+    pub rejected: usize,
+    /// Payment sagas not finished at the end.
+    pub sagas_unfinished: usize,
+    /// HTTP retries the tool needed (killed copies, failovers).
+    pub retries: u64,
+    /// Whether every check passed (nothing lost, duplicated or unfinished).
+    pub ok: bool,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// Places one order and pays it, retrying on other copies with the same
+/// idempotency key until accepted or `deadline`.
+async fn place(
+    http: &reqwest::Client,
+    urls: &[String],
+    first: usize,
+    qty: u32,
+    deadline: Instant,
+) -> (Option<Uuid>, u32) {
+    let key = uuid::Uuid::now_v7();
+    let body = serde_json::json!({"customer": "loadgen", "sku": "book", "qty": qty, "unit_price_cents": 1000});
+    let mut attempts = 0u32;
+    let mut id = None;
+    let mut i = first;
+    while Instant::now() < deadline {
+        let url = &urls[i % urls.len()];
+        i += 1;
+        attempts += 1;
+        let step = match id {
+            None => {
+                http.post(format!("{url}/orders"))
+                    .header("idempotency-key", key.to_string())
+                    .json(&body)
+                    .send()
+                    .await
+            }
+            Some(order) => http.post(format!("{url}/orders/{order}/pay")).send().await,
+        };
+        match step {
+            Ok(res) if res.status().is_success() => {
+                let json: Value = res.json().await.unwrap_or(Value::Null);
+                match id {
+                    None => id = json["id"].as_str().and_then(|s| s.parse().ok()),
+                    Some(_) => return (id, attempts),
+                }
+                continue;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    (None, attempts)
+}
+
+/// Places `load.orders` orders at `load.rate` across `urls`; `during` runs
+/// concurrently (the chaos) and gets the elapsed fraction of the submit phase.
+pub async fn run(
+    urls: Vec<String>,
+    load: &Load,
+    during: impl std::future::Future<Output = ()>,
+) -> (Vec<Outcome>, Duration) {
+    let http = client();
+    let start = Instant::now();
+    let urls = Arc::new(urls);
+    let mut tasks = Vec::with_capacity(load.orders);
+    let submit = async {
+        for n in 0..load.orders {
+            let at = start + Duration::from_secs_f64(n as f64 / load.rate);
+            tokio::time::sleep_until(at.into()).await;
+            let (http, urls, qty) = (http.clone(), urls.clone(), load.qty);
+            let deadline = Instant::now() + load.submit_deadline;
+            tasks.push(tokio::spawn(async move {
+                let began = Instant::now();
+                let (id, attempts) = place(&http, &urls, n, qty, deadline).await;
+                Outcome {
+                    id,
+                    latency: began.elapsed(),
+                    accepted_at: start.elapsed(),
+                    attempts,
+                }
+            }));
+        }
+    };
+    tokio::join!(submit, during);
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        if let Ok(o) = t.await {
+            outcomes.push(o);
+        }
+    }
+    let elapsed = start.elapsed();
+    (outcomes, elapsed)
+}
+
+/// Waits for every accepted order to settle, then audits the stores.
+pub async fn audit(
+    urls: &[String],
+    redis: &str,
+    outcomes: &[Outcome],
+    elapsed: Duration,
+    load: &Load,
+) -> Report {
+    let http = client();
+    let ids: Vec<Uuid> = outcomes.iter().filter_map(|o| o.id).collect();
+    let mut status: HashMap<Uuid, String> = HashMap::new();
+    let deadline = Instant::now() + load.settle_deadline;
+    let mut i = 0usize;
+    for id in &ids {
+        loop {
+            let url = &urls[i % urls.len()];
+            i += 1;
+            let got = match http.get(format!("{url}/orders/{id}")).send().await {
+                Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
+                _ => None,
+            };
+            let s = got
+                .as_ref()
+                .and_then(|v| v["status"].as_str())
+                .unwrap_or("missing")
+                .to_owned();
+            if s == "paid" || s == "rejected" || Instant::now() > deadline {
+                status.insert(*id, s);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stores = RedisStores::connect(redis).await;
+    let (stock, charges) = match &stores {
+        Ok(s) => (
+            StockStore::applied(s).await.unwrap_or_default(),
+            PaymentStore::applied(s).await.unwrap_or_default(),
+        ),
+        Err(_) => (HashMap::new(), HashMap::new()),
+    };
+    // A saga finishes a moment after its last step settles the order.
+    let sagas_unfinished =
+        match catga::redis::RedisStore::connect(catga::redis::RedisOptions::new(redis)).await {
+            Ok(store) => {
+                use catga::saga::SagaStore;
+                loop {
+                    let n = store
+                        .unfinished("orders.payment")
+                        .await
+                        .map(|v| v.len())
+                        .unwrap_or(usize::MAX);
+                    if n == 0 || Instant::now() > deadline {
+                        break n;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            Err(_) => usize::MAX,
+        };
+    let paid = status.values().filter(|s| *s == "paid").count();
+    let rejected = status.values().filter(|s| *s == "rejected").count();
+    let lost = status
+        .values()
+        .filter(|s| *s != "paid" && *s != "rejected")
+        .count();
+    let duplicated = ids
+        .iter()
+        .filter(|id| {
+            stock.get(id).copied().unwrap_or(0) > 1 || charges.get(id).copied().unwrap_or(0) > 1
+        })
+        .count();
+    let missing = ids
+        .iter()
+        .filter(|id| status.get(id).map(String::as_str) == Some("paid"))
+        .filter(|id| {
+            stock.get(id).copied().unwrap_or(0) == 0 || charges.get(id).copied().unwrap_or(0) == 0
+        })
+        .count();
+    let mut latencies: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| o.id.is_some())
+        .map(|o| o.latency.as_secs_f64() * 1000.0)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let mut times: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.id.is_some())
+        .map(|o| o.accepted_at)
+        .collect();
+    times.sort();
+    let mut gap = times.first().copied().unwrap_or(elapsed);
+    for w in times.windows(2) {
+        gap = gap.max(w[1] - w[0]);
+    }
+    let retries: u64 = outcomes
+        .iter()
+        .map(|o| u64::from(o.attempts.saturating_sub(2)))
+        .sum();
+    let accepted = ids.len();
+    Report {
+        orders: outcomes.len(),
+        accepted,
+        throughput_per_sec: accepted as f64 / elapsed.as_secs_f64(),
+        latency_p50_ms: pct(0.50),
+        latency_p99_ms: pct(0.99),
+        longest_gap_ms: gap.as_secs_f64() * 1000.0,
+        orders_lost: lost + (outcomes.len() - accepted),
+        orders_duplicated: duplicated,
+        effects_missing: missing,
+        paid,
+        rejected,
+        sagas_unfinished,
+        retries,
+        ok: lost == 0
+            && accepted == outcomes.len()
+            && duplicated == 0
+            && missing == 0
+            && sagas_unfinished == 0,
+    }
+}

@@ -1,0 +1,101 @@
+//! Run with `cargo run -p loadgen --release -- <command>` after building the
+//! services (`cargo build --release -p order-service -p inventory-service -p payment-service`).
+//!
+//! Commands:
+//! - `chaos [--copies N] [--orders K] [--rate R] [--no-kill]`: start the loopback
+//!   topology, drive K orders at R per second, SIGKILL one order-service copy and
+//!   one NATS node mid-run, audit, print JSON, stop everything.
+//! - `topology [--copies N]`: start the loopback topology and keep it up until
+//!   Ctrl-C, printing the order-service URLs.
+//! - `drive --url URL[,URL..] --redis URL [--orders K] [--rate R]`: drive and
+//!   audit a deployment that is already running (e.g. docker compose).
+
+use std::time::Duration;
+
+use loadgen::drive::{self, Load};
+use loadgen::{Chaos, topology};
+
+fn flag(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn number<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T, String> {
+    match flag(args, name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| format!("{name} takes a number, not `{v}`")),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args).await {
+        eprintln!("loadgen: {e}");
+        std::process::exit(2);
+    }
+}
+
+async fn run(args: &[String]) -> Result<(), String> {
+    let command = args.first().map(String::as_str).unwrap_or("help");
+    let copies = number(args, "--copies", 3usize)?;
+    let load = Load {
+        orders: number(args, "--orders", 300usize)?,
+        rate: number(args, "--rate", 50.0f64)?,
+        ..Load::default()
+    };
+    match command {
+        "chaos" => {
+            let kill = !args.iter().any(|a| a == "--no-kill");
+            let report = loadgen::chaos(
+                copies,
+                load,
+                Chaos {
+                    kill_copy: kill,
+                    kill_nats: kill,
+                },
+            )
+            .await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
+            if !report.ok {
+                return Err("the audit failed".into());
+            }
+            Ok(())
+        }
+        "topology" => {
+            let mut topo = topology::Topology::start(&topology::bin_dir(), copies, "book=1000000")?;
+            println!("order-service copies: {}", topo.order_urls().join(" "));
+            println!("NATS: {}", topo.nats.urls().join(","));
+            println!("Redis: {}", topo.redis.url());
+            println!("service logs: {}", topo.log_dir().display());
+            println!("Ctrl-C stops everything");
+            let _ = tokio::signal::ctrl_c().await;
+            let clean = topo.stop();
+            println!("{clean} copies stopped cleanly");
+            Ok(())
+        }
+        "drive" => {
+            let urls: Vec<String> = flag(args, "--url")
+                .ok_or("drive needs --url")?
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            let redis = flag(args, "--redis").ok_or("drive needs --redis (for the audit)")?;
+            let (outcomes, elapsed) = drive::run(urls.clone(), &load, async {}).await;
+            let report = drive::audit(&urls, &redis, &outcomes, elapsed, &load).await;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(())
+        }
+        _ => Err("usage: loadgen chaos|topology|drive [options] (see the crate docs)".into()),
+    }
+}
