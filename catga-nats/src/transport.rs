@@ -138,7 +138,11 @@ impl NatsTransport {
                 options.urls
             ))
         })?;
-        let js = jetstream::new(client.clone());
+        // JetStream API calls and publish acks must not wait forever (the client
+        // itself has no request timeout: Catga passes one per request).
+        let js = jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .build(client.clone());
         Ok(NatsTransport {
             shared: Arc::new(Shared {
                 client,
@@ -343,8 +347,11 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
     for name in &peer.events {
         let name: &'static str = name;
         if shared.is_reliable(name) {
-            shared.ensure_streams().await?;
-            let consumer = reliable_consumer(&shared, &peer.service, name).await?;
+            let consumer = with_retries("JetStream setup", || async {
+                shared.ensure_streams().await?;
+                reliable_consumer(&shared, &peer.service, name).await
+            })
+            .await?;
             running.loops.spawn(serve_reliable(
                 shared.clone(),
                 inbound.clone(),
@@ -384,6 +391,28 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
     }
     tracing::info!(service = %peer.service, requests = peer.requests.len(), events = peer.events.len(), "serving over NATS");
     Ok(())
+}
+
+/// Retries a setup step while JetStream is still forming (a cluster electing its
+/// meta leader answers nothing for a moment), for up to a minute.
+async fn with_retries<T, F, Fut>(what: &str, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, ?wait, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads a core subscription, running at most `max_in_flight` handlers at once

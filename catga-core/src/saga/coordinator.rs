@@ -1,6 +1,6 @@
 //! The saga coordinator: a leader-only task that drives every unfinished saga.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,35 +117,45 @@ async fn coordinate<D: SagaData>(
 ) -> Result<()> {
     let mediator = ctx.mediator().clone();
     let mut active: HashSet<Uuid> = HashSet::new();
+    let mut pending: VecDeque<Uuid> = VecDeque::new();
     let mut tasks = FuturesUnordered::new();
+    // Listing the unfinished sagas costs one round trip per listing and grows
+    // with the backlog: list at most once per poll interval (or when woken),
+    // and feed the drivers from what the last listing returned.
+    let mut next_listing = tokio::time::Instant::now();
+    let mut woken = Box::pin(wake.notified());
     while !ctx.is_cancelled() {
-        // Registered before the query, so a saga started meanwhile wakes us.
-        let woken = wake.notified();
-        match store.unfinished(&saga.name).await {
-            Ok(ids) => {
-                for id in ids {
-                    if active.len() >= saga.max_concurrent {
-                        break;
-                    }
-                    if active.insert(id) {
-                        let driving = drive(
-                            saga.clone(),
-                            store.clone(),
-                            mediator.clone(),
-                            id,
-                            ctx.fence(),
-                            ctx.cancellation().clone(),
-                        );
-                        tasks.push(driving.map(move |()| id));
-                    }
+        if pending.is_empty() && tokio::time::Instant::now() >= next_listing {
+            woken = Box::pin(wake.notified()); // armed before the query
+            match store.unfinished(&saga.name).await {
+                Ok(ids) => pending.extend(ids.into_iter().filter(|id| !active.contains(id))),
+                Err(e) => {
+                    tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas")
                 }
             }
-            Err(e) => tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas"),
+            next_listing = tokio::time::Instant::now() + saga.poll_interval;
+        }
+        while active.len() < saga.max_concurrent {
+            let Some(id) = pending.pop_front() else { break };
+            if active.insert(id) {
+                let driving = drive(
+                    saga.clone(),
+                    store.clone(),
+                    mediator.clone(),
+                    id,
+                    ctx.fence(),
+                    ctx.cancellation().clone(),
+                );
+                tasks.push(driving.map(move |()| id));
+            }
         }
         tokio::select! {
             Some(id) = tasks.next(), if !tasks.is_empty() => { active.remove(&id); }
-            () = woken => {}
-            () = tokio::time::sleep(saga.poll_interval) => {}
+            () = &mut woken => {
+                next_listing = tokio::time::Instant::now();
+                woken = Box::pin(wake.notified());
+            }
+            () = tokio::time::sleep_until(next_listing), if pending.is_empty() => {}
             () = ctx.cancelled() => {}
         }
     }
