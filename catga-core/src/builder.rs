@@ -425,27 +425,11 @@ impl CatgaBuilder {
                 ).with_message_name(*name));
             }
         }
-        let mut leader_names = std::collections::HashSet::new();
-        for t in &self.leader_tasks {
-            if !leader_names.insert(t.name.clone()) {
-                errors.push(Error::new(
-                    ErrorKind::DuplicateHandler,
-                    format!(
-                        "two leader tasks are named `{}`; give each its own name",
-                        t.name
-                    ),
-                ));
-            }
-        }
-        let mut saga_names = std::collections::HashSet::new();
-        for s in &self.sagas {
-            if !saga_names.insert(s.name().to_owned()) {
-                errors.push(Error::new(
-                    ErrorKind::DuplicateHandler,
-                    format!("two sagas are named `{}`; give each its own name", s.name()),
-                ));
-            }
-        }
+        errors.extend(same_names(
+            "leader tasks",
+            self.leader_tasks.iter().map(|t| &*t.name),
+        ));
+        errors.extend(same_names("sagas", self.sagas.iter().map(|s| s.name())));
         if !errors.is_empty() {
             let first = errors.remove(0);
             return Err(if errors.is_empty() {
@@ -505,6 +489,20 @@ impl CatgaBuilder {
             }),
         })
     }
+}
+
+/// A build error for every name used twice among `what`.
+fn same_names<'a>(what: &str, names: impl Iterator<Item = &'a str>) -> Vec<Error> {
+    let mut seen = std::collections::HashSet::new();
+    names
+        .filter(|name| !seen.insert(*name))
+        .map(|name| {
+            Error::new(
+                ErrorKind::DuplicateHandler,
+                format!("two {what} are named `{name}`; give each its own name"),
+            )
+        })
+        .collect()
 }
 
 fn finish_events<E: Event>(
