@@ -8,6 +8,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -50,22 +52,23 @@ pub(crate) async fn guarded<T>(
 ) -> Result<T> {
     match AssertUnwindSafe(fut).catch_unwind().await {
         Ok(result) => result,
-        Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-string panic payload".to_owned());
-            tracing::error!(message = name, handler, panic = %what, "handler panicked");
-            Err(Error::handler(
-                "catga.panic",
-                format!(
-                    "handler `{handler}` panicked: {what}; the peer keeps running, fix the handler"
-                ),
-            )
-            .with_message_name(name))
-        }
+        Err(panic) => Err(panic_error(name, handler, &*panic)),
     }
+}
+
+/// The error a caught panic becomes.
+fn panic_error(name: &'static str, handler: &'static str, panic: &(dyn Any + Send)) -> Error {
+    let what = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    tracing::error!(message = name, handler, panic = %what, "handler panicked");
+    Error::handler(
+        "catga.panic",
+        format!("handler `{handler}` panicked: {what}; the peer keeps running, fix the handler"),
+    )
+    .with_message_name(name)
 }
 
 /// Runs `fut` within the dispatch deadline, if there is one.
@@ -172,21 +175,64 @@ impl<E: Event> Endpoint for EventSlot<E> {
 }
 
 impl<E: Event> EventSlot<E> {
-    async fn run(&self, event: &E, ctx: &Context, info: &MessageInfo) -> Result<()> {
+    /// The handler's future, through its pipeline when it has one.
+    fn start<'a>(
+        &'a self,
+        event: &'a E,
+        ctx: &'a Context,
+        info: &'a MessageInfo,
+    ) -> BoxFuture<'a, Result<()>> {
         if self.pipeline.is_empty() {
-            return guarded(E::NAME, self.handler_name, self.handler.call(event, ctx)).await;
+            return self.handler.call(event, ctx);
         }
-        // Each handler's pipeline gets its own context, so what one handler's
-        // behaviors hold back (outbox events) stays its own.
-        let own = ctx.clone();
-        let env = Envelope::new(event, &own, info, self.handler_name);
-        let run = Next::new(&self.pipeline, self).run(env);
-        guarded(
-            E::NAME,
-            self.handler_name,
-            async move { run.await.map(drop) },
-        )
-        .await
+        Box::pin(async move {
+            // Each handler's pipeline gets its own context, so what one
+            // handler's behaviors hold back (outbox events) stays its own.
+            let own = ctx.clone();
+            let env = Envelope::new(event, &own, info, self.handler_name);
+            Next::new(&self.pipeline, self).run(env).await.map(drop)
+        })
+    }
+}
+
+/// Runs the handlers of one event concurrently on the caller's task and
+/// collects their failures in registration order. One allocation for the set
+/// (the handler futures are already boxed, so they are `Unpin`).
+struct JoinFailures<'a> {
+    name: &'static str,
+    running: Vec<Option<(Guarded<'a>, &'static str)>>,
+    left: usize,
+    failures: Vec<(usize, Error)>,
+}
+
+type Guarded<'a> = futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<()>>>>;
+
+impl Future for JoinFailures<'_> {
+    type Output = Vec<Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<Error>> {
+        let this = &mut *self;
+        for (i, slot) in this.running.iter_mut().enumerate() {
+            let Some((fut, handler)) = slot else { continue };
+            let Poll::Ready(outcome) = Pin::new(fut).poll(cx) else {
+                continue;
+            };
+            match outcome {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => this.failures.push((i, e)),
+                Err(panic) => this
+                    .failures
+                    .push((i, panic_error(this.name, handler, &*panic))),
+            }
+            *slot = None;
+            this.left -= 1;
+        }
+        if this.left > 0 {
+            return Poll::Pending;
+        }
+        let mut failures = std::mem::take(&mut this.failures);
+        failures.sort_by_key(|(i, _)| *i);
+        Poll::Ready(failures.into_iter().map(|(_, e)| e).collect())
     }
 }
 
@@ -213,19 +259,28 @@ impl<E: Event> EventRoute<E> {
     async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {
         match &*self.slots {
             [] => Vec::new(),
-            [one] => one
-                .run(event, ctx, &self.info)
+            [one] => guarded(E::NAME, one.handler_name, one.start(event, ctx, &self.info))
                 .await
                 .err()
                 .into_iter()
                 .collect(),
-            many => futures_util::future::join_all(
-                many.iter().map(|slot| slot.run(event, ctx, &self.info)),
-            )
-            .await
-            .into_iter()
-            .filter_map(Result::err)
-            .collect(),
+            many => {
+                let running: Vec<_> = many
+                    .iter()
+                    .map(|slot| {
+                        let fut =
+                            AssertUnwindSafe(slot.start(event, ctx, &self.info)).catch_unwind();
+                        Some((fut, slot.handler_name))
+                    })
+                    .collect();
+                JoinFailures {
+                    name: E::NAME,
+                    left: running.len(),
+                    running,
+                    failures: Vec::new(),
+                }
+                .await
+            }
         }
     }
 }
