@@ -10,7 +10,7 @@
 //! missing the constructor panics with an install hint; `scripts/test.sh`
 //! installs both.
 //!
-//! [`bench`] has the load driver the benchmark binaries share.
+//! [`bench`](mod@bench) has the load driver the benchmark binaries share.
 #![forbid(unsafe_code)]
 
 pub mod bench;
