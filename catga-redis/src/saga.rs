@@ -13,15 +13,6 @@ impl SagaStore for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let blob = state.to_bytes()?;
-            // Index first: an id without state is dropped on load; a state
-            // without index would never be driven.
-            let _: usize = conn
-                .sadd(
-                    self.keys.unfinished_sagas(&state.saga),
-                    state.id.to_string(),
-                )
-                .await
-                .map_err(|e| store_error("indexing a new saga", e))?;
             let key = self.keys.saga(state.id);
             let created: i64 = self
                 .scripts
@@ -33,6 +24,16 @@ impl SagaStore for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("creating `{key}`"), e))?;
+            // Listed after it is stored, and listed again by a retried start:
+            // the coordinator never sees an id without state, and a start that
+            // died between the two is completed by its retry.
+            let _: usize = conn
+                .sadd(
+                    self.keys.unfinished_sagas(&state.saga),
+                    state.id.to_string(),
+                )
+                .await
+                .map_err(|e| store_error("indexing a new saga", e))?;
             Ok(created == 1)
         })
     }

@@ -198,7 +198,10 @@ struct Driver<'a, D> {
 impl<D: SagaData> Driver<'_, D> {
     async fn saga(&self, id: Uuid) -> Result<()> {
         let Some(mut state) = self.store.load(id).await? else {
-            return Ok(());
+            // Listed but never stored (its starter died in between; a retry of
+            // the start stores it under the same id): nothing to drive.
+            tracing::warn!(saga = %self.saga.name, %id, "listed saga has no state; dropping it from the list");
+            return self.store.forget(&self.saga.name, id).await;
         };
         while !self.cancel.is_cancelled() {
             match state.status {

@@ -76,6 +76,8 @@ pub struct Report {
     pub rejected: usize,
     /// Payment sagas not finished at the end.
     pub sagas_unfinished: usize,
+    /// For each unfinished saga: its id, status, next step and last history line.
+    pub unfinished_detail: Vec<String>,
     /// HTTP retries the tool needed (killed copies, failovers).
     pub retries: u64,
     /// Whether every check passed (nothing lost, duplicated or unfinished).
@@ -215,20 +217,32 @@ pub async fn audit(
         Err(_) => (HashMap::new(), HashMap::new()),
     };
     // A saga finishes a moment after its last step settles the order.
+    let mut unfinished_detail = Vec::new();
     let sagas_unfinished =
         match catga::redis::RedisStore::connect(catga::redis::RedisOptions::new(redis)).await {
             Ok(store) => {
                 use catga::saga::SagaStore;
                 loop {
-                    let n = store
-                        .unfinished("orders.payment")
-                        .await
-                        .map(|v| v.len())
-                        .unwrap_or(usize::MAX);
-                    if n == 0 || Instant::now() > deadline {
-                        break n;
+                    let ids = store.unfinished("orders.payment").await.unwrap_or_default();
+                    if !ids.is_empty() && Instant::now() <= deadline {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    for id in &ids {
+                        unfinished_detail.push(match store.load(*id).await {
+                            Ok(Some(s)) => format!(
+                                "{id}: {:?} at step {}, last: {:?}",
+                                s.status,
+                                s.step,
+                                s.history
+                                    .last()
+                                    .map(|h| format!("{} {} {}", h.step, h.what, h.detail))
+                            ),
+                            Ok(None) => format!("{id}: listed, no state"),
+                            Err(e) => format!("{id}: {e}"),
+                        });
+                    }
+                    break ids.len();
                 }
             }
             Err(_) => usize::MAX,
@@ -292,6 +306,7 @@ pub async fn audit(
         paid,
         rejected,
         sagas_unfinished,
+        unfinished_detail,
         retries,
         ok: lost == 0
             && accepted == outcomes.len()
