@@ -6,12 +6,24 @@
 //! distributed lock. Run one copy on a laptop with everything in memory, then
 //! scale the same binary out.
 //!
+//! A short tour:
+//! - Declare messages with `#[derive(Request)]` / `#[derive(Event)]` and handlers
+//!   with `#[handler]`; [`Catga::builder`]`().auto_register().build()` gives a
+//!   [`Mediator`]: `send` a request to its one handler, `publish` an event to all.
+//! - Wrap dispatches in [`behavior`]s: tracing, timeout, retry, validation,
+//!   concurrency limit, idempotency (with a transactional outbox).
+//! - Add a transport (`catga::nats`, feature `nats`) and copies of a service
+//!   share its requests and events; add Redis (`catga::redis`) and they share
+//!   idempotency records, the outbox, locks and saga state.
+//! - Run work on one peer at a time with [`leader`] tasks, and business flows
+//!   with compensation as [`saga`]s.
+//!
 //! This facade re-exports [`catga_core`] and, behind features, the other crates:
 //!
 //! | feature  | crate          | what it adds                                  |
 //! |----------|----------------|-----------------------------------------------|
 //! | `nats`   | `catga-nats`   | NATS transport (queue groups, JetStream)      |
-//! | `redis`  | `catga-redis`  | Redis idempotency, outbox, lock, leader tasks |
+//! | `redis`  | `catga-redis`  | Redis idempotency, outbox, lock, saga store   |
 //! | `macros` (default) | `catga-macros` | `#[derive(Request)]`, `#[derive(Event)]`, `#[handler]` |
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
