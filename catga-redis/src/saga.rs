@@ -24,16 +24,23 @@ impl SagaStore for RedisStore {
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("creating `{key}`"), e))?;
-            // Listed after it is stored, and listed again by a retried start:
-            // the coordinator never sees an id without state, and a start that
-            // died between the two is completed by its retry.
-            let _: usize = conn
-                .sadd(
-                    self.keys.unfinished_sagas(&state.saga),
-                    state.id.to_string(),
-                )
-                .await
-                .map_err(|e| store_error("indexing a new saga", e))?;
+            // Listed after it is stored, so the coordinator never sees an id
+            // without state. A retried start lists it again (the first start may
+            // have died between the two), unless it has finished meanwhile.
+            let list = created == 1
+                || match self.load(state.id).await? {
+                    Some(stored) => !stored.status.is_finished(),
+                    None => false,
+                };
+            if list {
+                let _: usize = conn
+                    .sadd(
+                        self.keys.unfinished_sagas(&state.saga),
+                        state.id.to_string(),
+                    )
+                    .await
+                    .map_err(|e| store_error("indexing a new saga", e))?;
+            }
             Ok(created == 1)
         })
     }
@@ -81,13 +88,22 @@ impl SagaStore for RedisStore {
                 _ => return Err(conflict(state.id, "it does not exist")),
             }
             if state.status.is_finished() {
-                let _: redis::RedisResult<usize> = conn
-                    .srem(
-                        self.keys.unfinished_sagas(&state.saga),
-                        state.id.to_string(),
-                    )
-                    .await;
+                // Should this fail (or the process die first), the coordinator
+                // forgets the id when it next lists and loads it.
+                self.forget(&state.saga, state.id).await?;
             }
+            Ok(())
+        })
+    }
+
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let set = self.keys.unfinished_sagas(saga);
+            let _: usize = conn
+                .srem(&set, id.to_string())
+                .await
+                .map_err(|e| store_error(&format!("updating `{set}`"), e))?;
             Ok(())
         })
     }

@@ -157,12 +157,11 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Ids of the unfinished sagas of definition `saga`.
     fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>>;
 
-    /// Drops a finished saga from the unfinished list, for stores that keep the
-    /// list apart from the state (a writer may have died between the two).
-    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
-        let _ = (saga, id);
-        Box::pin(std::future::ready(Ok(())))
-    }
+    /// Drops a finished (or vanished) saga from the unfinished list. Stores that
+    /// keep that list apart from the state must implement it: a writer may die
+    /// between saving a finished state and updating the list, and the
+    /// coordinator calls this when it finds such an entry.
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>>;
 }
 
 /// In-process [`SagaStore`].
@@ -213,6 +212,11 @@ impl SagaStore for MemorySagaStore {
             }
         };
         Box::pin(std::future::ready(result))
+    }
+
+    fn forget<'a>(&'a self, _saga: &'a str, _id: Uuid) -> BoxFuture<'a, Result<()>> {
+        // The list is derived from the states themselves.
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {

@@ -407,3 +407,77 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
     );
     assert_eq!(store.unfinished("test.fulfilment").await.unwrap(), vec![id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_again() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let world = Arc::new(World::default());
+    let saga = fulfilment(&world);
+    let m = Catga::builder()
+        .saga_store(Arc::new(store.clone()))
+        .saga(fulfilment(&world))
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    m.start_saga_with_id(&saga, id, Order::default())
+        .await
+        .unwrap();
+    // Mark it finished as a coordinator would, then put it back on the list as
+    // if that coordinator died between its save and the list update.
+    let mut done = store.load(id).await.unwrap().unwrap();
+    done.status = SagaStatus::Completed;
+    done.version += 1;
+    store.save(&done).await.unwrap();
+    assert!(
+        store
+            .unfinished("test.fulfilment")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: usize = redis::cmd("SADD")
+        .arg("{catga:sagas:test.fulfilment}:unfinished")
+        .arg(id.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    // A retried start of the finished saga does not list it again.
+    m.start_saga_with_id(&saga, id, Order::default())
+        .await
+        .unwrap();
+    m.start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !store
+        .unfinished("test.fulfilment")
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the finished saga stayed listed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.start_saga_with_id(&saga, id, Order::default())
+        .await
+        .unwrap();
+    assert!(
+        store
+            .unfinished("test.fulfilment")
+            .await
+            .unwrap()
+            .is_empty(),
+        "restarting a finished saga lists it again"
+    );
+    assert_eq!(
+        store.load(id).await.unwrap().unwrap().status,
+        SagaStatus::Completed
+    );
+    m.shutdown().await.unwrap();
+}

@@ -171,8 +171,12 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
                 {
                     Ok(order) => order,
                     // A retry after the transition: make sure the saga exists.
+                    // Once the order is settled, its saga has run: answer as is.
                     Err(e) if e.kind() == catga::ErrorKind::Conflict => {
                         match orders.get(cmd.order_id).await? {
+                            Some(o) if o.saga == Some(saga) && o.status != OrderStatus::Paying => {
+                                return Ok(o);
+                            }
                             Some(o) if o.saga == Some(saga) => o,
                             _ => return Err(e),
                         }
