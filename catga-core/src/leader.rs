@@ -166,9 +166,11 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
+        // The lease runs from when the request left, not from when the answer came.
+        let asked = Instant::now();
         match store.try_acquire(&task.name, task.ttl).await {
             Ok(Some(lease)) => {
-                let term = lead(&task, &*store, lease, mediator.clone(), &shutdown).await;
+                let term = lead(&task, &*store, lease, asked, mediator.clone(), &shutdown).await;
                 if let Err(e) = term {
                     tracing::warn!(task = %task.name, error = %e, "leader term ended");
                 }
@@ -190,6 +192,7 @@ async fn lead(
     task: &LeaderTask,
     store: &dyn LockStore,
     lease: Lease,
+    asked: Instant,
     mediator: Mediator,
     shutdown: &CancellationToken,
 ) -> Result<()> {
@@ -203,7 +206,7 @@ async fn lead(
         mediator,
     };
     let mut body = tokio::spawn((task.task)(ctx));
-    let mut valid_until = Instant::now() + task.ttl;
+    let mut valid_until = asked + task.ttl;
     let mut ticker = tokio::time::interval(task.renew_every());
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
