@@ -19,7 +19,22 @@ mod process;
 mod redis;
 
 pub use nats::{NatsCluster, NatsServer};
+pub use process::http_get;
 pub use redis::{RedisCluster, RedisServer};
+
+/// Waits until `check` holds, polling every few milliseconds; panics naming
+/// `what` when it does not hold within `within`. Tests wait for conditions with
+/// this instead of sleeping a fixed time.
+pub async fn eventually(what: &str, within: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
 
 /// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
 pub fn free_port() -> u16 {

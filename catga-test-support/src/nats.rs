@@ -44,7 +44,7 @@ impl NodeSpec {
     }
 
     fn healthy(&self) -> bool {
-        http_get(self.monitor, "/healthz").is_some_and(|b| b.contains("\"ok\""))
+        http_get(self.monitor, "/healthz").is_some_and(|(_, b)| b.contains("\"ok\""))
     }
 }
 
@@ -137,7 +137,7 @@ impl NatsCluster {
         for (spec, proc) in &mut nodes {
             let monitor = spec.monitor;
             proc.wait_until(&format!("{} routes", spec.name), || {
-                http_get(monitor, "/routez").is_some_and(|b| routes(&b) >= 2)
+                http_get(monitor, "/routez").is_some_and(|(_, b)| routes(&b) >= 2)
             });
             proc.wait_until(&format!("{} health", spec.name), || spec.healthy());
         }
@@ -170,7 +170,7 @@ impl NatsCluster {
         *proc = spec.spawn(&dir);
         let monitor = spec.monitor;
         proc.wait_until("routes", || {
-            http_get(monitor, "/routez").is_some_and(|b| routes(&b) >= 2)
+            http_get(monitor, "/routez").is_some_and(|(_, b)| routes(&b) >= 2)
         });
     }
 }

@@ -99,8 +99,9 @@ pub(crate) fn accepts(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
 
-/// A plain HTTP/1.0 GET on loopback; the body, or `None` on any failure.
-pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
+/// A plain HTTP/1.0 GET on 127.0.0.1:`port`: the status code and the body, or
+/// `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s =
         TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
             .ok()?;
@@ -108,7 +109,9 @@ pub(crate) fn http_get(port: u16, path: &str) -> Option<String> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, body.to_owned()))
 }
 
 /// Sends one inline command to a Redis server and returns the first reply line.

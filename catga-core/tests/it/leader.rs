@@ -8,13 +8,9 @@ use catga_core::{Catga, Error, Mediator, Result};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-/// Waits until `check` holds, failing after a generous deadline.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits until `check` holds, failing after 20 s.
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    catga_test_support::eventually(what, Duration::from_secs(20), check).await;
 }
 
 /// A lock store whose renewals can be made to fail, like a peer cut off from it.

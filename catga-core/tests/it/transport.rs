@@ -9,16 +9,9 @@ use catga_core::{Catga, Context, Error, ErrorKind, Format, Mediator, Metadata};
 
 use crate::messages::*;
 
-/// Waits until `check` holds, failing after a generous deadline.
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+/// Waits until `check` holds, failing after 20 s.
+async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    catga_test_support::eventually(what, Duration::from_secs(20), check).await;
 }
 
 type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;

@@ -3,7 +3,6 @@ use std::time::Duration;
 use catga_core::{Event, Message, Request};
 use catga_nats::{NatsOptions, NatsTransport};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Add {
@@ -76,11 +75,7 @@ pub(crate) fn options(urls: &[String]) -> NatsOptions {
     NatsOptions::new(urls.iter().cloned()).max_reconnect_delay(Duration::from_millis(200))
 }
 
-/// Waits until `check` holds, failing after a generous deadline.
-pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until `check` holds, failing after 30 s.
+pub(crate) async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    catga_test_support::eventually(what, Duration::from_secs(30), check).await;
 }

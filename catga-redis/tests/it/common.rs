@@ -4,7 +4,6 @@ use catga_core::{Event, Message, Request};
 use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{RedisCluster, RedisServer};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Charge {
@@ -61,13 +60,9 @@ impl Backend {
     }
 }
 
-/// Waits until `check` holds, failing after a generous deadline.
-pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+/// Waits until `check` holds, failing after 30 s.
+pub(crate) async fn eventually(what: &str, check: impl FnMut() -> bool) {
+    catga_test_support::eventually(what, Duration::from_secs(30), check).await;
 }
 
 /// A peer on its own runtime, so killing it is like killing a process: its

@@ -78,7 +78,7 @@ impl IntoResponse for ApiError {
 }
 
 fn not_found(id: Uuid) -> ApiError {
-    ApiError(Error::handler("orders.not_found", format!("no order {id}")))
+    ApiError(shop_common::store::not_found(id))
 }
 
 /// Metadata for a command: the `Idempotency-Key` header, if any, is the message id.

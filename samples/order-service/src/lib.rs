@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catga::saga::{Saga, Step};
-use catga::{CatgaBuilder, Context, Error, Mediator, Result};
+use catga::{CatgaBuilder, Context, Mediator, Result};
 use serde::{Deserialize, Serialize};
 use shop_common::Infra;
 use shop_common::messages::{
@@ -19,7 +19,7 @@ use shop_common::messages::{
     OrderPaid, OrderShipped, OrderStatus, PayOrder, RefundPayment, ReleaseStock, ReserveStock,
     SettleOrder, ShipOrder,
 };
-use shop_common::store::OrderStore;
+use shop_common::store::{OrderStore, not_found};
 use uuid::Uuid;
 
 /// What the payment saga carries.
@@ -93,7 +93,7 @@ async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Res
     let current = orders
         .get(cmd.order_id)
         .await?
-        .ok_or_else(|| Error::handler("orders.not_found", format!("no order {}", cmd.order_id)))?;
+        .ok_or_else(|| not_found(cmd.order_id))?;
     if current.status == cmd.status {
         return Ok(());
     }
@@ -215,9 +215,10 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
         .request_fn(move |cmd: CancelOrder, ctx: Context| {
             let orders = o4.clone();
             async move {
-                let before = orders.get(cmd.order_id).await?.ok_or_else(|| {
-                    Error::handler("orders.not_found", format!("no order {}", cmd.order_id))
-                })?;
+                let before = orders
+                    .get(cmd.order_id)
+                    .await?
+                    .ok_or_else(|| not_found(cmd.order_id))?;
                 let order = orders
                     .transition(
                         cmd.order_id,

@@ -62,7 +62,8 @@ pub trait PaymentStore: Send + Sync + 'static {
     async fn applied(&self) -> Result<HashMap<Uuid, u64>>;
 }
 
-pub(crate) fn not_found(id: Uuid) -> Error {
+/// The error of an order that does not exist (`orders.not_found`, HTTP 404).
+pub fn not_found(id: Uuid) -> Error {
     Error::handler("orders.not_found", format!("no order {id}")).with_retryable(false)
 }
 
