@@ -107,7 +107,7 @@ impl Default for CatgaBuilder {
             remote: Vec::new(),
             format: Format::default(),
             service: "catga".to_owned(),
-            request_timeout: Duration::from_secs(30),
+            request_timeout: crate::transport::DEFAULT_REQUEST_TIMEOUT,
             leader_tasks: Vec::new(),
             lock_store: None,
             resources: TypeMap::default(),

@@ -52,11 +52,11 @@ impl Context {
     fn hold<E: Event>(&self, buffer: &OutboxBuffer, event: &E, meta: &Metadata) -> Result<()> {
         let format = self.mediator.format();
         let payload = format
-            .encode(event)
+            .encode_bytes(event)
             .map_err(|e| e.with_message_name(E::NAME))?;
         let record = OutboxRecord {
             name: E::NAME.to_owned(),
-            payload: payload.into(),
+            payload,
             content_type: format.content_type().to_owned(),
             message_id: meta.message_id(),
             correlation_id: meta.correlation_id(),

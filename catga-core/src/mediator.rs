@@ -127,7 +127,7 @@ impl Mediator {
         };
         let format = self.inner.format;
         let payload = format
-            .encode(request)
+            .encode_bytes(request)
             .map_err(|e| e.with_message_name(R::NAME))?;
         let timeout = meta.remaining().unwrap_or(self.inner.request_timeout);
         let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
@@ -188,7 +188,7 @@ impl Mediator {
             let payload = self
                 .inner
                 .format
-                .encode(event)
+                .encode_bytes(event)
                 .map_err(|e| e.with_message_name(E::NAME))?;
             let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
             if route.is_some() {
@@ -490,10 +490,10 @@ pub(crate) fn inbound_request<R: Request>(
         let response = route.dispatch(&request, &ctx).await?;
         let payload = message
             .format
-            .encode(&response)
+            .encode_bytes(&response)
             .map_err(|e| e.with_message_name(R::NAME))?;
         Ok(WireReply {
-            payload: payload.into(),
+            payload,
             format: message.format,
         })
     })

@@ -87,9 +87,18 @@ pub struct Metadata {
     headers: Headers,
 }
 
-/// A new UUID v7, the id format Catga uses everywhere.
+/// A new UUID v7, the id format Catga uses everywhere: 48 bits of Unix time in
+/// milliseconds, then 74 random bits. Ids sort by creation time to the
+/// millisecond (not within one). The random bits come from a per-thread
+/// generator seeded once from the OS: ids must be unique, not unguessable, and
+/// asking the kernel for every id costs a system call per message.
 pub fn new_id() -> Uuid {
-    Uuid::now_v7()
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let mut random = [0u8; 10];
+    fastrand::fill(&mut random);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 
 impl Metadata {

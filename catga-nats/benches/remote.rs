@@ -4,9 +4,11 @@
 //! nats-server on loopback; prints one JSON line per comparison).
 //!
 //! - `send`: request/reply with a 64-byte payload, `IN_FLIGHT` requests in flight
-//!   from one connection to one responder connection. The bare side decodes the
-//!   request and encodes the response with rmp-serde too, as a hand-written
-//!   service would, so the difference is Catga's own cost.
+//!   from one connection to one responder connection, then one at a time (for
+//!   latency). The bare side decodes the request and encodes the response with
+//!   rmp-serde too, as a hand-written service would, so the difference is
+//!   Catga's own cost. Each case runs `ROUNDS` times, alternating with the bare
+//!   client; medians are printed.
 //! - `publish`: fire-and-forget event publishes from one task, then a flush.
 
 use std::time::{Duration, Instant};
@@ -21,11 +23,20 @@ use serde::{Deserialize, Serialize};
 
 const IN_FLIGHT: usize = 32;
 const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+const MEASURE: Duration = Duration::from_secs(2);
+/// Each case runs this many times, alternating with the bare client; the median
+/// is reported.
+const ROUNDS: usize = 3;
 
 /// `CATGA_BENCH_CASE=send|publish` runs one case only (for profiling).
 fn wants(case: &str) -> bool {
     std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
+}
+
+/// `CATGA_BENCH_SIDE=catga|bare` runs one side only (for profiling; the
+/// comparison lines then show zeros for the other side).
+fn side(which: &str) -> bool {
+    std::env::var("CATGA_BENCH_SIDE").map_or(true, |c| c == which)
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -52,16 +63,31 @@ fn body() -> String {
     "x".repeat(56) // 64 bytes of MessagePack with the map header and field name
 }
 
-async fn drive<F, Fut>(call: F) -> Stats
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    bench::drive(IN_FLIGHT, WARM_UP, MEASURE, call).await
+/// Bare request/reply, optionally with the headers Catga sends. Like a
+/// hand-written client, it builds and encodes each request.
+async fn bare_send(client: &Client, in_flight: usize, headers: bool) -> Stats {
+    let c = client.clone();
+    bench::drive(in_flight, WARM_UP, MEASURE, move || {
+        let c = c.clone();
+        async move {
+            let p: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
+                .unwrap()
+                .into();
+            let r = if headers {
+                c.request_with_headers("bareh.req.Echo", catga_like_headers(), p)
+                    .await
+            } else {
+                c.request("bare.req.Echo", p).await
+            };
+            let n: usize = rmp_serde::from_slice(&r.unwrap().payload).unwrap();
+            assert_eq!(n, 56);
+        }
+    })
+    .await
 }
 
-/// A hand-written responder; with `headers`, it answers with a status header
-/// as Catga's protocol does.
+/// A hand-written responder; with `headers`, it reads the request's headers as
+/// Catga does (a successful reply carries none).
 async fn bare_responder(client: Client, subject: &'static str, headers: bool) {
     let mut sub = client
         .queue_subscribe(subject, "bare".into())
@@ -69,35 +95,27 @@ async fn bare_responder(client: Client, subject: &'static str, headers: bool) {
         .unwrap();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
+            if headers {
+                let h = msg.headers.as_ref().unwrap();
+                let id: uuid::Uuid = h.get("Catga-Message-Id").unwrap().as_str().parse().unwrap();
+                assert!(!id.is_nil());
+            }
             let echo: Echo = rmp_serde::from_slice(&msg.payload).unwrap();
             let reply = rmp_serde::to_vec_named(&echo.body.len()).unwrap();
             if let Some(to) = msg.reply {
-                if headers {
-                    let mut h = async_nats::HeaderMap::new();
-                    h.insert("Catga-Status", "ok");
-                    client
-                        .publish_with_headers(to, h, reply.into())
-                        .await
-                        .unwrap();
-                } else {
-                    client.publish(to, reply.into()).await.unwrap();
-                }
+                client.publish(to, reply.into()).await.unwrap();
             }
         }
     });
 }
 
-/// The headers Catga sends with a request: message id, timeout, traceparent.
+/// The headers Catga sends with a request of the default timeout when the
+/// caller has no trace context of its own: the message id.
 fn catga_like_headers() -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     h.insert(
         "Catga-Message-Id",
         catga_core::new_id().to_string().as_str(),
-    );
-    h.insert("Catga-Timeout-Ms", "30000");
-    h.insert(
-        "traceparent",
-        "00-0193b0d25a1e7cc49b1e3f6a2c0d4e11-9b1e3f6a2c0d4e11-01",
     );
     h
 }
@@ -114,10 +132,6 @@ async fn catga_peer(url: &str) -> Mediator {
         .unwrap();
     m.start().await.unwrap();
     m
-}
-
-fn report(case: &str, catga: &Stats, bare: &Stats) {
-    bench::report(case, IN_FLIGHT, catga, bare);
 }
 
 async fn publish_rate<F, Fut>(publish: F) -> f64
@@ -153,51 +167,43 @@ fn main() {
             .unwrap();
         let bare_client = async_nats::connect(&url).await.unwrap();
         if wants("send") {
-        bare_responder(async_nats::connect(&url).await.unwrap(), "bare.req.Echo", false).await;
-        bare_responder(async_nats::connect(&url).await.unwrap(), "bareh.req.Echo", true).await;
-        let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() }).unwrap().into();
-        assert_eq!(payload.len(), 64);
-        let bare = {
-            let (c, p) = (bare_client.clone(), payload.clone());
-            drive(move || {
-                let (c, p) = (c.clone(), p.clone());
-                async move {
-                    let r = c.request("bare.req.Echo", p).await.unwrap();
-                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
-                    assert_eq!(n, 56);
+            bare_responder(async_nats::connect(&url).await.unwrap(), "bare.req.Echo", false).await;
+            bare_responder(async_nats::connect(&url).await.unwrap(), "bareh.req.Echo", true).await;
+            let _peer = catga_peer(&url).await;
+            assert_eq!(rmp_serde::to_vec_named(&Echo { body: body() }).unwrap().len(), 64);
+            for in_flight in [IN_FLIGHT, 1] {
+                let (mut bare, mut bare_headers, mut catga) = (vec![], vec![], vec![]);
+                for _ in 0..ROUNDS {
+                    if side("bare") {
+                        bare.push(bare_send(&bare_client, in_flight, false).await);
+                        bare_headers.push(bare_send(&bare_client, in_flight, true).await);
+                    }
+                    if !side("catga") {
+                        continue;
+                    }
+                    let c = client.clone();
+                    catga.push(
+                        bench::drive(in_flight, WARM_UP, MEASURE, move || {
+                            let c = c.clone();
+                            async move {
+                                let n = c.send(Echo { body: body() }).await.unwrap();
+                                assert_eq!(n, 56);
+                            }
+                        })
+                        .await,
+                    );
                 }
-            })
-            .await
-        };
-        let bare_headers = {
-            let (c, p) = (bare_client.clone(), payload.clone());
-            drive(move || {
-                let (c, p) = (c.clone(), p.clone());
-                async move {
-                    let r = c
-                        .request_with_headers("bareh.req.Echo", catga_like_headers(), p)
-                        .await
-                        .unwrap();
-                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
-                    assert_eq!(n, 56);
-                }
-            })
-            .await
-        };
-        let _peer = catga_peer(&url).await;
-        let catga = {
-            let c = client.clone();
-            drive(move || {
-                let c = c.clone();
-                async move {
-                    let n = c.send(Echo { body: body() }).await.unwrap();
-                    assert_eq!(n, 56);
-                }
-            })
-            .await
-        };
-        report("send", &catga, &bare);
-        report("send_vs_bare_with_same_headers", &catga, &bare_headers);
+                let (catga, bare, bare_headers) =
+                    (bench::median(&catga), bench::median(&bare), bench::median(&bare_headers));
+                let case = if in_flight == 1 { "send_one_in_flight" } else { "send" };
+                bench::report(case, in_flight, &catga, &bare);
+                bench::report(
+                    &format!("{case}_vs_bare_with_same_headers"),
+                    in_flight,
+                    &catga,
+                    &bare_headers,
+                );
+            }
         }
         if !wants("publish") {
             return;

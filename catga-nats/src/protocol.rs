@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use catga_core::transport::{WireMessage, WireReply};
+use catga_core::transport::{DEFAULT_REQUEST_TIMEOUT, WireMessage, WireReply};
 use catga_core::{Error, ErrorKind, Format, Headers, Result, Uuid};
 
 /// Header names Catga writes and reads.
@@ -67,12 +67,15 @@ pub fn dead_letter_subject(prefix: &str, name: &str) -> String {
 }
 
 fn is_reserved(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.starts_with("catga-")
-        || lower.starts_with("nats-")
-        || lower == "content-type"
-        || lower == "traceparent"
-        || lower == "tracestate"
+    let starts = |prefix: &str| {
+        name.get(..prefix.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
+    };
+    starts("catga-")
+        || starts("nats-")
+        || ["content-type", "traceparent", "tracestate"]
+            .iter()
+            .any(|r| name.eq_ignore_ascii_case(r))
 }
 
 fn value(text: &str, header: &str) -> Result<HeaderValue> {
@@ -85,15 +88,31 @@ fn value(text: &str, header: &str) -> Result<HeaderValue> {
 
 /// The W3C `traceparent` of a message: the caller's own when it set one,
 /// otherwise trace id = correlation id and parent id = the last 8 bytes of the
-/// message id, so a conversation is one trace.
+/// message id, so a conversation is one trace. Only the caller's own travels;
+/// the derived one is computed again by the receiver from the ids.
 pub fn traceparent(msg: &WireMessage) -> String {
-    if let Some(tp) = msg.headers.get(header::TRACEPARENT) {
-        return tp.to_owned();
+    match msg.headers.get(header::TRACEPARENT) {
+        Some(tp) => tp.to_owned(),
+        None => derived_traceparent(msg.correlation_id, msg.message_id),
     }
+}
+
+/// Displays a message's `traceparent` (see [`traceparent`]) without building a
+/// string unless it is formatted.
+pub(crate) struct Traceparent<'a>(pub(crate) &'a WireMessage);
+
+impl std::fmt::Display for Traceparent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&traceparent(self.0))
+    }
+}
+
+/// `00-<correlation id>-<last 16 hex digits of the message id>-01`.
+pub(crate) fn derived_traceparent(correlation_id: Uuid, message_id: Uuid) -> String {
     let mut trace = [0u8; 32];
     let mut parent = [0u8; 32];
-    let trace = msg.correlation_id.simple().encode_lower(&mut trace);
-    let parent = msg.message_id.simple().encode_lower(&mut parent);
+    let trace = correlation_id.simple().encode_lower(&mut trace);
+    let parent = message_id.simple().encode_lower(&mut parent);
     let mut out = String::with_capacity(55);
     out.push_str("00-");
     out.push_str(trace);
@@ -114,11 +133,13 @@ const CAUSATION_ID: HeaderName = HeaderName::from_static(header::CAUSATION_ID);
 const TIMEOUT_MS: HeaderName = HeaderName::from_static(header::TIMEOUT_MS);
 const HANDLED_BY: HeaderName = HeaderName::from_static(header::HANDLED_BY);
 const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
-const STATUS: HeaderName = HeaderName::from_static(header::STATUS);
 
 /// Headers for an outgoing request or event. Only what differs from the
 /// documented defaults is written: the correlation id when it is not the message
-/// id, the content type when it is not MessagePack.
+/// id, the content type when it is not MessagePack, the timeout when it is not
+/// [`DEFAULT_REQUEST_TIMEOUT`], the `traceparent` when the
+/// caller has one (the receiver derives the default from the ids). Every header
+/// costs: async-nats stores them in a hash map and parses them on receipt.
 pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     h.insert(MESSAGE_ID, uuid_value(msg.message_id));
@@ -131,7 +152,7 @@ pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     if msg.format != Format::MsgPack {
         h.insert(header::CONTENT_TYPE, msg.format.content_type());
     }
-    if let Some(t) = msg.timeout {
+    if let Some(t) = msg.timeout.filter(|t| *t != DEFAULT_REQUEST_TIMEOUT) {
         h.insert(
             TIMEOUT_MS,
             HeaderValue::from(t.as_millis().max(1).to_string()),
@@ -140,7 +161,9 @@ pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     if let Some(service) = &msg.handled_by {
         h.insert(HANDLED_BY, value(service, header::HANDLED_BY)?);
     }
-    h.insert(TRACEPARENT, value(&traceparent(msg), header::TRACEPARENT)?);
+    if let Some(tp) = msg.headers.get(header::TRACEPARENT) {
+        h.insert(TRACEPARENT, value(tp, header::TRACEPARENT)?);
+    }
     for (name, v) in msg.headers.iter() {
         if is_reserved(name) {
             continue;
@@ -159,81 +182,87 @@ fn get<'a>(h: Option<&'a HeaderMap>, name: &str) -> Option<&'a str> {
     h.and_then(|h| h.get(name)).map(|v| v.as_str())
 }
 
-fn uuid_header(h: Option<&HeaderMap>, name: &str) -> Result<Option<Uuid>> {
-    match get(h, name) {
-        None => Ok(None),
-        Some(text) => text
-            .trim()
-            .parse::<Uuid>()
-            .map(Some)
-            .map_err(|_| Error::codec(format!("header `{name}` is `{text}`, not a UUID"))),
-    }
-}
-
 /// Reads an incoming message. `name` comes from the subject and is authoritative.
-/// Missing ids are generated; present but malformed headers are errors.
-pub(crate) fn from_nats(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> Result<WireMessage> {
-    let fail = |e: Error| e.with_message_name(name.to_owned());
-    let format = match get(h, header::CONTENT_TYPE) {
-        None => Format::MsgPack,
-        Some(ct) => Format::from_content_type(ct).ok_or_else(|| {
-            fail(Error::codec(format!(
-                "content type `{ct}` is not supported; use application/msgpack or application/json"
-            )))
-        })?,
-    };
-    let message_id = uuid_header(h, header::MESSAGE_ID)
-        .map_err(fail)?
-        .unwrap_or_else(catga_core::new_id);
-    let correlation_id = uuid_header(h, header::CORRELATION_ID)
-        .map_err(fail)?
-        .unwrap_or(message_id);
-    let causation_id = uuid_header(h, header::CAUSATION_ID).map_err(fail)?;
-    let timeout = match get(h, header::TIMEOUT_MS) {
-        None => None,
-        Some(ms) => Some(Duration::from_millis(ms.trim().parse::<u64>().map_err(
-            |_| {
-                fail(Error::codec(format!(
-                    "header `{}` is `{ms}`, not a number of milliseconds",
-                    header::TIMEOUT_MS
-                )))
-            },
-        )?)),
-    };
-    let mut headers = Headers::new();
-    if let Some(h) = h {
-        for (k, values) in h.iter() {
-            let k: &str = k.as_ref();
-            if let Some(v) = values.first() {
-                if !is_reserved(k) || k.eq_ignore_ascii_case(header::TRACEPARENT) {
-                    headers.insert(k, v.as_str());
-                }
-            }
-        }
-    }
+/// Missing ids are generated; present but malformed headers are errors. One pass
+/// over the headers, no lookups by name (each would parse the name and hash it).
+pub(crate) fn from_nats(
+    name: &'static str,
+    h: Option<&HeaderMap>,
+    payload: Bytes,
+) -> Result<WireMessage> {
     let mut wire = WireMessage {
-        name: name.to_owned().into(),
+        name: name.into(),
         payload,
-        format,
-        message_id,
-        correlation_id,
-        causation_id,
-        timeout,
-        headers,
-        handled_by: get(h, header::HANDLED_BY).map(str::to_owned),
+        format: Format::MsgPack,
+        message_id: Uuid::nil(),
+        correlation_id: Uuid::nil(),
+        causation_id: None,
+        timeout: None,
+        headers: Headers::new(),
+        handled_by: None,
     };
-    wire.timeout = wire.timeout.filter(|t| !t.is_zero());
+    let (mut message_id, mut correlation_id) = (None, None);
+    for (k, values) in h.into_iter().flat_map(HeaderMap::iter) {
+        let Some(v) = values.first().map(HeaderValue::as_str) else {
+            continue;
+        };
+        let mut read = |wire: &mut WireMessage| -> Result<()> {
+            match k.as_ref() {
+                header::MESSAGE_ID => message_id = Some(parse_uuid(header::MESSAGE_ID, v)?),
+                header::CORRELATION_ID => {
+                    correlation_id = Some(parse_uuid(header::CORRELATION_ID, v)?);
+                }
+                header::CAUSATION_ID => {
+                    wire.causation_id = Some(parse_uuid(header::CAUSATION_ID, v)?);
+                }
+                header::TIMEOUT_MS => {
+                    let ms = v.trim().parse::<u64>().map_err(|_| {
+                        Error::codec(format!(
+                            "header `{}` is `{v}`, not a number of milliseconds",
+                            header::TIMEOUT_MS
+                        ))
+                    })?;
+                    wire.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+                }
+                header::CONTENT_TYPE => {
+                    wire.format = Format::from_content_type(v).ok_or_else(|| {
+                        Error::codec(format!(
+                            "content type `{v}` is not supported; use application/msgpack or \
+                             application/json"
+                        ))
+                    })?;
+                }
+                header::HANDLED_BY => wire.handled_by = Some(v.to_owned()),
+                other if other.eq_ignore_ascii_case(header::TRACEPARENT) || !is_reserved(other) => {
+                    wire.headers.insert(other, v);
+                }
+                _ => {}
+            }
+            Ok(())
+        };
+        read(&mut wire).map_err(|e| e.with_message_name(name))?;
+    }
+    wire.message_id = message_id.unwrap_or_else(catga_core::new_id);
+    wire.correlation_id = correlation_id.unwrap_or(wire.message_id);
     Ok(wire)
 }
 
-/// Headers and payload of a successful reply.
-pub(crate) fn reply_ok(reply: WireReply) -> (HeaderMap, Bytes) {
-    let mut h = HeaderMap::new();
-    h.insert(STATUS, "ok");
-    if reply.format != Format::MsgPack {
+fn parse_uuid(header: &str, text: &str) -> Result<Uuid> {
+    text.trim()
+        .parse::<Uuid>()
+        .map_err(|_| Error::codec(format!("header `{header}` is `{text}`, not a UUID")))
+}
+
+/// Headers and payload of a successful reply: no headers at all for a
+/// MessagePack response (a reply without `Catga-Status` is a success), only the
+/// content type otherwise.
+pub(crate) fn reply_ok(reply: WireReply) -> (Option<HeaderMap>, Bytes) {
+    let headers = (reply.format != Format::MsgPack).then(|| {
+        let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, reply.format.content_type());
-    }
-    (h, reply.payload)
+        h
+    });
+    (headers, reply.payload)
 }
 
 /// Headers and payload of an error reply: the payload is the UTF-8 message.
@@ -253,16 +282,18 @@ pub(crate) fn reply_err(e: &Error) -> (HeaderMap, Bytes) {
     (h, Bytes::from(e.message().to_owned()))
 }
 
-/// Reads a reply: the response on `ok`, the remote error (kind, code, message)
-/// on `error`.
+/// Reads a reply: the response when `Catga-Status` is absent or `ok`, the remote
+/// error (kind, code, message) on `error`.
 pub(crate) fn parse_reply(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> Result<WireReply> {
     match get(h, header::STATUS) {
-        Some("ok") => {
+        None | Some("ok") => {
             let format = match get(h, header::CONTENT_TYPE) {
                 None => Format::MsgPack,
                 Some(ct) => Format::from_content_type(ct).ok_or_else(|| {
-                    Error::codec(format!("reply to `{name}` has unsupported content type `{ct}`"))
-                        .with_message_name(name.to_owned())
+                    Error::codec(format!(
+                        "reply to `{name}` has unsupported content type `{ct}`"
+                    ))
+                    .with_message_name(name.to_owned())
                 })?,
             };
             Ok(WireReply { payload, format })
@@ -281,8 +312,9 @@ pub(crate) fn parse_reply(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> 
             }
             Err(e)
         }
-        other => Err(Error::transport(format!(
-            "reply to `{name}` has no valid `{}` header ({other:?}); is the responder a Catga peer?",
+        Some(other) => Err(Error::transport(format!(
+            "reply to `{name}` has `{}: {other}`, expected `ok` or `error`; is the responder a \
+             Catga peer?",
             header::STATUS
         ))
         .with_message_name(name.to_owned())),
@@ -311,11 +343,63 @@ mod tests {
         assert_eq!(back.handled_by.as_deref(), Some("orders"));
         assert_eq!(back.headers.get("tenant"), Some("acme"));
         assert!(back.timeout.unwrap() <= Duration::from_secs(5));
-        let tp = back.headers.get("traceparent").unwrap();
+        // No traceparent of its own: none travels, the receiver derives the same.
+        assert!(
+            !h.iter()
+                .any(|(k, _)| AsRef::<str>::as_ref(k) == "traceparent")
+        );
+        assert_eq!(back.headers.get("traceparent"), None);
+        let tp = traceparent(&back);
+        assert_eq!(tp, traceparent(&msg));
         assert!(
             tp.starts_with(&format!("00-{}-", msg.correlation_id.simple())),
             "{tp}"
         );
+        assert_eq!(Traceparent(&back).to_string(), tp);
+    }
+
+    #[test]
+    fn a_request_with_the_default_timeout_carries_only_its_id() {
+        let mut msg = WireMessage::new("orders.Create", vec![], Format::MsgPack, &Metadata::new());
+        msg.timeout = Some(DEFAULT_REQUEST_TIMEOUT);
+        let h = to_headers(&msg).unwrap();
+        let names: Vec<&str> = h.iter().map(|(k, _)| AsRef::<str>::as_ref(k)).collect();
+        assert_eq!(names, [header::MESSAGE_ID]);
+        msg.timeout = Some(Duration::from_secs(29));
+        let h = to_headers(&msg).unwrap();
+        assert_eq!(get(Some(&h), header::TIMEOUT_MS), Some("29000"));
+    }
+
+    #[test]
+    fn a_callers_own_traceparent_travels_as_is() {
+        let own = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let meta = Metadata::new().with_header("traceparent", own);
+        let msg = WireMessage::new("orders.Create", vec![], Format::MsgPack, &meta);
+        let h = to_headers(&msg).unwrap();
+        let back = from_nats("orders.Create", Some(&h), Bytes::new()).unwrap();
+        assert_eq!(back.headers.get("traceparent"), Some(own));
+        assert_eq!(traceparent(&back), own);
+    }
+
+    #[test]
+    fn a_msgpack_success_reply_has_no_headers_and_reads_as_ok() {
+        let (h, body) = reply_ok(WireReply {
+            payload: Bytes::from_static(&[0xc0]),
+            format: Format::MsgPack,
+        });
+        assert!(h.is_none());
+        let back = parse_reply("orders.Create", None, body).unwrap();
+        assert_eq!(&back.payload[..], &[0xc0]);
+        let (h, _) = reply_ok(WireReply {
+            payload: Bytes::from_static(b"null"),
+            format: Format::Json,
+        });
+        let back = parse_reply("orders.Create", h.as_ref(), Bytes::new()).unwrap();
+        assert_eq!(back.format, Format::Json);
+        let mut bad = HeaderMap::new();
+        bad.insert(header::STATUS, "maybe");
+        let e = parse_reply("orders.Create", Some(&bad), Bytes::new()).unwrap_err();
+        assert!(e.to_string().contains("maybe"), "{e}");
     }
 
     #[test]

@@ -1,14 +1,18 @@
 //! [`NatsTransport`]: the `Transport` of catga-core over NATS.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::{AckPolicy, pull};
 use async_nats::jetstream::{self, AckKind, stream};
-use async_nats::{Client, ConnectOptions, RequestErrorKind, Subscriber};
+use async_nats::{Client, ConnectOptions, RequestErrorKind, Subject, Subscriber};
 use bytes::Bytes;
-use catga_core::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
+use catga_core::transport::{
+    DEFAULT_REQUEST_TIMEOUT, Inbound, PeerSpec, Transport, WireMessage, WireReply,
+};
 use catga_core::{Error, ErrorKind, Result};
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
@@ -47,6 +51,12 @@ struct Shared {
     streams: OnceCell<()>,
     running: Mutex<Option<Running>>,
     dropped: Arc<AtomicU64>,
+    /// Request subjects by message name, built once (cloning one is a
+    /// reference-count increment).
+    subjects: RwLock<HashMap<&'static str, Subject>>,
+    /// The server's `max_payload` when connecting: larger replies become
+    /// error replies instead of failing to send.
+    max_payload: usize,
 }
 
 struct Running {
@@ -145,12 +155,14 @@ impl NatsTransport {
             .build(client.clone());
         Ok(NatsTransport {
             shared: Arc::new(Shared {
-                client,
                 js,
                 options,
                 streams: OnceCell::new(),
                 running: Mutex::new(None),
                 dropped,
+                subjects: RwLock::default(),
+                max_payload: client.server_info().max_payload,
+                client,
             }),
         })
     }
@@ -204,10 +216,33 @@ impl Shared {
             .map(|_| ())
     }
 
+    /// `<prefix>.req.<NAME>`, from the cache when the name is static (hence the
+    /// `Cow`: only a borrowed `'static` name can key the cache).
+    #[allow(clippy::ptr_arg)]
+    fn request_subject(&self, name: &Cow<'static, str>) -> Subject {
+        let &Cow::Borrowed(name) = name else {
+            return protocol::request_subject(self.prefix(), name).into();
+        };
+        let cached = self
+            .subjects
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        cached.unwrap_or_else(|| {
+            let subject: Subject = protocol::request_subject(self.prefix(), name).into();
+            self.subjects
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, subject.clone());
+            subject
+        })
+    }
+
     async fn request(&self, msg: WireMessage, timeout: Duration) -> Result<WireReply> {
         let name = msg.name.clone();
         let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
-        let subject = protocol::request_subject(self.prefix(), &name);
+        let subject = self.request_subject(&name);
         let size = msg.payload.len();
         let request = async_nats::Request::new()
             .payload(msg.payload)
@@ -341,7 +376,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             sub,
             &running,
             shared.options.max_in_flight,
-            move |msg| Box::pin(serve_request(shared2.clone(), inbound.clone(), name, msg)),
+            move |msg| serve_request(shared2.clone(), inbound.clone(), name, msg),
         ));
     }
     for name in &peer.events {
@@ -372,7 +407,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
                 sub,
                 &running,
                 shared.options.max_in_flight,
-                move |msg| Box::pin(serve_event(inbound.clone(), name, msg)),
+                move |msg| serve_event(inbound.clone(), name, msg),
             ));
         }
     }
@@ -418,12 +453,15 @@ where
 /// Reads a core subscription, running at most `max_in_flight` handlers at once
 /// on this task (no spawn per message); on shutdown, drains the subscription and
 /// still handles what was already delivered.
-fn serve_core(
+fn serve_core<Fut>(
     mut sub: Subscriber,
     running: &Running,
     max_in_flight: usize,
-    handle: impl Fn(async_nats::Message) -> BoxFuture<'static, ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> + Send + 'static {
+    handle: impl Fn(async_nats::Message) -> Fut + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let shutdown = running.shutdown.clone();
     async move {
         let mut in_flight = FuturesUnordered::new();
@@ -448,21 +486,19 @@ fn serve_core(
     }
 }
 
-fn receive_span(name: &str, msg: &async_nats::Message) -> tracing::Span {
-    let get = |h: &str| {
-        msg.headers
-            .as_ref()
-            .and_then(|m| m.get(h))
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
-    tracing::info_span!(
-        "catga.receive",
-        message = name,
-        message_id = %get(header::MESSAGE_ID),
-        correlation_id = %get(header::CORRELATION_ID),
-        traceparent = %get(header::TRACEPARENT),
-    )
+/// The span a received message is handled in: its name, ids and trace context.
+/// Field values are only formatted when a subscriber records the span.
+fn receive_span(name: &str, wire: &Result<WireMessage>) -> tracing::Span {
+    match wire {
+        Ok(w) => tracing::info_span!(
+            "catga.receive",
+            message = name,
+            message_id = %w.message_id,
+            correlation_id = %w.correlation_id,
+            traceparent = %protocol::Traceparent(w),
+        ),
+        Err(_) => tracing::info_span!("catga.receive", message = name),
+    }
 }
 
 async fn serve_request(
@@ -471,36 +507,57 @@ async fn serve_request(
     name: &'static str,
     msg: async_nats::Message,
 ) {
-    let span = receive_span(name, &msg);
+    let Some(reply_to) = msg.reply else {
+        tracing::warn!(
+            message = name,
+            "request without a reply subject; nothing to answer"
+        );
+        return;
+    };
+    let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload);
+    let span = receive_span(name, &wire);
     async move {
-        let Some(reply_to) = msg.reply.clone() else {
-            tracing::warn!("request without a reply subject; nothing to answer");
-            return;
-        };
-        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload) {
-            Ok(wire) => inbound.request(wire).await,
+        let result = match wire {
+            Ok(mut wire) => {
+                // No timeout on the wire: the sender waits the default.
+                wire.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
+                inbound.request(wire).await
+            }
             Err(e) => Err(e),
         };
-        if let Err(e) = &result {
-            tracing::debug!(error = %e, "request failed");
-        }
-        let (headers, payload) = match result {
+        let mut reply = match result {
             Ok(reply) => protocol::reply_ok(reply),
-            Err(e) => protocol::reply_err(&e),
+            Err(e) => {
+                tracing::debug!(error = %e, "request failed");
+                let (h, p) = protocol::reply_err(&e);
+                (Some(h), p)
+            }
         };
-        let client = &shared.client;
-        if let Err(e) = client
-            .publish_with_headers(reply_to.clone(), headers, payload)
-            .await
-        {
-            tracing::warn!(error = %e, "could not send the reply; sending an error instead");
-            let (headers, payload) = protocol::reply_err(
-                &Error::transport(format!("the reply to `{name}` could not be sent: {e}"))
-                    .with_retryable(false),
+        // Headers count towards max_payload too; a reply's are a few dozen bytes.
+        let headers = if reply.0.is_some() { 256 } else { 0 };
+        if reply.1.len() + headers > shared.max_payload {
+            tracing::warn!(
+                bytes = reply.1.len(),
+                "the reply is over the server's max_payload"
             );
-            let _ = client
-                .publish_with_headers(reply_to, headers, payload)
-                .await;
+            let (h, p) = protocol::reply_err(
+                &Error::transport(format!(
+                    "the reply to `{name}` is {} bytes, over the NATS server's max_payload ({}); \
+                     reply with a reference to the data instead, or raise max_payload",
+                    reply.1.len(),
+                    shared.max_payload
+                ))
+                .with_retryable(false),
+            );
+            reply = (Some(h), p);
+        }
+        let client = &shared.client;
+        let sent = match reply {
+            (Some(h), payload) => client.publish_with_headers(reply_to, h, payload).await,
+            (None, payload) => client.publish(reply_to, payload).await,
+        };
+        if let Err(e) = sent {
+            tracing::warn!(error = %e, "could not send the reply; the caller will time out");
         }
     }
     .instrument(span)
@@ -508,9 +565,10 @@ async fn serve_request(
 }
 
 async fn serve_event(inbound: Arc<dyn Inbound>, name: &'static str, msg: async_nats::Message) {
-    let span = receive_span(name, &msg);
+    let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload);
+    let span = receive_span(name, &wire);
     async move {
-        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload) {
+        let result = match wire {
             Ok(wire) => inbound.event(wire).await,
             Err(e) => Err(e),
         };
@@ -627,10 +685,11 @@ async fn handle_reliable(
     name: &'static str,
     msg: jetstream::Message,
 ) {
-    let span = receive_span(name, &msg);
+    let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone());
+    let span = receive_span(name, &wire);
     async move {
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-        let result = match protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone()) {
+        let result = match wire {
             Ok(wire) => inbound.event(wire).await,
             Err(e) => Err(e),
         };

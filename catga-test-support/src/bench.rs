@@ -73,3 +73,19 @@ pub fn report(case: &str, in_flight: usize, catga: &Stats, bare: &Stats) {
         bare.p99_us,
     );
 }
+
+/// The middle of several runs of the same case, each figure taken separately
+/// (runs alternate with the bare client's, so a noisy moment on a shared machine
+/// does not decide a comparison).
+pub fn median(runs: &[Stats]) -> Stats {
+    let mid = |f: fn(&Stats) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    Stats {
+        per_sec: mid(|s| s.per_sec),
+        p50_us: mid(|s| s.p50_us),
+        p99_us: mid(|s| s.p99_us),
+    }
+}

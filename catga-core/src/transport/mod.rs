@@ -29,6 +29,11 @@ use crate::codec::Format;
 use crate::error::Result;
 use crate::metadata::{Headers, Metadata};
 
+/// How long a request waits for its reply unless told otherwise (the builder's
+/// `request_timeout` default). A transport may leave this value off the wire:
+/// a request received without a timeout gets this one as its deadline.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A message on the wire: its name, encoded payload and metadata.
 #[derive(Debug, Clone)]
 pub struct WireMessage {

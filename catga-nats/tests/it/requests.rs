@@ -190,3 +190,68 @@ async fn oversize_messages_get_a_clear_error() {
     assert!(err.to_string().contains("max_payload"), "{err}");
     assert_eq!(client.send(Blob { data: "ok".into() }).await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn the_callers_timeout_is_the_handlers_deadline_and_the_default_applies_when_absent() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|_: Sleep, ctx| async move {
+            Ok(ctx.remaining().map_or(0, |d| d.as_millis() as u64))
+        })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let short = client
+        .send_with(
+            Sleep { millis: 0 },
+            Metadata::new().with_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    assert!((1..=5_000).contains(&short), "{short} ms left of 5 s");
+    // The default timeout does not travel (it is the protocol's default), and
+    // the receiver applies it.
+    let default = client.send(Sleep { millis: 0 }).await.unwrap();
+    let d = catga_core::transport::DEFAULT_REQUEST_TIMEOUT.as_millis() as u64;
+    assert!(
+        (d - 5_000..=d).contains(&default),
+        "{default} ms left of the default {d} ms"
+    );
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Expand {
+    bytes: usize,
+}
+impl catga_core::Message for Expand {
+    const NAME: &'static str = "test.Expand";
+}
+impl catga_core::Request for Expand {
+    type Response = String;
+}
+
+#[tokio::test]
+async fn an_oversize_reply_becomes_a_clear_error_and_the_peer_keeps_serving() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|e: Expand, _| async move { Ok("x".repeat(e.bytes)) })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let client = Catga::builder()
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    // nats-server's default max_payload is 1 MiB.
+    let err = client.send(Expand { bytes: 2 << 20 }).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert!(err.to_string().contains("max_payload"), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(client.send(Expand { bytes: 3 }).await.unwrap(), "xxx");
+}
