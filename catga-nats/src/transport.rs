@@ -53,7 +53,9 @@ struct Shared {
     dropped: Arc<AtomicU64>,
     /// Request subjects by message name, built once (cloning one is a
     /// reference-count increment).
-    subjects: RwLock<HashMap<&'static str, Subject>>,
+    request_subjects: RwLock<HashMap<&'static str, Subject>>,
+    /// Event subjects by message name, likewise.
+    event_subjects: RwLock<HashMap<&'static str, Subject>>,
     /// The server's `max_payload` when connecting: larger replies become
     /// error replies instead of failing to send.
     max_payload: usize,
@@ -160,7 +162,8 @@ impl NatsTransport {
                 streams: OnceCell::new(),
                 running: Mutex::new(None),
                 dropped,
-                subjects: RwLock::default(),
+                request_subjects: RwLock::default(),
+                event_subjects: RwLock::default(),
                 max_payload: client.server_info().max_payload,
                 client,
             }),
@@ -184,7 +187,7 @@ impl Shared {
     }
 
     fn is_reliable(&self, name: &str) -> bool {
-        self.options.reliable.contains(name)
+        !self.options.reliable.is_empty() && self.options.reliable.contains(name)
     }
 
     /// Creates the event and dead-letter streams if missing.
@@ -216,22 +219,26 @@ impl Shared {
             .map(|_| ())
     }
 
-    /// `<prefix>.req.<NAME>`, from the cache when the name is static (hence the
-    /// `Cow`: only a borrowed `'static` name can key the cache).
+    /// The subject `make` builds for `name`, from `cache` when the name is
+    /// static (hence the `Cow`: only a borrowed `'static` name can key it).
     #[allow(clippy::ptr_arg)]
-    fn request_subject(&self, name: &Cow<'static, str>) -> Subject {
+    fn subject(
+        &self,
+        cache: &RwLock<HashMap<&'static str, Subject>>,
+        make: fn(&str, &str) -> String,
+        name: &Cow<'static, str>,
+    ) -> Subject {
         let &Cow::Borrowed(name) = name else {
-            return protocol::request_subject(self.prefix(), name).into();
+            return make(self.prefix(), name).into();
         };
-        let cached = self
-            .subjects
+        let cached = cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned();
         cached.unwrap_or_else(|| {
-            let subject: Subject = protocol::request_subject(self.prefix(), name).into();
-            self.subjects
+            let subject: Subject = make(self.prefix(), name).into();
+            cache
                 .write()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(name, subject.clone());
@@ -242,7 +249,7 @@ impl Shared {
     async fn request(&self, msg: WireMessage, timeout: Duration) -> Result<WireReply> {
         let name = msg.name.clone();
         let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
-        let subject = self.request_subject(&name);
+        let subject = self.subject(&self.request_subjects, protocol::request_subject, &name);
         let size = msg.payload.len();
         let request = async_nats::Request::new()
             .payload(msg.payload)
@@ -277,7 +284,7 @@ impl Shared {
         let name = msg.name.clone();
         let mut headers =
             protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
-        let subject = protocol::event_subject(self.prefix(), &name);
+        let subject = self.subject(&self.event_subjects, protocol::event_subject, &name);
         let size = msg.payload.len();
         let result = if self.is_reliable(&name) {
             self.ensure_streams().await?;
