@@ -4,7 +4,7 @@
 //! nats-server and redis-server on loopback; prints one JSON line per case).
 //!
 //! - `idempotent_send`: a remote command through NATS with the idempotency
-//!   behavior on Redis (claim script + completion script), against a bare
+//!   behavior on Redis (claim `SET NX GET` + completion script), against a bare
 //!   async-nats request/reply whose responder does one `SET NX PX` and one
 //!   `SET PX` through the redis crate. Both responders handle requests
 //!   concurrently; 32 in flight.
@@ -39,6 +39,11 @@ impl Message for Echo {
 }
 impl Request for Echo {
     type Response = usize;
+}
+
+/// `CATGA_BENCH_CASE=idempotent_send|lock` runs one case only (for profiling).
+fn wants(case: &str) -> bool {
+    std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
 }
 
 fn body() -> String {
@@ -99,53 +104,60 @@ fn main() {
         let redis_server = RedisServer::start();
         let (nats_url, redis_url) = (nats.url(), redis_server.url());
 
-        // Idempotent remote command.
-        bare_idempotent_responder(&nats_url, &redis_url).await;
-        let bare_client = async_nats::connect(&nats_url).await.unwrap();
-        let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
-            .unwrap()
-            .into();
-        let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
-            let (c, p) = (bare_client.clone(), payload.clone());
-            async move {
-                let r = c.request("bare.req.Echo", p).await.unwrap();
-                let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
-                assert_eq!(n, 56);
-            }
-        })
-        .await;
         let store = RedisStore::connect(RedisOptions::new(&redis_url))
             .await
             .unwrap();
-        let peer = Catga::builder()
-            .service("bench")
-            .transport(
-                NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
-                    .await
-                    .unwrap(),
-            )
-            .behavior(Idempotency::new(store.clone()))
-            .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
-            .build()
-            .unwrap();
-        peer.start().await.unwrap();
-        let client = Catga::builder()
-            .service("bench-client")
-            .transport(
-                NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
-                    .await
-                    .unwrap(),
-            )
-            .build()
-            .unwrap();
-        let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
-            let c = client.clone();
-            async move {
-                assert_eq!(c.send(Echo { body: body() }).await.unwrap(), 56);
-            }
-        })
-        .await;
-        report("idempotent_send", IN_FLIGHT, &catga, &bare);
+
+        // Idempotent remote command.
+        if wants("idempotent_send") {
+            bare_idempotent_responder(&nats_url, &redis_url).await;
+            let bare_client = async_nats::connect(&nats_url).await.unwrap();
+            let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
+                .unwrap()
+                .into();
+            let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                let (c, p) = (bare_client.clone(), payload.clone());
+                async move {
+                    let r = c.request("bare.req.Echo", p).await.unwrap();
+                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
+                    assert_eq!(n, 56);
+                }
+            })
+            .await;
+            let peer = Catga::builder()
+                .service("bench")
+                .transport(
+                    NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
+                        .await
+                        .unwrap(),
+                )
+                .behavior(Idempotency::new(store.clone()))
+                .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
+                .build()
+                .unwrap();
+            peer.start().await.unwrap();
+            let client = Catga::builder()
+                .service("bench-client")
+                .transport(
+                    NatsTransport::connect(NatsOptions::new([nats_url.as_str()]))
+                        .await
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                let c = client.clone();
+                async move {
+                    assert_eq!(c.send(Echo { body: body() }).await.unwrap(), 56);
+                }
+            })
+            .await;
+            report("idempotent_send", IN_FLIGHT, &catga, &bare);
+            peer.shutdown().await.unwrap();
+        }
+        if !wants("lock") {
+            return;
+        }
 
         // Lock acquire + release.
         let raw =
@@ -191,6 +203,5 @@ fn main() {
         })
         .await;
         report("lock_acquire_release", IN_FLIGHT, &catga, &bare);
-        peer.shutdown().await.unwrap();
     });
 }

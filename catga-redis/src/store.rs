@@ -89,13 +89,11 @@ impl RedisOptions {
 }
 
 pub(crate) struct Scripts {
-    claim: Script,
     complete: Script,
     release: Script,
     append: Script,
     ack: Script,
     dead_letter: Script,
-    lock_acquire: Script,
     lock_renew: Script,
     lock_release: Script,
     pub(crate) saga_save: Script,
@@ -105,13 +103,11 @@ pub(crate) struct Scripts {
 impl Scripts {
     fn load() -> Scripts {
         Scripts {
-            claim: Script::new(include_str!("../lua/claim.lua")),
             complete: Script::new(include_str!("../lua/complete.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
             append: Script::new(include_str!("../lua/append.lua")),
             ack: Script::new(include_str!("../lua/ack.lua")),
             dead_letter: Script::new(include_str!("../lua/dead_letter.lua")),
-            lock_acquire: Script::new(include_str!("../lua/lock_acquire.lua")),
             lock_renew: Script::new(include_str!("../lua/lock_renew.lua")),
             lock_release: Script::new(include_str!("../lua/lock_release.lua")),
             saga_save: Script::new(include_str!("../lua/saga_save.lua")),
@@ -368,22 +364,23 @@ impl IdempotencyStore for RedisStore {
             let (idem, _) = self.keys.idempotency(key);
             let token = random_token();
             let mut conn = self.conn.clone();
-            let reply: Vec<Vec<u8>> = self
-                .scripts
-                .claim
-                .key(&idem)
-                .arg(&token)
+            // One native command: set the in-progress record if the key is free,
+            // and return whatever was there (Redis 7.0+ accepts NX with GET).
+            let previous: Option<Vec<u8>> = redis::cmd("SET")
+                .arg(&idem)
+                .arg(format!("p:{token}"))
+                .arg("NX")
+                .arg("PX")
                 .arg(ms(lease))
-                .invoke_async(&mut conn)
+                .arg("GET")
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("claiming `{idem}`"), e))?;
-            match reply.first().map(Vec::as_slice) {
-                Some(b"acquired") => Ok(Claim::Acquired { token }),
-                Some(b"in_progress") => Ok(Claim::InProgress),
-                Some(b"completed") => Ok(Claim::Completed(Bytes::from(
-                    reply.get(1).cloned().unwrap_or_default(),
-                ))),
-                _ => Err(Error::store(format!(
+            match previous {
+                None => Ok(Claim::Acquired { token }),
+                Some(v) if v.starts_with(b"p:") => Ok(Claim::InProgress),
+                Some(v) if v.starts_with(b"c:") => Ok(Claim::Completed(Bytes::from(v).slice(2..))),
+                Some(_) => Err(Error::store(format!(
                     "the value under `{idem}` is not a Catga idempotency record; delete the key \
                      if it was written by something else"
                 ))
@@ -554,16 +551,24 @@ impl LockStore for RedisStore {
             let (key, fence) = self.keys.lock(name);
             let token = random_token();
             let mut conn = self.conn.clone();
-            let acquired: Option<u64> = self
-                .scripts
-                .lock_acquire
-                .key(&key)
-                .key(&fence)
+            // SET NX and INCR in one MULTI/EXEC: cheaper for Redis than a Lua
+            // script. The counter also moves when the SET fails, so fences have
+            // gaps, but a successful acquire always gets a larger fence than
+            // every acquire before it (the pair is atomic).
+            let (acquired, fence): (bool, u64) = redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
                 .arg(&token)
+                .arg("NX")
+                .arg("PX")
                 .arg(ms(ttl))
-                .invoke_async(&mut conn)
+                .cmd("INCR")
+                .arg(&fence)
+                .query_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("acquiring lock `{key}`"), e))?;
+            let acquired = acquired.then_some(fence);
             Ok(acquired.map(|fence| Lease { token, fence }))
         })
     }
