@@ -33,4 +33,6 @@ if ! command -v nats-server >/dev/null 2>&1; then
 fi
 
 echo "==> $(nats-server --version 2>&1 | head -n1); $(redis-server --version | cut -d' ' -f1-3)"
-exec cargo test --workspace "$@"
+cargo test --workspace "$@"
+# Feature-gated: OpenTelemetry trace continuation across NATS.
+exec cargo test -p catga-nats --features otel --test otel "$@"

@@ -18,6 +18,11 @@
 //! - Bounded work per subscription ([`NatsOptions::max_in_flight`]); graceful
 //!   shutdown drains: stops taking messages, finishes those in flight, closes.
 //!
+//! - **Tracing**: each received message is handled in a `catga.receive` span with
+//!   its name and ids. With the `otel` feature, the current span's OpenTelemetry
+//!   context travels as `traceparent` and becomes the remote parent of the
+//!   receiving span, so a trace continues across peers.
+//!
 //! The wire contract, for clients in other languages, is in `docs/protocol.md`;
 //! [`protocol`] has the same names in code.
 //!
@@ -38,6 +43,8 @@
 #![forbid(unsafe_code)]
 
 mod options;
+#[cfg(feature = "otel")]
+mod otel;
 pub mod protocol;
 mod transport;
 

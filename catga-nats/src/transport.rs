@@ -246,7 +246,8 @@ impl Shared {
         })
     }
 
-    async fn request(&self, msg: WireMessage, timeout: Duration) -> Result<WireReply> {
+    async fn request(&self, mut msg: WireMessage, timeout: Duration) -> Result<WireReply> {
+        with_current_trace(&mut msg);
         let name = msg.name.clone();
         let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
         let subject = self.subject(&self.request_subjects, protocol::request_subject, &name);
@@ -280,7 +281,8 @@ impl Shared {
         }
     }
 
-    async fn publish(&self, msg: WireMessage) -> Result<()> {
+    async fn publish(&self, mut msg: WireMessage) -> Result<()> {
+        with_current_trace(&mut msg);
         let name = msg.name.clone();
         let mut headers =
             protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
@@ -493,17 +495,36 @@ where
     }
 }
 
+/// With the `otel` feature: the current span's OpenTelemetry context becomes the
+/// message's `traceparent` (over one inherited from an incoming message).
+fn with_current_trace(msg: &mut WireMessage) {
+    #[cfg(feature = "otel")]
+    if let Some(tp) = crate::otel::current_traceparent() {
+        msg.headers.insert(header::TRACEPARENT, tp);
+    }
+    #[cfg(not(feature = "otel"))]
+    let _ = msg;
+}
+
 /// The span a received message is handled in: its name, ids and trace context.
-/// Field values are only formatted when a subscriber records the span.
+/// Field values are only formatted when a subscriber records the span. With the
+/// `otel` feature, a `traceparent` sent by the caller is the span's parent.
 fn receive_span(name: &str, wire: &Result<WireMessage>) -> tracing::Span {
     match wire {
-        Ok(w) => tracing::info_span!(
-            "catga.receive",
-            message = name,
-            message_id = %w.message_id,
-            correlation_id = %w.correlation_id,
-            traceparent = %protocol::Traceparent(w),
-        ),
+        Ok(w) => {
+            let span = tracing::info_span!(
+                "catga.receive",
+                message = name,
+                message_id = %w.message_id,
+                correlation_id = %w.correlation_id,
+                traceparent = %protocol::Traceparent(w),
+            );
+            #[cfg(feature = "otel")]
+            if let Some(tp) = w.headers.get(header::TRACEPARENT) {
+                crate::otel::set_remote_parent(&span, tp);
+            }
+            span
+        }
         Err(_) => tracing::info_span!("catga.receive", message = name),
     }
 }
