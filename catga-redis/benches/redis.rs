@@ -8,8 +8,12 @@
 //!   async-nats request/reply whose responder does one `SET NX PX` and one
 //!   `SET PX` through the redis crate. Both responders handle requests
 //!   concurrently; 32 in flight.
-//! - `lock`: `try_acquire` + `release` (Lua scripts with a fencing counter)
-//!   against a bare `SET NX PX` + `DEL`.
+//! - `lock`: `try_acquire` + `release` (`SET NX PX` + fencing `INCR` in one
+//!   `MULTI`/`EXEC`, compare-and-delete script) against a bare `SET NX PX` +
+//!   `DEL`, and against the same safe operations written by hand.
+//!
+//! Each case runs `ROUNDS` times alternating with the bare client; medians are
+//! printed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +24,7 @@ use catga_core::store::LockStore;
 use catga_core::{Catga, Message, Request};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_redis::{RedisOptions, RedisStore};
-use catga_test_support::bench::{drive, report};
+use catga_test_support::bench::{drive, median, report};
 use catga_test_support::{NatsServer, RedisServer};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
@@ -28,7 +32,10 @@ use serde::{Deserialize, Serialize};
 
 const IN_FLIGHT: usize = 32;
 const WARM_UP: Duration = Duration::from_millis(500);
-const MEASURE: Duration = Duration::from_secs(3);
+const MEASURE: Duration = Duration::from_secs(2);
+/// Each case runs this many times, alternating with the bare client; medians
+/// are printed.
+const ROUNDS: usize = 3;
 
 #[derive(Clone, Serialize, Deserialize)]
 struct Echo {
@@ -112,18 +119,6 @@ fn main() {
         if wants("idempotent_send") {
             bare_idempotent_responder(&nats_url, &redis_url).await;
             let bare_client = async_nats::connect(&nats_url).await.unwrap();
-            let payload: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
-                .unwrap()
-                .into();
-            let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
-                let (c, p) = (bare_client.clone(), payload.clone());
-                async move {
-                    let r = c.request("bare.req.Echo", p).await.unwrap();
-                    let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
-                    assert_eq!(n, 56);
-                }
-            })
-            .await;
             let peer = Catga::builder()
                 .service("bench")
                 .transport(
@@ -145,14 +140,41 @@ fn main() {
                 )
                 .build()
                 .unwrap();
-            let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+            let (mut bare, mut catga) = (vec![], vec![]);
+            for _ in 0..ROUNDS {
+                let c = bare_client.clone();
+                bare.push(
+                    drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                        let c = c.clone();
+                        async move {
+                            // Built and encoded per request, as Catga's caller does.
+                            let p: bytes::Bytes = rmp_serde::to_vec_named(&Echo { body: body() })
+                                .unwrap()
+                                .into();
+                            let r = c.request("bare.req.Echo", p).await.unwrap();
+                            let n: usize = rmp_serde::from_slice(&r.payload).unwrap();
+                            assert_eq!(n, 56);
+                        }
+                    })
+                    .await,
+                );
                 let c = client.clone();
-                async move {
-                    assert_eq!(c.send(Echo { body: body() }).await.unwrap(), 56);
-                }
-            })
-            .await;
-            report("idempotent_send", IN_FLIGHT, &catga, &bare);
+                catga.push(
+                    drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                        let c = c.clone();
+                        async move {
+                            assert_eq!(c.send(Echo { body: body() }).await.unwrap(), 56);
+                        }
+                    })
+                    .await,
+                );
+            }
+            report(
+                "idempotent_send",
+                IN_FLIGHT,
+                &median(&catga),
+                &median(&bare),
+            );
             peer.shutdown().await.unwrap();
         }
         if !wants("lock") {
@@ -165,43 +187,102 @@ fn main() {
                 .await
                 .unwrap();
         let seq = Arc::new(AtomicU64::new(0));
-        let s = seq.clone();
-        let bare = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
-            let (mut conn, key) = (
-                raw.clone(),
-                format!("bare:lock:{}", s.fetch_add(1, Ordering::Relaxed)),
+        let release = Arc::new(redis::Script::new(include_str!("../lua/lock_release.lua")));
+        let (mut bare, mut bare_safe, mut catga) = (vec![], vec![], vec![]);
+        for _ in 0..ROUNDS {
+            // The same safe operations by hand: SET NX + INCR in MULTI/EXEC,
+            // compare-and-delete script.
+            let (conn, s, release) = (raw.clone(), seq.clone(), release.clone());
+            bare_safe.push(
+                drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                    let (mut conn, n, release) = (
+                        conn.clone(),
+                        s.fetch_add(1, Ordering::Relaxed),
+                        release.clone(),
+                    );
+                    async move {
+                        let (key, fence) =
+                            (format!("{{safe:{n}}}:lock"), format!("{{safe:{n}}}:fence"));
+                        let token = format!("{:032x}", fastrand::u128(..));
+                        let (ok, _fence): (bool, u64) = redis::pipe()
+                            .atomic()
+                            .cmd("SET")
+                            .arg(&key)
+                            .arg(&token)
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(30_000)
+                            .cmd("INCR")
+                            .arg(&fence)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert!(ok);
+                        let released: i64 = release
+                            .key(&key)
+                            .arg(&token)
+                            .invoke_async(&mut conn)
+                            .await
+                            .unwrap();
+                        assert_eq!(released, 1);
+                    }
+                })
+                .await,
             );
-            async move {
-                let ok: bool = conn
-                    .set_options(
-                        &key,
-                        "token",
-                        redis::SetOptions::default()
-                            .conditional_set(redis::ExistenceCheck::NX)
-                            .with_expiration(redis::SetExpiry::PX(30_000)),
-                    )
-                    .await
-                    .unwrap();
-                assert!(ok);
-                let _: usize = conn.del(&key).await.unwrap();
-            }
-        })
-        .await;
-        let catga = drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
-            let (store, name) = (
-                store.clone(),
-                format!("bench:{}", seq.fetch_add(1, Ordering::Relaxed)),
+            let (raw, s) = (raw.clone(), seq.clone());
+            bare.push(
+                drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                    let (mut conn, key) = (
+                        raw.clone(),
+                        format!("bare:lock:{}", s.fetch_add(1, Ordering::Relaxed)),
+                    );
+                    async move {
+                        let ok: bool = conn
+                            .set_options(
+                                &key,
+                                "token",
+                                redis::SetOptions::default()
+                                    .conditional_set(redis::ExistenceCheck::NX)
+                                    .with_expiration(redis::SetExpiry::PX(30_000)),
+                            )
+                            .await
+                            .unwrap();
+                        assert!(ok);
+                        let _: usize = conn.del(&key).await.unwrap();
+                    }
+                })
+                .await,
             );
-            async move {
-                let lease = store
-                    .try_acquire(&name, Duration::from_secs(30))
-                    .await
-                    .unwrap()
-                    .unwrap();
-                assert!(store.release(&name, &lease.token).await.unwrap());
-            }
-        })
-        .await;
-        report("lock_acquire_release", IN_FLIGHT, &catga, &bare);
+            let (store, s) = (store.clone(), seq.clone());
+            catga.push(
+                drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+                    let (store, name) = (
+                        store.clone(),
+                        format!("bench:{}", s.fetch_add(1, Ordering::Relaxed)),
+                    );
+                    async move {
+                        let lease = store
+                            .try_acquire(&name, Duration::from_secs(30))
+                            .await
+                            .unwrap()
+                            .unwrap();
+                        assert!(store.release(&name, &lease.token).await.unwrap());
+                    }
+                })
+                .await,
+            );
+        }
+        report(
+            "lock_acquire_release",
+            IN_FLIGHT,
+            &median(&catga),
+            &median(&bare),
+        );
+        report(
+            "lock_vs_bare_with_the_same_safe_operations",
+            IN_FLIGHT,
+            &median(&catga),
+            &median(&bare_safe),
+        );
     });
 }
