@@ -69,6 +69,7 @@ mod mediator;
 mod message;
 mod metadata;
 pub mod relay;
+mod rng;
 mod route;
 pub mod saga;
 pub mod store;

@@ -97,7 +97,7 @@ pub fn new_id() -> Uuid {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let mut random = [0u8; 10];
-    fastrand::fill(&mut random);
+    crate::rng::fill(&mut random);
     uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
 }
 

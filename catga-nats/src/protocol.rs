@@ -136,8 +136,9 @@ const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
 
 /// Headers for an outgoing request or event. Only what differs from the
 /// documented defaults is written: the correlation id when it is not the message
-/// id, the content type when it is not MessagePack, the timeout when it is not
-/// [`DEFAULT_REQUEST_TIMEOUT`], the `traceparent` when the
+/// id, the content type when it is not MessagePack (a request with the default
+/// timeout arrives here without one, see `Shared::request`), the `traceparent`
+/// when the
 /// caller has one (the receiver derives the default from the ids). Every header
 /// costs: async-nats stores them in a hash map and parses them on receipt.
 pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
@@ -152,7 +153,7 @@ pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     if msg.format != Format::MsgPack {
         h.insert(header::CONTENT_TYPE, msg.format.content_type());
     }
-    if let Some(t) = msg.timeout.filter(|t| *t != DEFAULT_REQUEST_TIMEOUT) {
+    if let Some(t) = msg.timeout {
         h.insert(
             TIMEOUT_MS,
             HeaderValue::from(t.as_millis().max(1).to_string()),
@@ -201,49 +202,53 @@ pub(crate) fn from_nats(
         headers: Headers::new(),
         handled_by: None,
     };
-    let (mut message_id, mut correlation_id) = (None, None);
+    // Collect first, then parse in a fixed order, so the error reported for a
+    // message with several malformed headers does not depend on map order.
+    let (mut content_type, mut message_id, mut correlation_id) = (None, None, None);
+    let (mut causation_id, mut timeout) = (None, None);
     for (k, values) in h.into_iter().flat_map(HeaderMap::iter) {
         let Some(v) = values.first().map(HeaderValue::as_str) else {
             continue;
         };
-        let mut read = |wire: &mut WireMessage| -> Result<()> {
-            match k.as_ref() {
-                header::MESSAGE_ID => message_id = Some(parse_uuid(header::MESSAGE_ID, v)?),
-                header::CORRELATION_ID => {
-                    correlation_id = Some(parse_uuid(header::CORRELATION_ID, v)?);
-                }
-                header::CAUSATION_ID => {
-                    wire.causation_id = Some(parse_uuid(header::CAUSATION_ID, v)?);
-                }
-                header::TIMEOUT_MS => {
-                    let ms = v.trim().parse::<u64>().map_err(|_| {
-                        Error::codec(format!(
-                            "header `{}` is `{v}`, not a number of milliseconds",
-                            header::TIMEOUT_MS
-                        ))
-                    })?;
-                    wire.timeout = (ms > 0).then(|| Duration::from_millis(ms));
-                }
-                header::CONTENT_TYPE => {
-                    wire.format = Format::from_content_type(v).ok_or_else(|| {
-                        Error::codec(format!(
-                            "content type `{v}` is not supported; use application/msgpack or \
-                             application/json"
-                        ))
-                    })?;
-                }
-                header::HANDLED_BY => wire.handled_by = Some(v.to_owned()),
-                other if other.eq_ignore_ascii_case(header::TRACEPARENT) || !is_reserved(other) => {
-                    wire.headers.insert(other, v);
-                }
-                _ => {}
+        match k.as_ref() {
+            header::CONTENT_TYPE => content_type = Some(v),
+            header::MESSAGE_ID => message_id = Some(v),
+            header::CORRELATION_ID => correlation_id = Some(v),
+            header::CAUSATION_ID => causation_id = Some(v),
+            header::TIMEOUT_MS => timeout = Some(v),
+            header::HANDLED_BY => wire.handled_by = Some(v.to_owned()),
+            other if other.eq_ignore_ascii_case(header::TRACEPARENT) || !is_reserved(other) => {
+                wire.headers.insert(other, v);
             }
-            Ok(())
-        };
-        read(&mut wire).map_err(|e| e.with_message_name(name))?;
+            _ => {}
+        }
     }
-    wire.message_id = message_id.unwrap_or_else(catga_core::new_id);
-    wire.correlation_id = correlation_id.unwrap_or(wire.message_id);
+    let fail = |e: Error| e.with_message_name(name);
+    if let Some(ct) = content_type {
+        wire.format = Format::from_content_type(ct).ok_or_else(|| {
+            fail(Error::codec(format!(
+                "content type `{ct}` is not supported; use application/msgpack or \
+                 application/json"
+            )))
+        })?;
+    }
+    let uuid = |header: &str, text: Option<&str>| {
+        text.map(|t| parse_uuid(header, t))
+            .transpose()
+            .map_err(fail)
+    };
+    wire.message_id = uuid(header::MESSAGE_ID, message_id)?.unwrap_or_else(catga_core::new_id);
+    wire.correlation_id = uuid(header::CORRELATION_ID, correlation_id)?.unwrap_or(wire.message_id);
+    wire.causation_id = uuid(header::CAUSATION_ID, causation_id)?;
+    if let Some(ms) = timeout {
+        let ms = ms.trim().parse::<u64>().map_err(|_| {
+            fail(Error::codec(format!(
+                "header `{}` is `{ms}`, not a number of milliseconds",
+                header::TIMEOUT_MS
+            )))
+        })?;
+        wire.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
     Ok(wire)
 }
 
@@ -263,6 +268,27 @@ pub(crate) fn reply_ok(reply: WireReply) -> (Option<HeaderMap>, Bytes) {
         h
     });
     (headers, reply.payload)
+}
+
+/// The timeout a request carries on the wire: none when it is the default,
+/// which the receiver applies to a request without one. (Events keep theirs:
+/// the receiver applies no default to an event.)
+pub(crate) fn request_timeout_on_wire(timeout: Option<Duration>) -> Option<Duration> {
+    timeout.filter(|t| *t != DEFAULT_REQUEST_TIMEOUT)
+}
+
+/// Bytes `headers` take on the wire (`NATS/1.0` line, `name: value` lines, end).
+pub(crate) fn header_bytes(headers: &HeaderMap) -> usize {
+    let lines: usize = headers
+        .iter()
+        .map(|(k, vs)| {
+            let k: &str = k.as_ref();
+            vs.iter()
+                .map(|v| k.len() + 2 + v.as_str().len() + 2)
+                .sum::<usize>()
+        })
+        .sum();
+    "NATS/1.0\r\n".len() + lines + 2
 }
 
 /// Headers and payload of an error reply: the payload is the UTF-8 message.
@@ -361,13 +387,35 @@ mod tests {
     #[test]
     fn a_request_with_the_default_timeout_carries_only_its_id() {
         let mut msg = WireMessage::new("orders.Create", vec![], Format::MsgPack, &Metadata::new());
-        msg.timeout = Some(DEFAULT_REQUEST_TIMEOUT);
+        msg.timeout = request_timeout_on_wire(Some(DEFAULT_REQUEST_TIMEOUT));
         let h = to_headers(&msg).unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| AsRef::<str>::as_ref(k)).collect();
         assert_eq!(names, [header::MESSAGE_ID]);
-        msg.timeout = Some(Duration::from_secs(29));
+        assert_eq!(
+            header_bytes(&h),
+            "NATS/1.0\r\nCatga-Message-Id: \r\n\r\n".len() + 36
+        );
+        msg.timeout = request_timeout_on_wire(Some(Duration::from_secs(29)));
         let h = to_headers(&msg).unwrap();
         assert_eq!(get(Some(&h), header::TIMEOUT_MS), Some("29000"));
+        // An event keeps even a 30 s deadline: nothing restores it on receipt.
+        msg.timeout = Some(DEFAULT_REQUEST_TIMEOUT);
+        let h = to_headers(&msg).unwrap();
+        assert_eq!(get(Some(&h), header::TIMEOUT_MS), Some("30000"));
+    }
+
+    #[test]
+    fn with_several_malformed_headers_the_first_in_a_fixed_order_is_reported() {
+        for _ in 0..20 {
+            let mut h = HeaderMap::new();
+            h.insert(header::TIMEOUT_MS, "soon");
+            h.insert(header::CAUSATION_ID, "x");
+            h.insert(header::MESSAGE_ID, "y");
+            h.insert(header::CONTENT_TYPE, "text/xml");
+            let e = from_nats("x.Y", Some(&h), Bytes::new()).unwrap_err();
+            assert!(e.to_string().contains("text/xml"), "{e}");
+            assert_eq!(e.message_name(), Some("x.Y"));
+        }
     }
 
     #[test]

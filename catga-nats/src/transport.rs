@@ -56,9 +56,6 @@ struct Shared {
     request_subjects: RwLock<HashMap<&'static str, Subject>>,
     /// Event subjects by message name, likewise.
     event_subjects: RwLock<HashMap<&'static str, Subject>>,
-    /// The server's `max_payload` when connecting: larger replies become
-    /// error replies instead of failing to send.
-    max_payload: usize,
 }
 
 struct Running {
@@ -164,7 +161,6 @@ impl NatsTransport {
                 dropped,
                 request_subjects: RwLock::default(),
                 event_subjects: RwLock::default(),
-                max_payload: client.server_info().max_payload,
                 client,
             }),
         })
@@ -248,6 +244,7 @@ impl Shared {
 
     async fn request(&self, mut msg: WireMessage, timeout: Duration) -> Result<WireReply> {
         with_current_trace(&mut msg);
+        msg.timeout = protocol::request_timeout_on_wire(msg.timeout);
         let name = msg.name.clone();
         let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
         let subject = self.subject(&self.request_subjects, protocol::request_subject, &name);
@@ -561,9 +558,11 @@ async fn serve_request(
                 (Some(h), p)
             }
         };
-        // Headers count towards max_payload too; a reply's are a few dozen bytes.
-        let headers = if reply.0.is_some() { 256 } else { 0 };
-        if reply.1.len() + headers > shared.max_payload {
+        // Headers count towards max_payload too. The limit is the server's of
+        // the current connection (it may change on reconnect).
+        let max_payload = shared.client.max_payload();
+        let headers = reply.0.as_ref().map_or(0, protocol::header_bytes);
+        if reply.1.len() + headers > max_payload {
             tracing::warn!(
                 bytes = reply.1.len(),
                 "the reply is over the server's max_payload"
@@ -573,7 +572,7 @@ async fn serve_request(
                     "the reply to `{name}` is {} bytes, over the NATS server's max_payload ({}); \
                      reply with a reference to the data instead, or raise max_payload",
                     reply.1.len(),
-                    shared.max_payload
+                    max_payload
                 ))
                 .with_retryable(false),
             );

@@ -19,6 +19,9 @@
 //! - **Sagas**: saga state with optimistic versioning and the coordinator's
 //!   fencing token checked in one script (`.saga_store(..)`).
 //!
+//! Needs Redis 7.0 or later (the claim is one `SET … NX … GET`); on an older
+//! server a claim fails with a non-retryable error that says so.
+//!
 //! Each atomic operation that must compare before it acts is one Lua script in
 //! `catga-redis/lua/`; lock acquisition needs no comparison and is a
 //! `MULTI`/`EXEC` pair, cheaper for Redis. Keys of one operation share a hash

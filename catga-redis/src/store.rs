@@ -358,6 +358,19 @@ fn split_id(id: &str) -> Result<(u32, &str)> {
         })
 }
 
+/// A failed claim. Redis before 7.0 rejects `SET … NX … GET` as a syntax error:
+/// that is a deployment problem, not worth retrying.
+fn claim_error(key: &str, e: redis::RedisError) -> Error {
+    if e.to_string().to_ascii_lowercase().contains("syntax error") {
+        return Error::store(format!(
+            "claiming `{key}`: {e}; catga-redis needs Redis 7.0 or later (SET with NX and GET)"
+        ))
+        .with_retryable(false)
+        .with_source(e);
+    }
+    store_error(&format!("claiming `{key}`"), e)
+}
+
 impl IdempotencyStore for RedisStore {
     fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
@@ -375,7 +388,7 @@ impl IdempotencyStore for RedisStore {
                 .arg("GET")
                 .query_async(&mut conn)
                 .await
-                .map_err(|e| store_error(&format!("claiming `{idem}`"), e))?;
+                .map_err(|e| claim_error(&idem, e))?;
             match previous {
                 None => Ok(Claim::Acquired { token }),
                 Some(v) if v.starts_with(b"p:") => Ok(Claim::InProgress),
@@ -609,5 +622,22 @@ impl LockStore for RedisStore {
                 .map_err(|e| store_error(&format!("releasing lock `{key}`"), e))?;
             Ok(released == 1)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_without_set_nx_get_is_a_non_retryable_error_that_names_the_version() {
+        let old = redis::RedisError::from((redis::ErrorKind::Parse, "ERR syntax error"));
+        let e = claim_error("{catga:idem:x}", old);
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("Redis 7.0"), "{e}");
+        let away = redis::RedisError::from((redis::ErrorKind::Io, "connection refused"));
+        let e = claim_error("{catga:idem:x}", away);
+        assert!(e.is_retryable(), "{e}");
+        assert!(!e.to_string().contains("Redis 7.0"), "{e}");
     }
 }

@@ -13,10 +13,11 @@ pub use idempotency::{Claim, IdempotencyStore, MemoryIdempotencyStore};
 pub use lock::{Lease, LockStore, MemoryLockStore};
 pub use outbox::{MemoryOutboxStore, OutboxEntry, OutboxRecord, OutboxStore};
 
-/// A random token that identifies one holder (of a claim or a lease): 128 bits
-/// as 32 hex digits. It must differ between holders, not resist guessing (anyone
-/// who can reach the store can delete the key anyway), so it comes from a
-/// per-thread generator seeded from the OS rather than a system call each time.
+/// A random token that identifies one holder (of a claim or a lease): 32 hex
+/// digits. It must differ between holders, not resist guessing (anyone who can
+/// reach the store can delete the key anyway), so it comes from a per-thread
+/// generator seeded once from the OS (64 bits of state) rather than a system
+/// call each time.
 pub fn random_token() -> String {
-    format!("{:032x}", fastrand::u128(..))
+    format!("{:032x}", crate::rng::u128())
 }
