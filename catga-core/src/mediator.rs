@@ -162,12 +162,38 @@ impl Mediator {
         let failures = match (&self.inner.transport, route) {
             (None, None) => Vec::new(),
             (None, Some(route)) => route.dispatch(&event, &ctx).await,
+            // No local handler: straight to the transport (its future is boxed
+            // already), no join.
+            (Some(transport), None) => match self.wire_event(&event, &ctx, false) {
+                Ok(wire) => transport.publish(wire).await.err().into_iter().collect(),
+                Err(e) => vec![e],
+            },
             // Boxed so the transport's future does not bloat the local fast path.
             (Some(transport), route) => {
                 Box::pin(self.publish_everywhere(&**transport, route, &event, &ctx)).await
             }
         };
         Error::combine(E::NAME, failures)
+    }
+
+    /// The event as the transport sends it; `handled_here` marks it as already
+    /// handled by this service (its other copies skip it).
+    fn wire_event<E: Event>(
+        &self,
+        event: &E,
+        ctx: &Context,
+        handled_here: bool,
+    ) -> Result<WireMessage> {
+        let payload = self
+            .inner
+            .format
+            .encode_bytes(event)
+            .map_err(|e| e.with_message_name(E::NAME))?;
+        let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
+        if handled_here {
+            wire.handled_by = Some(self.inner.service.clone());
+        }
+        Ok(wire)
     }
 
     /// Runs local handlers and hands the event to the transport, concurrently.
@@ -185,15 +211,7 @@ impl Mediator {
             }
         };
         let remote = async {
-            let payload = self
-                .inner
-                .format
-                .encode_bytes(event)
-                .map_err(|e| e.with_message_name(E::NAME))?;
-            let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
-            if route.is_some() {
-                wire.handled_by = Some(self.inner.service.clone());
-            }
+            let wire = self.wire_event(event, ctx, route.is_some())?;
             transport.publish(wire).await
         };
         let (mut failures, remote) = futures_util::future::join(local, remote).await;
