@@ -9,7 +9,8 @@
 //!   rmp-serde too, as a hand-written service would, so the difference is
 //!   Catga's own cost. Each case runs `ROUNDS` times, alternating with the bare
 //!   client; medians are printed.
-//! - `publish`: fire-and-forget event publishes from one task, then a flush.
+//! - `publish`: fire-and-forget event publishes from one task, a flush after
+//!   every 100.
 
 use std::time::{Duration, Instant};
 
@@ -134,7 +135,9 @@ async fn catga_peer(url: &str) -> Mediator {
     m
 }
 
-async fn publish_rate<F, Fut>(publish: F) -> f64
+/// Publishes in batches of 100, each followed by a flush of the connection, so
+/// the rate is of events written to the server, not of a queue filling up.
+async fn publish_rate<F, Fut>(connection: &Client, publish: F) -> f64
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -145,6 +148,7 @@ where
         for _ in 0..100 {
             publish().await;
         }
+        connection.flush().await.unwrap();
         n += 100;
     }
     n as f64 / start.elapsed().as_secs_f64()
@@ -160,9 +164,12 @@ fn main() {
         let url = server.url();
 
         // Request/reply.
+        let client_transport = NatsTransport::connect(NatsOptions::new([url.as_str()]))
+            .await
+            .unwrap();
         let client = Catga::builder()
             .service("bench-client")
-            .transport(NatsTransport::connect(NatsOptions::new([url.as_str()])).await.unwrap())
+            .transport(client_transport.clone())
             .build()
             .unwrap();
         let bare_client = async_nats::connect(&url).await.unwrap();
@@ -217,7 +224,7 @@ fn main() {
                 for (with_headers, out) in [(false, &mut bare), (true, &mut bare_headers)] {
                     let c = bare_client.clone();
                     out.push(
-                        publish_rate(|| {
+                        publish_rate(&bare_client, || {
                             let c = c.clone();
                             async move {
                                 let p: bytes::Bytes =
@@ -238,7 +245,7 @@ fn main() {
             }
             if side("catga") {
                 catga.push(
-                    publish_rate(|| {
+                    publish_rate(client_transport.client(), || {
                         let c = client.clone();
                         async move { c.publish(Tick { body: body() }).await.unwrap() }
                     })

@@ -44,6 +44,10 @@ pub struct NatsTransport {
     shared: Arc<Shared>,
 }
 
+/// Subjects by message name; foldhash, as SipHash showed in the publish
+/// profile (names are our own, not attacker-chosen keys).
+type SubjectCache = HashMap<&'static str, Subject, foldhash::fast::RandomState>;
+
 struct Shared {
     client: Client,
     js: jetstream::Context,
@@ -53,9 +57,9 @@ struct Shared {
     dropped: Arc<AtomicU64>,
     /// Request subjects by message name, built once (cloning one is a
     /// reference-count increment).
-    request_subjects: RwLock<HashMap<&'static str, Subject>>,
+    request_subjects: RwLock<SubjectCache>,
     /// Event subjects by message name, likewise.
-    event_subjects: RwLock<HashMap<&'static str, Subject>>,
+    event_subjects: RwLock<SubjectCache>,
 }
 
 struct Running {
@@ -220,7 +224,7 @@ impl Shared {
     #[allow(clippy::ptr_arg)]
     fn subject(
         &self,
-        cache: &RwLock<HashMap<&'static str, Subject>>,
+        cache: &RwLock<SubjectCache>,
         make: fn(&str, &str) -> String,
         name: &Cow<'static, str>,
     ) -> Subject {
