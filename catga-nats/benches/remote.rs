@@ -11,6 +11,8 @@
 //!   client; medians are printed.
 //! - `publish`: fire-and-forget event publishes from one task, a flush after
 //!   every 100.
+//!
+//! `CATGA_BENCH_CASE=send|publish` runs one case only (for profiling).
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use async_nats::Client;
 use catga_core::{Catga, Event, Mediator, Message, Request};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_test_support::NatsServer;
-use catga_test_support::bench::{self, Stats};
+use catga_test_support::bench::{self, Stats, wants};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
@@ -28,11 +30,6 @@ const MEASURE: Duration = Duration::from_secs(2);
 /// Each case runs this many times, alternating with the bare client; the median
 /// is reported.
 const ROUNDS: usize = 3;
-
-/// `CATGA_BENCH_CASE=send|publish` runs one case only (for profiling).
-fn wants(case: &str) -> bool {
-    std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
-}
 
 /// `CATGA_BENCH_SIDE=catga|bare` runs one side only (for profiling; the
 /// comparison lines then show zeros for the other side).
@@ -253,12 +250,11 @@ fn main() {
                 );
             }
         }
-        let mid = |v: &mut Vec<f64>| {
-            v.sort_by(f64::total_cmp);
-            v.get(v.len() / 2).copied().unwrap_or(0.0)
-        };
-        let (catga_rate, bare_rate, bare_headers_rate) =
-            (mid(&mut catga), mid(&mut bare), mid(&mut bare_headers));
+        let (catga_rate, bare_rate, bare_headers_rate) = (
+            bench::middle(catga),
+            bench::middle(bare),
+            bench::middle(bare_headers),
+        );
         println!(
             "{{\"case\":\"publish\",\"catga_per_sec\":{catga_rate:.0},\"bare_per_sec\":{bare_rate:.0},\"ratio\":{:.3},\"bare_with_same_headers_per_sec\":{bare_headers_rate:.0},\"ratio_vs_same_headers\":{:.3}}}",
             catga_rate / bare_rate,

@@ -14,6 +14,8 @@
 //!
 //! Each case runs `ROUNDS` times alternating with the bare client; medians are
 //! printed.
+//!
+//! `CATGA_BENCH_CASE=idempotent_send|lock` runs one case only (for profiling).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use catga_core::store::LockStore;
 use catga_core::{Catga, Message, Request};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_redis::{RedisOptions, RedisStore};
-use catga_test_support::bench::{drive, median, report};
+use catga_test_support::bench::{drive, median, report, wants};
 use catga_test_support::{NatsServer, RedisServer};
 use futures_util::StreamExt;
 use redis::AsyncCommands;
@@ -46,11 +48,6 @@ impl Message for Echo {
 }
 impl Request for Echo {
     type Response = usize;
-}
-
-/// `CATGA_BENCH_CASE=idempotent_send|lock` runs one case only (for profiling).
-fn wants(case: &str) -> bool {
-    std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
 }
 
 fn body() -> String {

@@ -78,14 +78,22 @@ pub fn report(case: &str, in_flight: usize, catga: &Stats, bare: &Stats) {
 /// (runs alternate with the bare client's, so a noisy moment on a shared machine
 /// does not decide a comparison).
 pub fn median(runs: &[Stats]) -> Stats {
-    let mid = |f: fn(&Stats) -> f64| {
-        let mut v: Vec<f64> = runs.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let mid = |f: fn(&Stats) -> f64| middle(runs.iter().map(f).collect());
     Stats {
         per_sec: mid(|s| s.per_sec),
         p50_us: mid(|s| s.p50_us),
         p99_us: mid(|s| s.p99_us),
     }
+}
+
+/// The middle value (0 for none).
+pub fn middle(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// Whether a bench binary should run `case`: all cases unless
+/// `CATGA_BENCH_CASE` names one (for profiling).
+pub fn wants(case: &str) -> bool {
+    std::env::var("CATGA_BENCH_CASE").map_or(true, |c| c == case)
 }

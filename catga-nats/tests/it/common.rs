@@ -71,6 +71,14 @@ pub(crate) async fn connect(urls: &[String]) -> NatsTransport {
     NatsTransport::connect(options(urls)).await.unwrap()
 }
 
+/// A mediator with no handlers of its own: it sends to the peers on `urls`.
+pub(crate) async fn client(urls: &[String]) -> catga_core::Mediator {
+    catga_core::Catga::builder()
+        .transport(connect(urls).await)
+        .build()
+        .unwrap()
+}
+
 pub(crate) fn options(urls: &[String]) -> NatsOptions {
     NatsOptions::new(urls.iter().cloned()).max_reconnect_delay(Duration::from_millis(200))
 }

@@ -78,10 +78,7 @@ async fn malformed_payloads_get_error_replies_and_the_peer_keeps_serving() {
         "bad input never reached the handler"
     );
 
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     assert_eq!(client.send(Add { a: 1, b: 2 }).await.unwrap(), 3);
 }
 
@@ -90,10 +87,7 @@ async fn peers_reconnect_after_a_server_restart() {
     let mut server = NatsServer::start();
     let calls = Arc::new(AtomicUsize::new(0));
     let _peer = adder(&[server.url()], calls.clone()).await;
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     assert_eq!(client.send(Add { a: 1, b: 1 }).await.unwrap(), 2);
     server.restart();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -145,10 +139,7 @@ async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[urls[1].clone(), urls[2].clone()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[urls[1].clone(), urls[2].clone()]).await;
     let mut ok = false;
     for _ in 0..100 {
         let quick = Metadata::new().with_timeout(Duration::from_secs(2));

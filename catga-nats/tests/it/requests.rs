@@ -74,10 +74,7 @@ async fn handler_error_kind_and_code_cross_the_wire() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     let err = client
         .send(Fail {
             code: "orders.out_of_stock".into(),
@@ -102,10 +99,7 @@ async fn no_responders_and_timeouts_are_told_apart() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     let none = client.send(Add { a: 1, b: 1 }).await.unwrap_err();
     assert_eq!(none.kind(), ErrorKind::NoHandler, "{none}");
     assert!(none.to_string().contains("test.Add"), "{none}");
@@ -139,10 +133,7 @@ async fn shutdown_drains_requests_in_flight() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     let mut calls = Vec::new();
     for _ in 0..10 {
         let client = client.clone();
@@ -175,10 +166,7 @@ async fn oversize_messages_get_a_clear_error() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     let err = client
         .send(Blob {
             data: "x".repeat(2 * 1024 * 1024),
@@ -202,10 +190,7 @@ async fn the_callers_timeout_is_the_handlers_deadline_and_the_default_applies_wh
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     let short = client
         .send_with(
             Sleep { millis: 0 },
@@ -244,10 +229,7 @@ async fn an_oversize_reply_becomes_a_clear_error_and_the_peer_keeps_serving() {
         .build()
         .unwrap();
     peer.start().await.unwrap();
-    let client = Catga::builder()
-        .transport(connect(&[server.url()]).await)
-        .build()
-        .unwrap();
+    let client = client(&[server.url()]).await;
     // nats-server's default max_payload is 1 MiB.
     let err = client.send(Expand { bytes: 2 << 20 }).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
