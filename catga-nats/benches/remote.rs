@@ -29,7 +29,7 @@ const WARM_UP: Duration = Duration::from_millis(500);
 const MEASURE: Duration = Duration::from_secs(2);
 /// Each case runs this many times, alternating with the bare client; the median
 /// is reported.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// `CATGA_BENCH_SIDE=catga|bare` runs one side only (for profiling; the
 /// comparison lines then show zeros for the other side).

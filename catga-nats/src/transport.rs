@@ -14,9 +14,9 @@ use catga_core::transport::{
     DEFAULT_REQUEST_TIMEOUT, Inbound, PeerSpec, Transport, WireMessage, WireReply,
 };
 use catga_core::{Error, ErrorKind, Result};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -246,86 +246,137 @@ impl Shared {
         })
     }
 
-    async fn request(&self, mut msg: WireMessage, timeout: Duration) -> Result<WireReply> {
+    /// Sends a request. The headers, subject and payload are prepared before the
+    /// returned future exists, so the future holds little beyond async-nats's
+    /// own (it is boxed for every request: its size is an allocation's size).
+    fn request(&self, mut msg: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
         with_current_trace(&mut msg);
         msg.timeout = protocol::request_timeout_on_wire(msg.timeout);
-        let name = msg.name.clone();
-        let headers = protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
-        let subject = self.subject(&self.request_subjects, protocol::request_subject, &name);
-        let size = msg.payload.len();
+        let headers = match protocol::to_headers(&msg) {
+            Ok(h) => h,
+            Err(e) => return Box::pin(std::future::ready(Err(e.with_message_name(msg.name)))),
+        };
+        let subject = self.subject(&self.request_subjects, protocol::request_subject, &msg.name);
+        let WireMessage { name, payload, .. } = msg;
+        let size = payload.len();
         let request = async_nats::Request::new()
-            .payload(msg.payload)
+            .payload(payload)
             .headers(headers)
             .timeout(Some(timeout));
-        match self.client.send_request(subject.clone(), request).await {
-            Ok(reply) => protocol::parse_reply(&name, reply.headers.as_ref(), reply.payload),
-            Err(e) => Err(match e.kind() {
-                RequestErrorKind::NoResponders => Error::new(
-                    ErrorKind::NoHandler,
-                    format!(
-                        "no peer handles `{name}` (no responders on `{subject}`); start a peer \
-                         with a handler for it"
-                    ),
-                ),
-                RequestErrorKind::TimedOut => Error::timeout(&name, timeout),
-                RequestErrorKind::MaxPayloadExceeded => Error::new(
-                    ErrorKind::Transport,
-                    format!(
-                        "`{name}` is {size} bytes, over the NATS server's max_payload; send a \
-                         reference to the data instead, or raise max_payload"
-                    ),
-                )
-                .with_retryable(false),
-                _ => transport_error(format!("request `{name}` on `{subject}` failed: {e}")),
-            }
-            .with_message_name(name)),
-        }
+        // `map`, not an async block: one awaiting a captured future stores it twice.
+        Box::pin(
+            self.client
+                .send_request(subject, request)
+                .map(move |sent| match sent {
+                    Ok(reply) => {
+                        protocol::parse_reply(&name, reply.headers.as_ref(), reply.payload)
+                    }
+                    Err(e) => Err(self.request_error(name, size, timeout, e)),
+                }),
+        )
     }
 
-    async fn publish(&self, mut msg: WireMessage) -> Result<()> {
+    /// The error of a request that got no reply. Off the hot path: builds the
+    /// subject again for the message rather than keeping it in the future.
+    #[cold]
+    fn request_error(
+        &self,
+        name: Cow<'static, str>,
+        size: usize,
+        timeout: Duration,
+        e: async_nats::RequestError,
+    ) -> Error {
+        let subject = protocol::request_subject(self.prefix(), &name);
+        match e.kind() {
+            RequestErrorKind::NoResponders => Error::new(
+                ErrorKind::NoHandler,
+                format!(
+                    "no peer handles `{name}` (no responders on `{subject}`); start a peer \
+                     with a handler for it"
+                ),
+            ),
+            RequestErrorKind::TimedOut => Error::timeout(&name, timeout),
+            RequestErrorKind::MaxPayloadExceeded => Error::new(
+                ErrorKind::Transport,
+                format!(
+                    "`{name}` is {size} bytes, over the NATS server's max_payload; send a \
+                     reference to the data instead, or raise max_payload"
+                ),
+            )
+            .with_retryable(false),
+            _ => transport_error(format!("request `{name}` on `{subject}` failed: {e}")),
+        }
+        .with_message_name(name)
+    }
+
+    /// Publishes an event: on core NATS, or through JetStream when its type is
+    /// reliable. As with requests, the core future holds only async-nats's own.
+    fn publish(&self, mut msg: WireMessage) -> BoxFuture<'_, Result<()>> {
         with_current_trace(&mut msg);
-        let name = msg.name.clone();
-        let mut headers =
-            protocol::to_headers(&msg).map_err(|e| e.with_message_name(name.clone()))?;
-        let subject = self.subject(&self.event_subjects, protocol::event_subject, &name);
-        let size = msg.payload.len();
-        let result = if self.is_reliable(&name) {
-            self.ensure_streams().await?;
-            headers.insert(header::NATS_MSG_ID, msg.message_id.to_string().as_str());
-            match self
-                .js
-                .publish_with_headers(subject.clone(), headers, msg.payload)
-                .await
-            {
-                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        } else {
-            self.client
-                .publish_with_headers(subject.clone(), headers, msg.payload)
-                .await
-                .map_err(|e| {
-                    if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
-                        format!("{size} bytes is over the server's max_payload")
-                    } else {
-                        e.to_string()
-                    }
-                })
+        let headers = match protocol::to_headers(&msg) {
+            Ok(h) => h,
+            Err(e) => return Box::pin(std::future::ready(Err(e.with_message_name(msg.name)))),
         };
-        result.map_err(|e| {
-            transport_error(format!("could not publish `{name}` on `{subject}`: {e}"))
-                .with_message_name(name)
-        })
+        let subject = self.subject(&self.event_subjects, protocol::event_subject, &msg.name);
+        if self.is_reliable(&msg.name) {
+            return Box::pin(self.publish_reliable(msg, subject, headers));
+        }
+        let WireMessage { name, payload, .. } = msg;
+        let size = payload.len();
+        Box::pin(
+            self.client
+                .publish_with_headers(subject, headers, payload)
+                .map(move |sent| {
+                    sent.map_err(|e| {
+                        let why = if e.kind()
+                            == async_nats::client::PublishErrorKind::MaxPayloadExceeded
+                        {
+                            format!("{size} bytes is over the server's max_payload")
+                        } else {
+                            e.to_string()
+                        };
+                        self.publish_error(name, why)
+                    })
+                }),
+        )
+    }
+
+    /// Publishes through JetStream and waits for the stream's ack; the message id
+    /// doubles as `Nats-Msg-Id`, so the stream drops a republished duplicate.
+    async fn publish_reliable(
+        &self,
+        msg: WireMessage,
+        subject: Subject,
+        mut headers: async_nats::HeaderMap,
+    ) -> Result<()> {
+        self.ensure_streams().await?;
+        headers.insert(header::NATS_MSG_ID, msg.message_id.to_string().as_str());
+        let acked = match self
+            .js
+            .publish_with_headers(subject, headers, msg.payload)
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        acked.map_err(|why| self.publish_error(msg.name, why))
+    }
+
+    #[cold]
+    fn publish_error(&self, name: Cow<'static, str>, why: String) -> Error {
+        let subject = protocol::event_subject(self.prefix(), &name);
+        transport_error(format!("could not publish `{name}` on `{subject}`: {why}"))
+            .with_message_name(name)
     }
 }
 
 impl Transport for NatsTransport {
     fn request(&self, message: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
-        Box::pin(self.shared.request(message, timeout))
+        self.shared.request(message, timeout)
     }
 
     fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.shared.publish(message))
+        self.shared.publish(message)
     }
 
     fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>> {
@@ -530,85 +581,103 @@ fn receive_span(name: &str, wire: &Result<WireMessage>) -> tracing::Span {
     }
 }
 
-async fn serve_request(
+/// Handles one request and sends the reply. What can be done before the
+/// handler runs is done here, outside the returned future, which every request
+/// allocates (in a `FuturesUnordered` slot): it stays small enough for the
+/// allocator's per-thread cache.
+fn serve_request(
     shared: Arc<Shared>,
     inbound: Arc<dyn Inbound>,
     name: &'static str,
     msg: async_nats::Message,
-) {
-    let Some(reply_to) = msg.reply else {
-        tracing::warn!(
-            message = name,
-            "request without a reply subject; nothing to answer"
-        );
-        return;
-    };
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload);
     let span = receive_span(name, &wire);
-    async move {
-        let result = match wire {
+    let handled = msg.reply.map(|reply_to| {
+        let handling = match wire {
             Ok(mut wire) => {
                 // No timeout on the wire: the sender waits the default.
                 wire.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
-                inbound.request(wire).await
+                inbound.request(wire)
             }
-            Err(e) => Err(e),
+            Err(e) => Box::pin(std::future::ready(Err(e))),
         };
-        let mut reply = match result {
-            Ok(reply) => protocol::reply_ok(reply),
-            Err(e) => {
-                tracing::debug!(error = %e, "request failed");
-                let (h, p) = protocol::reply_err(&e);
-                (Some(h), p)
-            }
+        (reply_to, handling)
+    });
+    async move {
+        let Some((reply_to, handling)) = handled else {
+            tracing::warn!("request without a reply subject; nothing to answer");
+            return;
         };
-        // Headers count towards max_payload too. The limit is the server's of
-        // the current connection (it may change on reconnect).
-        let max_payload = shared.client.max_payload();
-        let headers = reply.0.as_ref().map_or(0, protocol::header_bytes);
-        if reply.1.len() + headers > max_payload {
-            tracing::warn!(
-                bytes = reply.1.len(),
-                "the reply is over the server's max_payload"
-            );
-            let (h, p) = protocol::reply_err(
-                &Error::transport(format!(
-                    "the reply to `{name}` is {} bytes, over the NATS server's max_payload ({}); \
-                     reply with a reference to the data instead, or raise max_payload",
-                    reply.1.len(),
-                    max_payload
-                ))
-                .with_retryable(false),
-            );
-            reply = (Some(h), p);
-        }
-        let client = &shared.client;
-        let sent = match reply {
-            (Some(h), payload) => client.publish_with_headers(reply_to, h, payload).await,
-            (None, payload) => client.publish(reply_to, payload).await,
-        };
+        let (headers, payload) = reply(&shared.client, name, handling.await);
+        // Empty headers go out as a plain PUB.
+        let sent = shared
+            .client
+            .publish_with_headers(reply_to, headers.unwrap_or_default(), payload)
+            .await;
         if let Err(e) = sent {
             tracing::warn!(error = %e, "could not send the reply; the caller will time out");
         }
     }
     .instrument(span)
-    .await;
 }
 
-async fn serve_event(inbound: Arc<dyn Inbound>, name: &'static str, msg: async_nats::Message) {
+/// The reply to a handled request: the response, or the error, or an error
+/// saying the response is too large for the server.
+fn reply(
+    client: &Client,
+    name: &str,
+    result: Result<WireReply>,
+) -> (Option<async_nats::HeaderMap>, Bytes) {
+    let reply = match result {
+        Ok(reply) => protocol::reply_ok(reply),
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed");
+            let (h, p) = protocol::reply_err(&e);
+            (Some(h), p)
+        }
+    };
+    // Headers count towards max_payload too. The limit is the server's of the
+    // current connection (it may change on reconnect).
+    let max_payload = client.max_payload();
+    let headers = reply.0.as_ref().map_or(0, protocol::header_bytes);
+    if reply.1.len() + headers <= max_payload {
+        return reply;
+    }
+    tracing::warn!(
+        bytes = reply.1.len(),
+        "the reply is over the server's max_payload"
+    );
+    let (h, p) = protocol::reply_err(
+        &Error::transport(format!(
+            "the reply to `{name}` is {} bytes, over the NATS server's max_payload ({}); \
+             reply with a reference to the data instead, or raise max_payload",
+            reply.1.len(),
+            max_payload
+        ))
+        .with_retryable(false),
+    );
+    (Some(h), p)
+}
+
+/// Handles one core event (prepared outside the future, as for requests).
+fn serve_event(
+    inbound: Arc<dyn Inbound>,
+    name: &'static str,
+    msg: async_nats::Message,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload);
     let span = receive_span(name, &wire);
+    let handling = match wire {
+        Ok(wire) => inbound.event(wire),
+        Err(e) => Box::pin(std::future::ready(Err(e))),
+    };
     async move {
-        let result = match wire {
-            Ok(wire) => inbound.event(wire).await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
+        if let Err(e) = handling.await {
             tracing::warn!(error = %e, "event handling failed (core events are not redelivered)");
         }
     }
     .instrument(span)
-    .await;
 }
 
 fn durable_name(service: &str, name: &str) -> String {
