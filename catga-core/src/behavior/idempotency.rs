@@ -17,7 +17,9 @@ use crate::store::{Claim, IdempotencyStore};
 ///   the pipeline, and on success stores the encoded response for `retention`.
 /// - A failed attempt releases its claim: the next duplicate runs the handler
 ///   (unless [`store_failures`](Idempotency::store_failures) keeps non-retryable
-///   failures).
+///   failures). So does an attempt dropped before it finished (a deadline ran
+///   out, a saga coordinator lost its lease): the release runs in the
+///   background, and a retry need not wait for the lease to run out.
 /// - A duplicate that finds the key in progress polls until it completes or
 ///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
 ///
@@ -118,6 +120,45 @@ impl Idempotency {
     }
 }
 
+/// A claim this attempt holds. Dropped before the attempt stored or released
+/// anything (its future was dropped), it releases the claim in the background;
+/// the release compares the token, so it cannot free a later holder's claim or
+/// undo a stored outcome.
+struct HeldClaim {
+    store: Arc<dyn IdempotencyStore>,
+    key: String,
+    token: String,
+    finished: bool,
+}
+
+impl Drop for HeldClaim {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // Outside a runtime (the runtime itself is shutting down) the lease
+        // runs out as before.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let store = self.store.clone();
+        let (key, token) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.token),
+        );
+        runtime.spawn(async move {
+            match store.release(&key, &token).await {
+                Ok(()) => tracing::debug!(key, "released the claim of a dropped attempt"),
+                Err(e) => tracing::warn!(
+                    key,
+                    error = %e,
+                    "could not release the claim of a dropped attempt; it expires with its lease"
+                ),
+            }
+        });
+    }
+}
+
 /// Tag of a stored outcome: the first byte of the stored value.
 const OK: u8 = 0;
 const FAILED: u8 = 1;
@@ -136,9 +177,9 @@ impl Idempotency {
         &'a self,
         env: Envelope<'a>,
         next: Next<'a>,
-        key: &str,
-        token: &str,
+        mut claim: HeldClaim,
     ) -> Result<Reply> {
+        let (key, token) = (claim.key.as_str(), claim.token.as_str());
         let ctx = env.context();
         // Hold back published events only when a relay will move them.
         let held = if ctx.mediator().has_outbox() {
@@ -192,6 +233,7 @@ impl Idempotency {
                 }
             }
         }
+        claim.finished = true;
         result
     }
 
@@ -233,7 +275,15 @@ impl Behavior for Idempotency {
         let give_up = Instant::now() + self.wait;
         loop {
             match self.store.claim(&key, self.lease).await? {
-                Claim::Acquired { token } => return self.attempt(env, next, &key, &token).await,
+                Claim::Acquired { token } => {
+                    let claim = HeldClaim {
+                        store: self.store.clone(),
+                        key,
+                        token,
+                        finished: false,
+                    };
+                    return self.attempt(env, next, claim).await;
+                }
                 Claim::Completed(bytes) => return self.replay(&env, &key, &bytes),
                 Claim::InProgress => {
                     if Instant::now() >= give_up {
