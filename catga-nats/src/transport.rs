@@ -286,13 +286,14 @@ impl Shared {
         timeout: Duration,
         e: async_nats::RequestError,
     ) -> Error {
-        let subject = protocol::request_subject(self.prefix(), &name);
+        let subject = || protocol::request_subject(self.prefix(), &name);
         match e.kind() {
             RequestErrorKind::NoResponders => Error::new(
                 ErrorKind::NoHandler,
                 format!(
-                    "no peer handles `{name}` (no responders on `{subject}`); start a peer \
-                     with a handler for it"
+                    "no peer handles `{name}` (no responders on `{}`); start a peer \
+                     with a handler for it",
+                    subject()
                 ),
             ),
             RequestErrorKind::TimedOut => Error::timeout(&name, timeout),
@@ -304,7 +305,7 @@ impl Shared {
                 ),
             )
             .with_retryable(false),
-            _ => transport_error(format!("request `{name}` on `{subject}` failed: {e}")),
+            _ => transport_error(format!("request `{name}` on `{}` failed: {e}", subject())),
         }
         .with_message_name(name)
     }
@@ -598,7 +599,7 @@ fn serve_request(
             Ok(mut wire) => {
                 // No timeout on the wire: the sender waits the default.
                 wire.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
-                inbound.request(wire)
+                span.in_scope(|| inbound.request(wire))
             }
             Err(e) => Box::pin(std::future::ready(Err(e))),
         };
@@ -606,7 +607,10 @@ fn serve_request(
     });
     async move {
         let Some((reply_to, handling)) = handled else {
-            tracing::warn!("request without a reply subject; nothing to answer");
+            tracing::warn!(
+                message = name,
+                "request without a reply subject; nothing to answer"
+            );
             return;
         };
         let (headers, payload) = reply(&shared.client, name, handling.await);
@@ -669,7 +673,7 @@ fn serve_event(
     let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload);
     let span = receive_span(name, &wire);
     let handling = match wire {
-        Ok(wire) => inbound.event(wire),
+        Ok(wire) => span.in_scope(|| inbound.event(wire)),
         Err(e) => Box::pin(std::future::ready(Err(e))),
     };
     async move {

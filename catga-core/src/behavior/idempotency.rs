@@ -17,9 +17,11 @@ use crate::store::{Claim, IdempotencyStore};
 ///   the pipeline, and on success stores the encoded response for `retention`.
 /// - A failed attempt releases its claim: the next duplicate runs the handler
 ///   (unless [`store_failures`](Idempotency::store_failures) keeps non-retryable
-///   failures). So does an attempt dropped before it finished (a deadline ran
-///   out, a saga coordinator lost its lease): the release runs in the
-///   background, and a retry need not wait for the lease to run out.
+///   failures). So does an attempt dropped while its handler runs (a deadline
+///   ran out): the release runs in the background, and a retry need not wait
+///   for the lease to run out. (An attempt dropped while its claim is being
+///   taken, or while its outcome is being stored, leaves the claim to its
+///   lease.)
 /// - A duplicate that finds the key in progress polls until it completes or
 ///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
 ///
@@ -120,10 +122,10 @@ impl Idempotency {
     }
 }
 
-/// A claim this attempt holds. Dropped before the attempt stored or released
-/// anything (its future was dropped), it releases the claim in the background;
-/// the release compares the token, so it cannot free a later holder's claim or
-/// undo a stored outcome.
+/// A claim this attempt holds. Dropped while the handler runs (the attempt's
+/// future was dropped, or the handler panicked through it), it releases the
+/// claim in the background; the release compares the token, so it cannot free
+/// a later holder's claim or undo a stored outcome.
 struct HeldClaim {
     store: Arc<dyn IdempotencyStore>,
     key: String,
@@ -136,8 +138,8 @@ impl Drop for HeldClaim {
         if self.finished {
             return;
         }
-        // Outside a runtime (the runtime itself is shutting down) the lease
-        // runs out as before.
+        // Outside a runtime, or while the runtime shuts down (it drops the
+        // spawned task), the claim is left to its lease.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -146,7 +148,7 @@ impl Drop for HeldClaim {
             std::mem::take(&mut self.key),
             std::mem::take(&mut self.token),
         );
-        runtime.spawn(async move {
+        let release = async move {
             match store.release(&key, &token).await {
                 Ok(()) => tracing::debug!(key, "released the claim of a dropped attempt"),
                 Err(e) => tracing::warn!(
@@ -155,7 +157,8 @@ impl Drop for HeldClaim {
                     "could not release the claim of a dropped attempt; it expires with its lease"
                 ),
             }
-        });
+        };
+        runtime.spawn(tracing::Instrument::in_current_span(release));
     }
 }
 
@@ -188,6 +191,10 @@ impl Idempotency {
             None
         };
         let result = next.run(env).await;
+        // From here on the outcome is stored or the claim released below; a
+        // drop now leaves the claim to its lease, as an unstored success must
+        // not run again at once.
+        claim.finished = true;
         let outcome = match &result {
             Ok(reply) => {
                 let mut bytes = vec![OK];
@@ -233,7 +240,6 @@ impl Idempotency {
                 }
             }
         }
-        claim.finished = true;
         result
     }
 
