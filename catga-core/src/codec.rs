@@ -26,12 +26,15 @@ pub trait Codec {
 /// grown (and copied) several times from empty.
 const INITIAL_CAPACITY: usize = 128;
 
+/// What a thread's scratch buffer starts with (and goes back to).
+const SCRATCH_START: usize = 1024;
+
 /// Scratch buffers above this size are not kept for the next message.
 const SCRATCH_KEEP: usize = 64 * 1024;
 
 thread_local! {
     /// Where [`Format::encode_bytes`] encodes before copying out the exact bytes.
-    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(SCRATCH_START));
 }
 
 fn msgpack_into<T: Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) -> Result<()> {
@@ -148,7 +151,7 @@ impl Format {
             };
             let out = encoded.map(|()| Bytes::copy_from_slice(&buf));
             if buf.capacity() > SCRATCH_KEEP {
-                *buf = Vec::with_capacity(1024);
+                *buf = Vec::with_capacity(SCRATCH_START);
             }
             out
         })

@@ -122,7 +122,8 @@ pub(crate) fn derived_traceparent(correlation_id: Uuid, message_id: Uuid) -> Str
     out
 }
 
-fn uuid_value(id: Uuid) -> HeaderValue {
+/// A UUID as a header value, hyphenated, without an intermediate `String`.
+pub(crate) fn uuid_value(id: Uuid) -> HeaderValue {
     let mut buf = [0u8; 36];
     HeaderValue::from(&*id.hyphenated().encode_lower(&mut buf))
 }

@@ -246,17 +246,30 @@ impl Shared {
         })
     }
 
+    /// The NATS headers (with the current trace context) and the subject of an
+    /// outgoing message.
+    fn outgoing(
+        &self,
+        msg: &mut WireMessage,
+        cache: &RwLock<SubjectCache>,
+        make: fn(&str, &str) -> String,
+    ) -> Result<(async_nats::HeaderMap, Subject)> {
+        with_current_trace(msg);
+        let headers =
+            protocol::to_headers(msg).map_err(|e| e.with_message_name(msg.name.clone()))?;
+        Ok((headers, self.subject(cache, make, &msg.name)))
+    }
+
     /// Sends a request. The headers, subject and payload are prepared before the
     /// returned future exists, so the future holds little beyond async-nats's
     /// own (it is boxed for every request: its size is an allocation's size).
     fn request(&self, mut msg: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
-        with_current_trace(&mut msg);
         msg.timeout = protocol::request_timeout_on_wire(msg.timeout);
-        let headers = match protocol::to_headers(&msg) {
-            Ok(h) => h,
-            Err(e) => return Box::pin(std::future::ready(Err(e.with_message_name(msg.name)))),
-        };
-        let subject = self.subject(&self.request_subjects, protocol::request_subject, &msg.name);
+        let (headers, subject) =
+            match self.outgoing(&mut msg, &self.request_subjects, protocol::request_subject) {
+                Ok(prepared) => prepared,
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
+            };
         let WireMessage { name, payload, .. } = msg;
         let size = payload.len();
         let request = async_nats::Request::new()
@@ -313,12 +326,11 @@ impl Shared {
     /// Publishes an event: on core NATS, or through JetStream when its type is
     /// reliable. As with requests, the core future holds only async-nats's own.
     fn publish(&self, mut msg: WireMessage) -> BoxFuture<'_, Result<()>> {
-        with_current_trace(&mut msg);
-        let headers = match protocol::to_headers(&msg) {
-            Ok(h) => h,
-            Err(e) => return Box::pin(std::future::ready(Err(e.with_message_name(msg.name)))),
-        };
-        let subject = self.subject(&self.event_subjects, protocol::event_subject, &msg.name);
+        let (headers, subject) =
+            match self.outgoing(&mut msg, &self.event_subjects, protocol::event_subject) {
+                Ok(prepared) => prepared,
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
+            };
         if self.is_reliable(&msg.name) {
             return Box::pin(self.publish_reliable(msg, subject, headers));
         }
@@ -351,7 +363,7 @@ impl Shared {
         mut headers: async_nats::HeaderMap,
     ) -> Result<()> {
         self.ensure_streams().await?;
-        headers.insert(header::NATS_MSG_ID, msg.message_id.to_string().as_str());
+        headers.insert(header::NATS_MSG_ID, protocol::uuid_value(msg.message_id));
         let acked = match self
             .js
             .publish_with_headers(subject, headers, msg.payload)
