@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::behavior::validation::{Validate, Validation};
-use crate::behavior::{Behavior, MessageInfo, SharedBehavior};
+use crate::behavior::{Behavior, HandlerId, MessageInfo, SharedBehavior};
 use crate::codec::Format;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
@@ -22,7 +22,9 @@ use crate::mediator::{
 use crate::message::{Event, Message, MessageKind, Request};
 use crate::metadata::new_id;
 use crate::relay::RelayOptions;
-use crate::route::{EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, pipeline_for};
+use crate::route::{
+    EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, detaches, pipeline_for,
+};
 use crate::saga::{MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
 use crate::store::{LockStore, MemoryLockStore, OutboxStore};
 use crate::transport::Transport;
@@ -58,10 +60,17 @@ struct PendingEvents {
     /// `Vec<(Box<dyn DynEventHandler<E>>, &'static str)>`, erased.
     handlers: Box<dyn Any + Send>,
     finish: FinishFn,
+    /// The registered names of the handlers, to check them at build.
+    names: fn(&(dyn Any + Send)) -> Vec<&'static str>,
     inbound: InboundEventFn,
 }
 
-type EventHandlers<E> = Vec<(Box<dyn DynEventHandler<E>>, &'static str)>;
+/// Each handler with its type name and, when given, its registered name.
+type EventHandlers<E> = Vec<(
+    Box<dyn DynEventHandler<E>>,
+    &'static str,
+    Option<&'static str>,
+)>;
 
 /// Registers handlers, behaviors and a transport; [`build`](CatgaBuilder::build)
 /// checks the whole set and returns a [`Mediator`].
@@ -134,20 +143,26 @@ impl CatgaBuilder {
     /// Registers the handler of request `R`. A second handler for the same request
     /// type (or wire name) makes [`build`](CatgaBuilder::build) fail, naming both.
     pub fn request_handler<R: Request, H: RequestHandler<R>>(self, handler: H) -> Self {
-        self.request_handler_named(handler, std::any::type_name::<H>())
+        self.request_handler_typed(handler, std::any::type_name::<H>())
     }
 
-    /// Registers the handler of `R` under a name used in error messages.
-    pub(crate) fn request_handler_named<R: Request, H: RequestHandler<R>>(
+    /// Registers the handler of `R` under a type name used in logs.
+    pub(crate) fn request_handler_typed<R: Request, H: RequestHandler<R>>(
         mut self,
         handler: H,
         handler_name: &'static str,
     ) -> Self {
         let make: MakeRoute = Box::new(move |behaviors, remote| {
+            let pipeline = pipeline_for(behaviors, TypeId::of::<R>());
             Box::new(RequestRoute::<R> {
                 handler: Box::new(handler),
-                handler_name,
-                pipeline: pipeline_for(behaviors, TypeId::of::<R>()),
+                // A request has one handler: the message name identifies it.
+                id: HandlerId {
+                    id: R::NAME.into(),
+                    type_name: handler_name,
+                },
+                detached: detaches(&pipeline),
+                pipeline,
                 info: MessageInfo::new::<R, R::Response>(MessageKind::Request),
                 remote,
             })
@@ -175,19 +190,37 @@ impl CatgaBuilder {
     }
 
     /// Adds a handler of event `E`; an event may have any number of handlers.
+    ///
+    /// Its stable id (what idempotency keys use) is `<event name>#<n>`, `n`
+    /// being its position among `E`'s handlers registered without a name. Give
+    /// it a name with [`CatgaBuilder::event_handler_named`] when the order of
+    /// registrations may change between versions of the service.
     pub fn event_handler<E: Event, H: EventHandler<E>>(self, handler: H) -> Self {
-        self.event_handler_named(handler, std::any::type_name::<H>())
+        self.event_handler_with(handler, std::any::type_name::<H>(), None)
     }
 
-    /// Adds a handler of `E` under a name used in error messages.
-    pub(crate) fn event_handler_named<E: Event, H: EventHandler<E>>(
+    /// Adds a handler of event `E` under `name`, unique among `E`'s handlers:
+    /// its stable id is `<event name>#<name>`, the same on every copy of the
+    /// service whatever compiler built it or in which order handlers were added.
+    pub fn event_handler_named<E: Event, H: EventHandler<E>>(
+        self,
+        name: &'static str,
+        handler: H,
+    ) -> Self {
+        self.event_handler_with(handler, std::any::type_name::<H>(), Some(name))
+    }
+
+    /// Adds a handler of `E` with its type name (for logs) and optional name.
+    pub(crate) fn event_handler_with<E: Event, H: EventHandler<E>>(
         mut self,
         handler: H,
-        handler_name: &'static str,
+        type_name: &'static str,
+        name: Option<&'static str>,
     ) -> Self {
         let entry = (
             Box::new(handler) as Box<dyn DynEventHandler<E>>,
-            handler_name,
+            type_name,
+            name,
         );
         let id = TypeId::of::<E>();
         match self.events.iter_mut().find(|(t, _)| *t == id) {
@@ -203,6 +236,7 @@ impl CatgaBuilder {
                     type_name: std::any::type_name::<E>(),
                     handlers: Box::new(vec![entry]),
                     finish: finish_events::<E>,
+                    names: handler_names::<E>,
                     inbound: inbound_event::<E>,
                 },
             )),
@@ -210,7 +244,8 @@ impl CatgaBuilder {
         self
     }
 
-    /// Adds a closure as a handler of event `E`.
+    /// Adds a closure as a handler of event `E` (id `<event name>#<n>`, see
+    /// [`CatgaBuilder::event_handler`]).
     pub fn event_fn<E, F, Fut>(self, f: F) -> Self
     where
         E: Event + Clone,
@@ -218,6 +253,17 @@ impl CatgaBuilder {
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.event_handler::<E, _>(FnHandler::<F, E>::new(f))
+    }
+
+    /// Adds a closure as a handler of event `E` under `name` (see
+    /// [`CatgaBuilder::event_handler_named`]).
+    pub fn event_fn_named<E, F, Fut>(self, name: &'static str, f: F) -> Self
+    where
+        E: Event + Clone,
+        F: Fn(E, Context) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.event_handler_named::<E, _>(name, FnHandler::<F, E>::new(f))
     }
 
     /// Registers every handler marked `#[handler]` (from `catga-macros`) in the
@@ -403,6 +449,10 @@ impl CatgaBuilder {
         }
         let mut event_names: HashMap<&'static str, &'static str> = HashMap::new();
         for (_, p) in &self.events {
+            errors.extend(same_names(
+                &format!("handlers of event `{}`", p.name),
+                (p.names)(&*p.handlers).into_iter(),
+            ));
             if let Some(first) = event_names.insert(p.name, p.type_name) {
                 errors.push(
                     Error::new(
@@ -515,15 +565,38 @@ fn finish_events<E: Event>(
         .map(|b| *b)
         .unwrap_or_default();
     let pipeline = pipeline_for(behaviors, TypeId::of::<E>());
-    Box::new(EventRoute::<E> {
-        slots: handlers
-            .into_iter()
-            .map(|(handler, handler_name)| EventSlot {
+    let mut position = 0;
+    let slots: Box<[EventSlot<E>]> = handlers
+        .into_iter()
+        .map(|(handler, type_name, name)| {
+            let id = match name {
+                Some(name) => format!("{}#{name}", E::NAME),
+                None => {
+                    position += 1;
+                    format!("{}#{}", E::NAME, position - 1)
+                }
+            };
+            EventSlot {
                 handler,
-                handler_name,
+                id: HandlerId {
+                    id: id.into(),
+                    type_name,
+                },
                 pipeline: pipeline.clone(),
-            })
-            .collect(),
+            }
+        })
+        .collect();
+    Box::new(EventRoute::<E> {
+        detached: detaches(&pipeline) && !slots.is_empty(),
+        slots,
         info: MessageInfo::new::<E, ()>(MessageKind::Event),
     })
+}
+
+/// The registered names of `E`'s handlers.
+fn handler_names<E: Event>(handlers: &(dyn Any + Send)) -> Vec<&'static str> {
+    handlers
+        .downcast_ref::<EventHandlers<E>>()
+        .map(|list| list.iter().filter_map(|(_, _, name)| *name).collect())
+        .unwrap_or_default()
 }

@@ -104,6 +104,12 @@ impl Context {
         self.meta.remaining()
     }
 
+    /// The fence of the leader that sent this message, if a leader did (see
+    /// [`Fence`](crate::Fence)); pass it to stores that reject stale fences.
+    pub fn fence(&self) -> Option<crate::metadata::Fence> {
+        self.meta.fence()
+    }
+
     /// Headers of the message.
     pub fn headers(&self) -> &Headers {
         self.meta.headers()

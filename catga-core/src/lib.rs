@@ -23,6 +23,8 @@
 //! - [`saga`]: persisted sagas with compensation, coordinated by a leader.
 //! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
 //!   fenced lock.
+//! - [`backoff`]: exponential backoff with full jitter, the one way Catga waits
+//!   before trying again.
 //! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.
 //!
 //! ```
@@ -58,6 +60,7 @@
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
+pub mod backoff;
 pub mod behavior;
 mod builder;
 pub mod codec;
@@ -82,5 +85,5 @@ pub use error::{Error, ErrorKind, Result};
 pub use handler::{EventHandler, FnHandler, RequestHandler};
 pub use mediator::Mediator;
 pub use message::{Event, Message, MessageKind, Request, validate_name};
-pub use metadata::{Headers, Metadata, new_id};
+pub use metadata::{FENCE_HEADER, Fence, Headers, Metadata, new_id};
 pub use uuid::Uuid;

@@ -105,20 +105,45 @@ impl Mediator {
             return Box::pin(self.send_remote(&request, meta)).await;
         }
         let ctx = Context::new(self.clone(), meta, R::NAME);
-        match (route.pipeline.is_empty(), ctx.deadline().is_none()) {
+        let plain = ctx.deadline().is_none() && ctx.headers().is_empty();
+        match (route.pipeline.is_empty(), plain) {
             // Fast path: one virtual call, one boxed future, nothing else.
             (true, true) => {
                 guarded(
                     R::NAME,
-                    route.handler_name,
+                    route.id.type_name,
                     route.handler.call(&request, &ctx),
                 )
                 .await
             }
-            (false, true) => route.through_pipeline(&request, &ctx).await,
-            // Boxed so the deadline timer does not bloat the paths above.
-            (_, false) => Box::pin(route.dispatch(&request, &ctx)).await,
+            (false, true) if !route.detached => route.through_pipeline(&request, &ctx).await,
+            // Boxed so the deadline timer, the fence check and the task of a
+            // detached pipeline do not bloat the paths above.
+            _ => Box::pin(route.dispatch_owned(request, ctx)).await,
         }
+    }
+
+    /// The local route of request `R`.
+    pub(crate) fn request_route<R: Request>(&self) -> Result<&RequestRoute<R>> {
+        let route = self
+            .inner
+            .requests
+            .get(&TypeId::of::<R>())
+            .ok_or_else(|| Error::no_handler(R::NAME, "request"))?;
+        downcast_route::<RequestRoute<R>>(&**route, R::NAME)
+    }
+
+    /// The local handlers of event `E`, if any.
+    pub(crate) fn event_route<E: Event>(&self) -> Option<Result<&EventRoute<E>>> {
+        self.inner
+            .events
+            .get(&TypeId::of::<E>())
+            .map(|route| downcast_route::<EventRoute<E>>(&**route, E::NAME))
+    }
+
+    /// The lock store leader tasks compete in (and fences are checked against).
+    pub(crate) fn lock_store(&self) -> &dyn LockStore {
+        &*self.inner.lock_store
     }
 
     async fn send_remote<R: Request>(&self, request: &R, meta: Metadata) -> Result<R::Response> {
@@ -154,11 +179,16 @@ impl Mediator {
 
     /// Like [`Mediator::publish`], with per-call metadata.
     pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
-        let route = match self.inner.events.get(&TypeId::of::<E>()) {
-            Some(route) => Some(downcast_route::<EventRoute<E>>(&**route, E::NAME)?),
-            None => None,
-        };
+        let route = self.event_route::<E>().transpose()?;
         let ctx = Context::new(self.clone(), meta, E::NAME);
+        if route.is_some_and(|r| r.slots.len() > 1) || self.inner.transport.is_some() {
+            // Fixed before any handler gets its own copy of the context, so
+            // every handler (and the transport) sees the same message id.
+            ctx.message_id();
+        }
+        if let Some(route) = route.filter(|r| r.detached) {
+            return Box::pin(self.publish_detached(route, event, ctx)).await;
+        }
         let failures = match (&self.inner.transport, route) {
             (None, None) => Vec::new(),
             (None, Some(route)) => route.dispatch(&event, &ctx).await,
@@ -194,6 +224,32 @@ impl Mediator {
             wire.handled_by = Some(self.inner.service.clone());
         }
         Ok(wire)
+    }
+
+    /// Runs local handlers that must run to completion on a task of their own,
+    /// and hands the event to the transport (if any), concurrently.
+    async fn publish_detached<E: Event>(
+        &self,
+        route: &EventRoute<E>,
+        event: E,
+        ctx: Context,
+    ) -> Result<()> {
+        let event = Arc::new(event);
+        let remote = self
+            .inner
+            .transport
+            .as_ref()
+            .map(|transport| (transport, self.wire_event(&*event, &ctx, true)));
+        let local = route.dispatch_shared(event, ctx);
+        let remote = async {
+            match remote {
+                Some((transport, wire)) => transport.publish(wire?).await,
+                None => Ok(()),
+            }
+        };
+        let (mut failures, remote) = futures_util::future::join(local, remote).await;
+        failures.extend(remote.err());
+        Error::combine(E::NAME, failures)
     }
 
     /// Runs local handlers and hands the event to the transport, concurrently.
@@ -498,14 +554,9 @@ pub(crate) fn inbound_request<R: Request>(
             .format
             .decode(&message.payload)
             .map_err(|e| undecodable(R::NAME, &e))?;
-        let route = mediator
-            .inner
-            .requests
-            .get(&TypeId::of::<R>())
-            .ok_or_else(|| Error::no_handler(R::NAME, "request"))?;
-        let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
+        let route = mediator.request_route::<R>()?;
         let ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
-        let response = route.dispatch(&request, &ctx).await?;
+        let response = route.dispatch_owned(request, ctx).await?;
         let payload = message
             .format
             .encode_bytes(&response)
@@ -527,11 +578,10 @@ pub(crate) fn inbound_event<E: Event>(
             .format
             .decode(&message.payload)
             .map_err(|e| undecodable(E::NAME, &e))?;
-        let Some(route) = mediator.inner.events.get(&TypeId::of::<E>()) else {
+        let Some(route) = mediator.event_route::<E>().transpose()? else {
             return Ok(());
         };
-        let route = downcast_route::<EventRoute<E>>(&**route, E::NAME)?;
         let ctx = Context::new(mediator.clone(), message.metadata(), E::NAME);
-        Error::combine(E::NAME, route.dispatch(&event, &ctx).await)
+        Error::combine(E::NAME, route.dispatch_shared(Arc::new(event), ctx).await)
     })
 }

@@ -47,6 +47,15 @@ impl Headers {
             .map(|(_, v)| v.as_str())
     }
 
+    /// Removes `name`; returns its value if it was set.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let i = self
+            .entries
+            .iter()
+            .position(|(n, _)| n.eq_ignore_ascii_case(name))?;
+        Some(self.entries.remove(i).1)
+    }
+
     /// Every header in insertion order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
         self.entries.iter().map(|(n, v)| (n.as_str(), v.as_str()))
@@ -60,6 +69,52 @@ impl Headers {
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The header that carries a leader's fence: `<token>:<lock name>`.
+pub const FENCE_HEADER: &str = "Catga-Fence";
+
+/// A leader's fencing token as it travels with what the leader sends.
+///
+/// Messages sent through a [`LeaderContext`](crate::leader::LeaderContext) (and
+/// a saga coordinator's commands) carry the fence of the leader's term in the
+/// `Catga-Fence` header. A peer that receives one checks it against the lock
+/// store before running any handler and refuses it (kind
+/// [`Conflict`](crate::ErrorKind::Conflict), code `catga.stale_fence`) when a
+/// newer term has begun. Handlers read it with
+/// [`Context::fence`](crate::Context::fence), to pass to their own stores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// Name of the leader lock (the leader task's name).
+    pub name: String,
+    /// The term's fencing token: greater than every earlier term's.
+    pub token: u64,
+}
+
+impl Fence {
+    /// The header value: `<token>:<name>`.
+    pub fn header_value(&self) -> String {
+        format!("{}:{}", self.token, self.name)
+    }
+
+    /// Parses a `Catga-Fence` header value.
+    pub fn from_header(value: &str) -> crate::Result<Fence> {
+        value
+            .split_once(':')
+            .and_then(|(token, name)| {
+                let token = token.trim().parse().ok()?;
+                (!name.is_empty()).then(|| Fence {
+                    name: name.to_owned(),
+                    token,
+                })
+            })
+            .ok_or_else(|| {
+                crate::Error::codec(format!(
+                    "header `{FENCE_HEADER}` is `{value}`, not `<token>:<lock name>`"
+                ))
+                .with_retryable(false)
+            })
     }
 }
 
@@ -192,15 +247,32 @@ impl Metadata {
         &mut self.headers
     }
 
+    /// Sets the leader fence this message carries (see [`Fence`]).
+    #[must_use]
+    pub fn with_fence(self, fence: &Fence) -> Self {
+        self.with_header(FENCE_HEADER, fence.header_value())
+    }
+
+    /// The leader fence this message carries, if any (a malformed header reads
+    /// as none here; dispatch refuses it with an error).
+    pub fn fence(&self) -> Option<Fence> {
+        self.headers
+            .get(FENCE_HEADER)
+            .and_then(|v| Fence::from_header(v).ok())
+    }
+
     /// Metadata for a message caused by this one: same correlation, causation set
-    /// to this message, same deadline and headers, a fresh message id.
+    /// to this message, same deadline and headers (but not a leader's fence,
+    /// which belongs to what the leader itself sends), a fresh message id.
     pub fn child(&self) -> Metadata {
+        let mut headers = self.headers.clone();
+        headers.remove(FENCE_HEADER);
         Metadata {
             message_id: OnceLock::new(),
             correlation_id: Some(self.correlation_id()),
             causation_id: Some(self.message_id()),
             deadline: self.deadline,
-            headers: self.headers.clone(),
+            headers,
         }
     }
 

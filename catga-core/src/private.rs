@@ -91,13 +91,16 @@ pub trait RegisterFn<M, H> {
 
 impl<M: Request, H: FnHandler<M, Output = M::Response>> RegisterFn<M, H> for RequestRoute {
     fn register(builder: CatgaBuilder, handler: H, name: &'static str) -> CatgaBuilder {
-        builder.request_handler_named::<M, _>(FnAdapter(handler), name)
+        builder.request_handler_typed::<M, _>(FnAdapter(handler), name)
     }
 }
 
 impl<M: Event, H: FnHandler<M, Output = ()>> RegisterFn<M, H> for EventRoute {
     fn register(builder: CatgaBuilder, handler: H, name: &'static str) -> CatgaBuilder {
-        builder.event_handler_named::<M, _>(FnAdapter(handler), name)
+        // The function's own name (the last path segment) is its stable name:
+        // module paths move in refactors, the function's name rarely does.
+        let stable = name.rsplit("::").next().unwrap_or(name);
+        builder.event_handler_with::<M, _>(FnAdapter(handler), name, Some(stable))
     }
 }
 
@@ -113,13 +116,16 @@ where
 /// Registers a `#[handler]` impl of `RequestHandler<M>`.
 pub fn register_request<M: Request, H: RequestHandler<M> + Default>(
     builder: CatgaBuilder,
+    _name: &'static str,
 ) -> CatgaBuilder {
     builder.request_handler::<M, H>(H::default())
 }
 
-/// Registers a `#[handler]` impl of `EventHandler<M>`.
+/// Registers a `#[handler]` impl of `EventHandler<M>` under `name` (the type
+/// as written at the impl), its stable name among `M`'s handlers.
 pub fn register_event<M: Event, H: EventHandler<M> + Default>(
     builder: CatgaBuilder,
+    name: &'static str,
 ) -> CatgaBuilder {
-    builder.event_handler::<M, H>(H::default())
+    builder.event_handler_named::<M, H>(name, H::default())
 }

@@ -9,13 +9,14 @@ use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::behavior::{Endpoint, Envelope, MessageInfo, Next, Reply, SharedBehavior};
+use crate::behavior::{Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior};
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{DynEventHandler, DynRequestHandler};
@@ -108,38 +109,122 @@ pub(crate) fn pipeline_for(behaviors: &[ScopedBehavior], ty: TypeId) -> Box<[Sha
         .collect()
 }
 
+/// Whether a pipeline must run to its end once started (see
+/// [`Behavior::runs_to_completion`](crate::behavior::Behavior::runs_to_completion)).
+pub(crate) fn detaches(pipeline: &[SharedBehavior]) -> bool {
+    pipeline.iter().any(|b| b.detaches())
+}
+
+/// Waits for a detached dispatch until the caller's deadline; the task runs on
+/// after the caller stops waiting.
+async fn wait_detached<T>(
+    name: &'static str,
+    handler: &'static str,
+    deadline: Option<Instant>,
+    task: tokio::task::JoinHandle<T>,
+) -> Result<T> {
+    let started = Instant::now();
+    let joined = match deadline {
+        None => task.await,
+        Some(deadline) => match tokio::time::timeout_at(deadline, task).await {
+            Ok(joined) => joined,
+            Err(_) => return Err(Error::timeout(name, started.elapsed())),
+        },
+    };
+    joined.map_err(|e| {
+        if e.is_panic() {
+            panic_error(name, handler, &*e.into_panic())
+        } else {
+            Error::new(
+                ErrorKind::Cancelled,
+                format!("`{name}` was cancelled: the runtime is shutting down"),
+            )
+            .with_message_name(name)
+        }
+    })
+}
+
+/// Rejects a message sent by a leader whose term is over: its fence (header
+/// `Catga-Fence`) is below the lock's current one.
+pub(crate) async fn check_fence(name: &'static str, ctx: &Context) -> Result<()> {
+    let Some(header) = ctx.headers().get(crate::metadata::FENCE_HEADER) else {
+        return Ok(());
+    };
+    let fence =
+        crate::metadata::Fence::from_header(header).map_err(|e| e.with_message_name(name))?;
+    let current = ctx
+        .mediator()
+        .lock_store()
+        .current_fence(&fence.name)
+        .await?;
+    if fence.token < current {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "`{name}` was sent by the leader of `{}` with fence {}, but fence {current}                  leads now: the sender's term is over, so the message is refused",
+                fence.name, fence.token
+            ),
+        )
+        .with_code("catga.stale_fence")
+        .with_message_name(name));
+    }
+    Ok(())
+}
+
 /// The route of one request type.
 pub(crate) struct RequestRoute<R: Request> {
     pub(crate) handler: Box<dyn DynRequestHandler<R>>,
-    pub(crate) handler_name: &'static str,
+    pub(crate) id: HandlerId,
     pub(crate) pipeline: Box<[SharedBehavior]>,
     pub(crate) info: MessageInfo,
     /// Send through the transport even though this peer has the handler.
     pub(crate) remote: bool,
+    /// The pipeline runs on a task of its own, to its end.
+    pub(crate) detached: bool,
 }
 
 impl<R: Request> RequestRoute<R> {
     /// Runs the pipeline and the handler, without the deadline.
     pub(crate) async fn through_pipeline(&self, request: &R, ctx: &Context) -> Result<R::Response> {
-        let env = Envelope::new(request, ctx, &self.info, self.handler_name);
+        let env = Envelope::new(request, ctx, &self.info, &self.id);
         guarded(
             R::NAME,
-            self.handler_name,
+            self.id.type_name,
             Next::new(&self.pipeline, self).run(env),
         )
         .await?
         .into_inner::<R::Response>(R::NAME)
     }
 
+    /// Runs the handler within the caller's deadline, on the caller's task.
     pub(crate) async fn dispatch(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         let run = async {
+            check_fence(R::NAME, ctx).await?;
             if self.pipeline.is_empty() {
-                guarded(R::NAME, self.handler_name, self.handler.call(request, ctx)).await
+                guarded(R::NAME, self.id.type_name, self.handler.call(request, ctx)).await
             } else {
                 self.through_pipeline(request, ctx).await
             }
         };
         within_deadline(R::NAME, ctx, run).await
+    }
+
+    /// Runs the handler of a request this dispatch owns: on a task of its own
+    /// when the route must run to completion (the caller waits until its
+    /// deadline at most), otherwise like [`RequestRoute::dispatch`].
+    pub(crate) async fn dispatch_owned(&self, request: R, ctx: Context) -> Result<R::Response> {
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (self.detached, runtime) else {
+            return self.dispatch(&request, &ctx).await;
+        };
+        let deadline = ctx.deadline();
+        let task = runtime.spawn(async move {
+            let mediator = ctx.mediator().clone();
+            let route = mediator.request_route::<R>()?;
+            check_fence(R::NAME, &ctx).await?;
+            route.through_pipeline(&request, &ctx).await
+        });
+        wait_detached(R::NAME, self.id.type_name, deadline, task).await?
     }
 }
 
@@ -158,7 +243,7 @@ impl<R: Request> Endpoint for RequestRoute<R> {
 /// One handler of an event type, with its own pipeline.
 pub(crate) struct EventSlot<E: Event> {
     pub(crate) handler: Box<dyn DynEventHandler<E>>,
-    pub(crate) handler_name: &'static str,
+    pub(crate) id: HandlerId,
     pub(crate) pipeline: Box<[SharedBehavior]>,
 }
 
@@ -189,7 +274,7 @@ impl<E: Event> EventSlot<E> {
             // Each handler's pipeline gets its own context, so what one
             // handler's behaviors hold back (outbox events) stays its own.
             let own = ctx.clone();
-            let env = Envelope::new(event, &own, info, self.handler_name);
+            let env = Envelope::new(event, &own, info, &self.id);
             Next::new(&self.pipeline, self).run(env).await.map(drop)
         })
     }
@@ -240,26 +325,55 @@ impl Future for JoinFailures<'_> {
 pub(crate) struct EventRoute<E: Event> {
     pub(crate) slots: Box<[EventSlot<E>]>,
     pub(crate) info: MessageInfo,
+    /// Some handler's pipeline must run to its end: the handlers run on a task
+    /// of their own.
+    pub(crate) detached: bool,
 }
 
 impl<E: Event> EventRoute<E> {
     /// Runs every handler concurrently and returns the failures, in registration
     /// order (empty when all succeeded).
     pub(crate) async fn dispatch(&self, event: &E, ctx: &Context) -> Vec<Error> {
-        if ctx.deadline().is_none() {
+        if ctx.deadline().is_none() && ctx.headers().is_empty() {
             return self.run_all(event, ctx).await;
         }
-        let all = async { Ok(self.run_all(event, ctx).await) };
+        let all = async {
+            check_fence(E::NAME, ctx).await?;
+            Ok(self.run_all(event, ctx).await)
+        };
         match Box::pin(within_deadline(E::NAME, ctx, all)).await {
             Ok(failures) => failures,
             Err(timeout) => vec![timeout],
         }
     }
 
+    /// Like [`EventRoute::dispatch`] for an event this dispatch shares: on a task
+    /// of its own when a handler must run to completion.
+    pub(crate) async fn dispatch_shared(&self, event: Arc<E>, ctx: Context) -> Vec<Error> {
+        let runtime = tokio::runtime::Handle::try_current();
+        let (true, Ok(runtime)) = (self.detached, runtime) else {
+            return self.dispatch(&event, &ctx).await;
+        };
+        let deadline = ctx.deadline();
+        let task = runtime.spawn(async move {
+            let mediator = ctx.mediator().clone();
+            let route = match mediator.event_route::<E>() {
+                Some(route) => route,
+                None => return Ok(Vec::new()),
+            };
+            check_fence(E::NAME, &ctx).await?;
+            Ok(route?.run_all(&event, &ctx).await)
+        });
+        match wait_detached(E::NAME, "event handlers", deadline, task).await {
+            Ok(Ok(failures)) => failures,
+            Ok(Err(e)) | Err(e) => vec![e],
+        }
+    }
+
     async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {
         match &*self.slots {
             [] => Vec::new(),
-            [one] => guarded(E::NAME, one.handler_name, one.start(event, ctx, &self.info))
+            [one] => guarded(E::NAME, one.id.type_name, one.start(event, ctx, &self.info))
                 .await
                 .err()
                 .into_iter()
@@ -270,7 +384,7 @@ impl<E: Event> EventRoute<E> {
                     .map(|slot| {
                         let fut =
                             AssertUnwindSafe(slot.start(event, ctx, &self.info)).catch_unwind();
-                        Some((fut, slot.handler_name))
+                        Some((fut, slot.id.type_name))
                     })
                     .collect();
                 JoinFailures {

@@ -186,7 +186,10 @@ fn expand_impl(krate: &syn::Path, i: ItemImpl) -> syn::Result<TokenStream> {
         #private::inventory::submit! {
             #private::Registration {
                 name: ::core::stringify!(#self_ty),
-                register: #private::#register::<#message, #self_ty>,
+                register: |builder| #private::#register::<#message, #self_ty>(
+                    builder,
+                    ::core::stringify!(#self_ty),
+                ),
             }
         }
     })

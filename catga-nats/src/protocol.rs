@@ -44,6 +44,9 @@ pub mod header {
     pub const ERROR_MESSAGE: &str = "Catga-Error-Message";
     /// JetStream de-duplication id (set to the message id).
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+    /// A leader's fence, `<token>:<lock name>` (see `catga_core::Fence`): the
+    /// receiver refuses the message when a newer term of that lock has begun.
+    pub const FENCE: &str = catga_core::FENCE_HEADER;
 }
 
 /// `<prefix>.req.<NAME>`: where requests for NAME are sent.
@@ -134,6 +137,7 @@ const CAUSATION_ID: HeaderName = HeaderName::from_static(header::CAUSATION_ID);
 const TIMEOUT_MS: HeaderName = HeaderName::from_static(header::TIMEOUT_MS);
 const HANDLED_BY: HeaderName = HeaderName::from_static(header::HANDLED_BY);
 const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
+const FENCE: HeaderName = HeaderName::from_static(header::FENCE);
 
 /// Headers for an outgoing request or event. Only what differs from the
 /// documented defaults is written: the correlation id when it is not the message
@@ -165,6 +169,9 @@ pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     }
     if let Some(tp) = msg.headers.get(header::TRACEPARENT) {
         h.insert(TRACEPARENT, value(tp, header::TRACEPARENT)?);
+    }
+    if let Some(fence) = msg.headers.get(header::FENCE) {
+        h.insert(FENCE, value(fence, header::FENCE)?);
     }
     for (name, v) in msg.headers.iter() {
         if is_reserved(name) {
@@ -218,7 +225,11 @@ pub(crate) fn from_nats(
             header::CAUSATION_ID => causation_id = Some(v),
             header::TIMEOUT_MS => timeout = Some(v),
             header::HANDLED_BY => wire.handled_by = Some(v.to_owned()),
-            other if other.eq_ignore_ascii_case(header::TRACEPARENT) || !is_reserved(other) => {
+            other
+                if other.eq_ignore_ascii_case(header::TRACEPARENT)
+                    || other.eq_ignore_ascii_case(header::FENCE)
+                    || !is_reserved(other) =>
+            {
                 wire.headers.insert(other, v);
             }
             _ => {}

@@ -1,9 +1,13 @@
--- Save a saga state with optimistic versioning and fencing.
+-- Save a saga state with optimistic versioning and fencing; a finished saga
+-- leaves the unfinished set and expires after the retention, in the same step.
 -- KEYS[1]  saga hash (fields: state, version, fence)
+-- KEYS[2]  unfinished set of its definition in this shard (same hash slot)
 -- ARGV[1]  the version the writer read (the stored version must equal it)
 -- ARGV[2]  the new version
 -- ARGV[3]  the writer's fencing token (must not be below the stored one)
 -- ARGV[4]  the encoded state
+-- ARGV[5]  saga id
+-- ARGV[6]  retention of a finished saga in milliseconds, or 0 while unfinished
 -- Returns 'ok', 'missing', 'version' or 'fence'.
 local stored = redis.call('HMGET', KEYS[1], 'version', 'fence')
 if not stored[1] then
@@ -16,4 +20,8 @@ if tonumber(stored[2] or '0') > tonumber(ARGV[3]) then
   return 'fence'
 end
 redis.call('HSET', KEYS[1], 'state', ARGV[4], 'version', ARGV[2], 'fence', ARGV[3])
+if tonumber(ARGV[6]) > 0 then
+  redis.call('SREM', KEYS[2], ARGV[5])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
 return 'ok'

@@ -4,7 +4,9 @@
 //! - idempotency: `{<prefix>:o<shard>}:idem:<scope>:<message id>`
 //! - outbox:      `{<prefix>:o<shard>}:outbox` and `{<prefix>:o<shard>}:outbox:dead`
 //! - lock:        `{<prefix>:lock:<name>}` and `{<prefix>:lock:<name>}:fence`
-//! - sagas:       `{<prefix>:saga:<id>}` (a hash) and `{<prefix>:sagas:<name>}:unfinished`
+//! - sagas:       `{<prefix>:sagas:s<shard>}:saga:<id>` (a hash) and
+//!   `{<prefix>:sagas:s<shard>}:unfinished:<name>` (a set), the shard taken
+//!   from the saga id, so creating, finishing and listing a saga is one script
 //!
 //! An idempotency key and the outbox stream its completion writes to live in the
 //! same shard; shards spread the keys over the cluster's slots.
@@ -59,14 +61,23 @@ impl Keys {
         (key, fence)
     }
 
-    /// The hash holding one saga's state.
-    pub(crate) fn saga(&self, id: uuid::Uuid) -> String {
-        format!("{{{}:saga:{id}}}", self.prefix)
+    fn saga_tag(&self, shard: u32) -> String {
+        format!("{{{}:sagas:s{shard}}}", self.prefix)
     }
 
-    /// The set of unfinished saga ids of one definition.
-    pub(crate) fn unfinished_sagas(&self, saga: &str) -> String {
-        format!("{{{}:sagas:{saga}}}:unfinished", self.prefix)
+    /// The hash holding one saga's state, and the unfinished set of definition
+    /// `saga` in the same shard.
+    pub(crate) fn saga(&self, id: uuid::Uuid, saga: &str) -> (String, String) {
+        let tag = self.saga_tag(self.shard_of(&id.to_string()));
+        (
+            format!("{tag}:saga:{id}"),
+            format!("{tag}:unfinished:{saga}"),
+        )
+    }
+
+    /// The unfinished set of definition `saga` in `shard`.
+    pub(crate) fn unfinished_sagas(&self, shard: u32, saga: &str) -> String {
+        format!("{}:unfinished:{saga}", self.saga_tag(shard))
     }
 
     /// The consumer group every relay joins.
@@ -88,6 +99,13 @@ mod tests {
         let (lock, fence) = k.lock("scheduler");
         assert_eq!(tag(&lock), tag(&fence));
         assert_eq!(tag(&k.outbox(3)), tag(&k.dead_letters(3)));
+        let id = uuid::Uuid::now_v7();
+        let (saga, unfinished) = k.saga(id, "orders.payment");
+        assert_eq!(tag(&saga), tag(&unfinished));
+        assert_eq!(
+            unfinished,
+            k.unfinished_sagas(k.shard_of(&id.to_string()), "orders.payment")
+        );
         assert!(k.shard_of("x") < 8);
     }
 }

@@ -12,10 +12,11 @@
 //!   one script, to a Redis Stream; the relay on every peer shares the streams
 //!   through a consumer group, reclaims entries of a crashed relay (XAUTOCLAIM)
 //!   and dead-letters poison entries.
-//! - **Lock**: `SET NX PX` with a random token and a fencing counter `INCR` in
-//!   one `MULTI`/`EXEC` (fences strictly increase across acquisitions, with gaps
-//!   where a contender lost), compare-and-act renew and release scripts. Leader-only tasks
-//!   (`CatgaBuilder::leader_task`) use it through `.lock_store(..)`.
+//! - **Lock**: `SET NX PX` with a random token and, only when it succeeds, a
+//!   fencing counter `INCR`, in one script (so the counter holds the latest
+//!   term's fence and a message with a lower one is refused); compare-and-act
+//!   renew and release scripts. Leader-only tasks (`CatgaBuilder::leader_task`)
+//!   use it through `.lock_store(..)`.
 //! - **Sagas**: saga state with optimistic versioning and the coordinator's
 //!   fencing token checked in one script (`.saga_store(..)`).
 //!
@@ -23,9 +24,8 @@
 //! server a claim fails with a non-retryable error that says so.
 //!
 //! Each atomic operation that must compare before it acts is one Lua script in
-//! `catga-redis/lua/`; lock acquisition needs no comparison and is a
-//! `MULTI`/`EXEC` pair, cheaper for Redis. Keys of one operation share a hash
-//! tag, so the same code runs on Redis Cluster.
+//! `catga-redis/lua/`. Keys of one operation share a hash tag, so the same code
+//! runs on Redis Cluster.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {

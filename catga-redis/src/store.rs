@@ -40,6 +40,7 @@ pub struct RedisOptions {
     prefix: String,
     outbox_shards: u32,
     timeout: Duration,
+    saga_retention: Duration,
 }
 
 impl RedisOptions {
@@ -51,6 +52,7 @@ impl RedisOptions {
             prefix: "catga".to_owned(),
             outbox_shards: 8,
             timeout: Duration::from_secs(2),
+            saga_retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -80,6 +82,13 @@ impl RedisOptions {
         self
     }
 
+    /// How long a finished saga's state is kept for reading (default 7 days);
+    /// then it expires.
+    pub fn saga_retention(mut self, retention: Duration) -> Self {
+        self.saga_retention = retention;
+        self
+    }
+
     /// Connect and response timeout (default 2 s): past it, an operation fails
     /// with a retryable store error instead of waiting for Redis.
     pub fn timeout(mut self, timeout: Duration) -> Self {
@@ -90,7 +99,9 @@ impl RedisOptions {
 
 pub(crate) struct Scripts {
     complete: Script,
+    renew: Script,
     release: Script,
+    lock_acquire: Script,
     append: Script,
     ack: Script,
     dead_letter: Script,
@@ -104,7 +115,9 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             complete: Script::new(include_str!("../lua/complete.lua")),
+            renew: Script::new(include_str!("../lua/renew.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
+            lock_acquire: Script::new(include_str!("../lua/lock_acquire.lua")),
             append: Script::new(include_str!("../lua/append.lua")),
             ack: Script::new(include_str!("../lua/ack.lua")),
             dead_letter: Script::new(include_str!("../lua/dead_letter.lua")),
@@ -128,6 +141,9 @@ pub struct RedisStore {
     /// Outbox shards whose consumer group is known to exist.
     groups: Arc<Mutex<HashSet<u32>>>,
     next_shard: Arc<AtomicU32>,
+    /// When this store last removed relay consumers of dead peers.
+    pruned: Arc<Mutex<Option<std::time::Instant>>>,
+    pub(crate) saga_retention: Duration,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -139,7 +155,7 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
-fn ms(d: Duration) -> u64 {
+pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
@@ -157,6 +173,8 @@ impl RedisStore {
             scripts: Arc::new(Scripts::load()),
             groups: Arc::default(),
             next_shard: Arc::default(),
+            pruned: Arc::default(),
+            saga_retention: options.saga_retention,
         })
     }
 
@@ -206,6 +224,43 @@ impl RedisStore {
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(&shard);
         }
+    }
+
+    /// Whether it is time to look for relay consumers of dead peers: at most
+    /// once per ten idle times.
+    fn prune_due(&self, min_idle: Duration) -> bool {
+        let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let due = last.is_none_or(|at| now.duration_since(at) >= min_idle * 10);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    /// Removes the consumers of peers that stopped relaying: idle for ten idle
+    /// times with nothing pending (what they held was reclaimed first). Every
+    /// peer that ever started leaves a consumer behind; without this, the group
+    /// grows with every restart.
+    async fn prune_consumers(&self, shard: u32, me: &str, min_idle: Duration) -> Result<()> {
+        let stream = self.keys.outbox(shard);
+        let group = self.keys.group();
+        let mut conn = self.conn.clone();
+        let info: redis::streams::StreamInfoConsumersReply = conn
+            .xinfo_consumers(&stream, &group)
+            .await
+            .map_err(|e| store_error("XINFO CONSUMERS on the outbox", e))?;
+        let stale = u128::from(ms(min_idle)) * 10;
+        for c in info.consumers {
+            if c.name != me && c.pending == 0 && c.idle as u128 > stale {
+                let _: usize = conn
+                    .xgroup_delconsumer(&stream, &group, &c.name)
+                    .await
+                    .map_err(|e| store_error("XGROUP DELCONSUMER on the outbox", e))?;
+                tracing::debug!(consumer = %c.name, shard, "removed the relay consumer of a dead peer");
+            }
+        }
+        Ok(())
     }
 
     async fn claim_shard(
@@ -430,6 +485,28 @@ impl IdempotencyStore for RedisStore {
         })
     }
 
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let (idem, _) = self.keys.idempotency(key);
+            let mut conn = self.conn.clone();
+            let renewed: i64 = self
+                .scripts
+                .renew
+                .key(&idem)
+                .arg(token)
+                .arg(ms(lease))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| store_error(&format!("renewing `{idem}`"), e))?;
+            Ok(renewed == 1)
+        })
+    }
+
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (idem, _) = self.keys.idempotency(key);
@@ -478,6 +555,13 @@ impl OutboxStore for RedisStore {
         Box::pin(async move {
             let shards = self.keys.shards();
             let start = self.next_shard.fetch_add(1, Ordering::Relaxed);
+            if self.prune_due(min_idle) {
+                for shard in 0..shards {
+                    if let Err(e) = self.prune_consumers(shard, consumer, min_idle).await {
+                        tracing::debug!(shard, error = %e, "could not prune relay consumers");
+                    }
+                }
+            }
             let mut out = Vec::new();
             for i in 0..shards {
                 if out.len() >= max {
@@ -564,25 +648,17 @@ impl LockStore for RedisStore {
             let (key, fence) = self.keys.lock(name);
             let token = random_token();
             let mut conn = self.conn.clone();
-            // SET NX and INCR in one MULTI/EXEC: cheaper for Redis than a Lua
-            // script. The counter also moves when the SET fails, so fences have
-            // gaps, but a successful acquire always gets a larger fence than
-            // every acquire before it (the pair is atomic).
-            let (acquired, fence): (bool, u64) = redis::pipe()
-                .atomic()
-                .cmd("SET")
-                .arg(&key)
+            let fence: Option<u64> = self
+                .scripts
+                .lock_acquire
+                .key(&key)
+                .key(&fence)
                 .arg(&token)
-                .arg("NX")
-                .arg("PX")
                 .arg(ms(ttl))
-                .cmd("INCR")
-                .arg(&fence)
-                .query_async(&mut conn)
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("acquiring lock `{key}`"), e))?;
-            let acquired = acquired.then_some(fence);
-            Ok(acquired.map(|fence| Lease { token, fence }))
+            Ok(fence.map(|fence| Lease { token, fence }))
         })
     }
 
@@ -605,6 +681,18 @@ impl LockStore for RedisStore {
                 .await
                 .map_err(|e| store_error(&format!("renewing lock `{key}`"), e))?;
             Ok(renewed == 1)
+        })
+    }
+
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let (_, fence) = self.keys.lock(name);
+            let mut conn = self.conn.clone();
+            let current: Option<u64> = conn
+                .get(&fence)
+                .await
+                .map_err(|e| store_error(&format!("reading `{fence}`"), e))?;
+            Ok(current.unwrap_or(0))
         })
     }
 

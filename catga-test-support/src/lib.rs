@@ -10,16 +10,22 @@
 //! missing the constructor panics with an install hint; `scripts/test.sh`
 //! installs both.
 //!
+//! Faults, not only crashes: [`FaultProxy`] sits between a peer and Redis or
+//! NATS and delays, stalls or cuts the connection; [`RedisServer::pause`] and
+//! [`NatsServer::pause`] stop a server process (SIGSTOP) until resumed.
+//!
 //! [`bench`](mod@bench) has the load driver the benchmark binaries share.
 #![forbid(unsafe_code)]
 
 pub mod bench;
 mod nats;
 mod process;
+mod proxy;
 mod redis;
 
 pub use nats::{NatsCluster, NatsServer};
-pub use process::http_get;
+pub use process::{http_get, signal};
+pub use proxy::{Fault, FaultProxy};
 pub use redis::{RedisCluster, RedisServer};
 
 /// Waits until `check` holds, polling every few milliseconds; panics naming

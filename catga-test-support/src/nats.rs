@@ -87,6 +87,16 @@ impl NatsServer {
         self.proc.kill();
     }
 
+    /// Stops the server process (SIGSTOP) until [`NatsServer::resume`].
+    pub fn pause(&self) {
+        self.proc.signal("STOP");
+    }
+
+    /// Continues a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.proc.signal("CONT");
+    }
+
     /// Kills the server if running and starts it again on the same port and
     /// JetStream store, waiting until it is healthy.
     pub fn restart(&mut self) {

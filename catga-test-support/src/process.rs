@@ -53,6 +53,13 @@ impl Proc {
         }
     }
 
+    /// Sends `sig` (e.g. `"STOP"`, `"CONT"`) to the process.
+    pub(crate) fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            signal(child.id(), sig);
+        }
+    }
+
     pub(crate) fn is_running(&mut self) -> bool {
         match &mut self.child {
             Some(c) => matches!(c.try_wait(), Ok(None)),
@@ -91,6 +98,19 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Sends signal `sig` (a name `kill` knows: `STOP`, `CONT`, `TERM`, `KILL`) to
+/// process `pid`: how tests pause a process past its timeouts and leases
+/// (`STOP`) and resume it (`CONT`).
+pub fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("kill -{sig} {pid} failed");
     }
 }
 

@@ -73,6 +73,17 @@ impl RedisServer {
         self.proc.kill();
     }
 
+    /// Stops the server process (SIGSTOP): connections stay open, nothing is
+    /// answered until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.proc.signal("STOP");
+    }
+
+    /// Continues a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.proc.signal("CONT");
+    }
+
     /// Kills the server if running and starts it again on the same port and
     /// directory (with AOF, the data survives).
     pub fn restart(&mut self) {

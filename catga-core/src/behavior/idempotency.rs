@@ -1,34 +1,51 @@
 //! Idempotency: a message id is handled once; duplicates get the stored response.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::{Behavior, Envelope, Next, Reply};
+use crate::backoff::Backoff;
 use crate::codec::Format;
 use crate::error::{Error, ErrorKind, Result};
 use crate::store::{Claim, IdempotencyStore};
 
-/// Runs the handler once per (scope, message id) and replays the stored response
-/// to duplicates.
+/// Runs the handler once per (handler, message id) and replays the stored
+/// outcome to duplicates.
 ///
-/// - First attempt: claims the key as in-progress for `lease`, runs the rest of
-///   the pipeline, and on success stores the encoded response for `retention`.
-/// - A failed attempt releases its claim: the next duplicate runs the handler
-///   (unless [`store_failures`](Idempotency::store_failures) keeps non-retryable
-///   failures). So does an attempt dropped while its handler runs (a deadline
-///   ran out): the release runs in the background, and a retry need not wait
-///   for the lease to run out. (An attempt dropped while its claim is being
-///   taken, or while its outcome is being stored, leaves the claim to its
-///   lease.)
-/// - A duplicate that finds the key in progress polls until it completes or
-///   `wait` passes, then fails with [`ErrorKind::InProgress`] (retryable).
+/// The rules, as they hold (see `docs/architecture.md` for the table of what
+/// holds on a crash, a timeout, a lease expiry and a store failover):
 ///
-/// The scope defaults to the message name and handler type, so each handler of
-/// an event is idempotent on its own. Add it once per message type: two
-/// idempotency behaviors with the same scope around one handler would make the
-/// inner one wait for the outer one's claim.
+/// - **An attempt that started runs to its end.** The first attempt claims the
+///   key as in-progress and runs the rest of the pipeline. The route runs it on
+///   a task of its own, so the caller's deadline or disconnect ends the caller's
+///   wait, not the handler: its outcome is stored whatever happens to the caller,
+///   and a retry with the same id gets that outcome.
+/// - **The claim is renewed while the handler runs** (every third of `lease`),
+///   so `lease` need only outlast a pause of the whole peer (a stopped process,
+///   a store that cannot be reached), not the handler.
+/// - **A claim is released only when the handler returned an error**, which
+///   says that no effect happened (or that the failure is one it wants to see
+///   again). It is never released because the attempt was dropped or panicked:
+///   the effect may have happened, so the claim stays until its lease runs out.
+/// - **A completion that finds its claim taken over is an error** (kind
+///   [`Conflict`](ErrorKind::Conflict), code `catga.claim_lost`): the lease ran
+///   out while the peer was paused and another attempt took the key. Nothing of
+///   this attempt is stored, neither its response nor its events.
+/// - **A duplicate that finds the key in progress waits** for the outcome with
+///   jittered exponential backoff (10 ms doubling to 500 ms), at most `wait` and
+///   never past its own deadline, then fails with [`ErrorKind::InProgress`]
+///   (retryable).
+///
+/// The key is the handler's stable id and the message id. A request's handler
+/// id is its message name; an event handler's is the message name and the
+/// handler's registered name (or its position among the event's handlers), so
+/// every handler of an event is idempotent on its own and every copy of a
+/// service computes the same key whatever compiler built it. Add the behavior
+/// once per message type: two idempotency behaviors with the same key around one
+/// handler would make the inner one wait for the outer one's claim.
 ///
 /// **Outbox.** When the mediator runs an outbox relay (`.outbox(store)` on the
 /// builder, with the same store), events the handler publishes through its
@@ -41,7 +58,6 @@ pub struct Idempotency {
     lease: Duration,
     retention: Duration,
     wait: Duration,
-    poll: Duration,
     scope: Option<Arc<str>>,
     store_failures: bool,
 }
@@ -70,16 +86,17 @@ impl Idempotency {
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),
-            poll: Duration::from_millis(20),
             scope: None,
             store_failures: false,
         }
     }
 
-    /// How long a claim protects a running attempt (it must outlast the handler).
+    /// How long a claim survives without renewal. The attempt renews it every
+    /// third of this while its handler runs, so it bounds how long a paused or
+    /// cut-off peer blocks the key, not how long a handler may take.
     #[must_use]
     pub fn lease(mut self, lease: Duration) -> Self {
-        self.lease = lease;
+        self.lease = lease.max(Duration::from_millis(30));
         self
     }
 
@@ -106,7 +123,7 @@ impl Idempotency {
         self
     }
 
-    /// A fixed scope instead of message name + handler type.
+    /// A fixed scope instead of the handler's id.
     #[must_use]
     pub fn scope(mut self, scope: impl Into<Arc<str>>) -> Self {
         self.scope = Some(scope.into());
@@ -117,48 +134,8 @@ impl Idempotency {
         let id = env.context().message_id();
         match &self.scope {
             Some(scope) => format!("{scope}:{id}"),
-            None => format!("{}/{}:{id}", env.name(), env.handler_name()),
+            None => format!("{}:{id}", env.handler_id()),
         }
-    }
-}
-
-/// A claim this attempt holds. Dropped while the handler runs (the attempt's
-/// future was dropped, or the handler panicked through it), it releases the
-/// claim in the background; the release compares the token, so it cannot free
-/// a later holder's claim or undo a stored outcome.
-struct HeldClaim {
-    store: Arc<dyn IdempotencyStore>,
-    key: String,
-    token: String,
-    finished: bool,
-}
-
-impl Drop for HeldClaim {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        // Outside a runtime, or while the runtime shuts down (it drops the
-        // spawned task), the claim is left to its lease.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let store = self.store.clone();
-        let (key, token) = (
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
-        let release = async move {
-            match store.release(&key, &token).await {
-                Ok(()) => tracing::debug!(key, "released the claim of a dropped attempt"),
-                Err(e) => tracing::warn!(
-                    key,
-                    error = %e,
-                    "could not release the claim of a dropped attempt; it expires with its lease"
-                ),
-            }
-        };
-        runtime.spawn(tracing::Instrument::in_current_span(release));
     }
 }
 
@@ -174,15 +151,39 @@ struct StoredError {
     message: String,
 }
 
+/// Logs an attempt dropped before its outcome was stored. Its claim is left to
+/// its lease: the handler may have applied its effect, so running it again at
+/// once could apply it twice.
+struct Unfinished<'a> {
+    key: &'a str,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            tracing::warn!(
+                key = self.key,
+                "idempotent attempt dropped before its outcome was stored; its claim stays \
+                 until the lease runs out"
+            );
+        }
+    }
+}
+
 impl Idempotency {
     /// Runs the handler as the attempt holding the claim, and stores its outcome.
     async fn attempt<'a>(
         &'a self,
         env: Envelope<'a>,
         next: Next<'a>,
-        mut claim: HeldClaim,
+        key: &str,
+        token: &str,
     ) -> Result<Reply> {
-        let (key, token) = (claim.key.as_str(), claim.token.as_str());
+        let mut unfinished = Unfinished {
+            key,
+            finished: false,
+        };
         let ctx = env.context();
         // Hold back published events only when a relay will move them.
         let held = if ctx.mediator().has_outbox() {
@@ -190,11 +191,17 @@ impl Idempotency {
         } else {
             None
         };
-        let result = next.run(env).await;
-        // From here on the outcome is stored or the claim released below; a
-        // drop now leaves the claim to its lease, as an unstored success must
-        // not run again at once.
-        claim.finished = true;
+        let lost = AtomicBool::new(false);
+        let result = tokio::select! {
+            result = next.run(env) => result,
+            never = self.keep_claim(key, token, &lost) => match never {},
+        };
+        unfinished.finished = true;
+        if lost.load(Ordering::Relaxed) {
+            // The key may hold another attempt's claim by now: complete() below
+            // confirms it and stores nothing, but a release must not run either.
+            tracing::warn!(key, "the claim's lease ran out while the handler ran");
+        }
         let outcome = match &result {
             Ok(reply) => {
                 let mut bytes = vec![OK];
@@ -213,34 +220,65 @@ impl Idempotency {
             }
             Err(_) => None,
         };
-        match outcome {
-            Some(bytes) => {
-                // Events are published only with a success.
-                let events = match (&result, held) {
-                    (Ok(_), Some(buffer)) => {
-                        std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()))
-                    }
-                    _ => Vec::new(),
-                };
-                let stored = self
-                    .store
-                    .complete(key, token, bytes.into(), self.retention, events)
-                    .await?;
-                if !stored {
-                    tracing::warn!(
-                        key,
-                        "idempotency lease expired before the handler finished; its outcome \
-                         was not stored (raise the lease)"
-                    );
-                }
+        let Some(bytes) = outcome else {
+            // The handler said it failed: nothing happened, the next attempt runs.
+            if let Err(e) = self.store.release(key, token).await {
+                tracing::warn!(key, error = %e, "could not release idempotency claim; it expires with its lease");
             }
-            None => {
-                if let Err(e) = self.store.release(key, token).await {
-                    tracing::warn!(key, error = %e, "could not release idempotency claim");
+            return result;
+        };
+        // Events are published only with a success.
+        let events = match (&result, held) {
+            (Ok(_), Some(buffer)) => {
+                std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()))
+            }
+            _ => Vec::new(),
+        };
+        let stored = self
+            .store
+            .complete(key, token, bytes.into(), self.retention, events)
+            .await?;
+        if stored {
+            return result;
+        }
+        Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "the claim on message {} of `{}` ran out while its handler ran (the peer was \
+                 paused or cut off from the store for longer than the lease) and another attempt \
+                 took it; this attempt's outcome and events were not stored, so its effect may \
+                 have happened twice unless it was staged with the completion: retry with the \
+                 same message id to get the stored outcome",
+                ctx.message_id(),
+                env.name()
+            ),
+        )
+        .with_code("catga.claim_lost")
+        .with_message_name(env.name()))
+    }
+
+    /// Renews the claim every third of the lease until dropped; notes in `lost`
+    /// when the claim is no longer this attempt's. Never returns.
+    async fn keep_claim(
+        &self,
+        key: &str,
+        token: &str,
+        lost: &AtomicBool,
+    ) -> std::convert::Infallible {
+        let every = self.lease / 3;
+        loop {
+            tokio::time::sleep(every).await;
+            if lost.load(Ordering::Relaxed) {
+                continue;
+            }
+            match self.store.renew(key, token, self.lease).await {
+                Ok(true) => {}
+                Ok(false) => lost.store(true, Ordering::Relaxed),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not renew the idempotency claim; retrying")
                 }
             }
         }
-        result
     }
 
     /// What a duplicate gets from a stored outcome.
@@ -278,35 +316,41 @@ impl Idempotency {
 impl Behavior for Idempotency {
     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
         let key = self.key(&env);
-        let give_up = Instant::now() + self.wait;
+        let ctx = env.context();
+        // A duplicate waits at most `wait`, and never past its own deadline.
+        let mut give_up = Instant::now() + self.wait;
+        if let Some(deadline) = ctx.deadline() {
+            give_up = give_up.min(deadline);
+        }
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(500));
         loop {
             match self.store.claim(&key, self.lease).await? {
                 Claim::Acquired { token } => {
-                    let claim = HeldClaim {
-                        store: self.store.clone(),
-                        key,
-                        token,
-                        finished: false,
-                    };
-                    return self.attempt(env, next, claim).await;
+                    return self.attempt(env, next, &key, &token).await;
                 }
                 Claim::Completed(bytes) => return self.replay(&env, &key, &bytes),
                 Claim::InProgress => {
-                    if Instant::now() >= give_up {
+                    let now = Instant::now();
+                    if now >= give_up {
                         return Err(Error::new(
                             ErrorKind::InProgress,
                             format!(
                                 "message {} of `{}` is still being handled by another attempt; \
                                  retry later with the same message id",
-                                env.context().message_id(),
+                                ctx.message_id(),
                                 env.name()
                             ),
                         )
                         .with_message_name(env.name()));
                     }
-                    tokio::time::sleep(self.poll).await;
+                    let pause = backoff.next_delay().min(give_up - now);
+                    tokio::time::sleep(pause).await;
                 }
             }
         }
+    }
+
+    fn runs_to_completion(&self) -> bool {
+        true
     }
 }

@@ -72,16 +72,32 @@ pub trait Behavior: Send + Sync + 'static {
         env: Envelope<'a>,
         next: Next<'a>,
     ) -> impl Future<Output = Result<Reply>> + Send + 'a;
+
+    /// Whether a dispatch this behavior wraps must run to its end once started,
+    /// whatever happens to the caller. When any behavior of a route says so, the
+    /// route runs its pipeline on a task of its own: a caller whose deadline
+    /// passes (or who goes away) stops waiting, and the handler still finishes
+    /// and its outcome is kept. [`Idempotency`](idempotency::Idempotency) says so.
+    /// Default `false`: the pipeline runs on the caller's task and is dropped
+    /// with it.
+    fn runs_to_completion(&self) -> bool {
+        false
+    }
 }
 
 /// Object-safe form of [`Behavior`], made once at registration.
 pub(crate) trait DynBehavior: Send + Sync + 'static {
     fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>>;
+    fn detaches(&self) -> bool;
 }
 
 impl<B: Behavior> DynBehavior for B {
     fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>> {
         Box::pin(self.handle(env, next))
+    }
+
+    fn detaches(&self) -> bool {
+        self.runs_to_completion()
     }
 }
 
@@ -126,7 +142,18 @@ pub struct Envelope<'a> {
     message: &'a (dyn Any + Send + Sync),
     ctx: &'a Context,
     info: &'a MessageInfo,
-    handler: &'static str,
+    handler: &'a HandlerId,
+}
+
+/// A handler's names: a stable id for stores, its Rust type for logs.
+#[derive(Debug, Clone)]
+pub(crate) struct HandlerId {
+    /// `<message name>` for a request's one handler; `<message name>#<name>` for
+    /// an event handler, `<name>` being the name it was registered under or its
+    /// position among the event's handlers.
+    pub(crate) id: Box<str>,
+    /// Rust type name of the handler (changes with compilers and refactors).
+    pub(crate) type_name: &'static str,
 }
 
 impl<'a> Envelope<'a> {
@@ -134,7 +161,7 @@ impl<'a> Envelope<'a> {
         message: &'a (dyn Any + Send + Sync),
         ctx: &'a Context,
         info: &'a MessageInfo,
-        handler: &'static str,
+        handler: &'a HandlerId,
     ) -> Self {
         Envelope {
             message,
@@ -159,10 +186,20 @@ impl<'a> Envelope<'a> {
         self.info.kind
     }
 
-    /// Rust type name of the handler the pipeline leads to; for events, the one
-    /// handler this run of the pipeline wraps.
+    /// Rust type name of the handler the pipeline leads to (for logs: it
+    /// changes between compilers and refactors); for events, the one handler
+    /// this run of the pipeline wraps.
     pub fn handler_name(&self) -> &'static str {
-        self.handler
+        self.handler.type_name
+    }
+
+    /// Stable id of the handler the pipeline leads to, the same on every copy of
+    /// the service whatever compiler built it: the message name for a request's
+    /// one handler, `<message name>#<handler name>` for an event handler (its
+    /// registered name, or its position among the event's handlers). Stores key
+    /// per-handler state by it.
+    pub fn handler_id(&self) -> &'a str {
+        &self.handler.id
     }
 
     /// Context (metadata) of the dispatch.
@@ -191,7 +228,7 @@ impl fmt::Debug for Envelope<'_> {
         f.debug_struct("Envelope")
             .field("name", &self.info.name)
             .field("kind", &self.info.kind)
-            .field("handler", &self.handler)
+            .field("handler", &self.handler.id)
             .finish_non_exhaustive()
     }
 }

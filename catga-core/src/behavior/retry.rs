@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::{Behavior, Envelope, Next, Reply};
+use crate::backoff::Backoff;
 use crate::error::Result;
 
 /// Runs the rest of the pipeline again when it fails with a
@@ -38,21 +39,22 @@ impl Retry {
 
     /// The longest wait before attempt `attempt + 1` (attempt counts from 1).
     pub fn max_delay_after(&self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.initial_delay
-            .saturating_mul(factor)
-            .min(self.max_delay)
+        self.schedule().cap(attempt)
+    }
+
+    fn schedule(&self) -> Backoff {
+        Backoff::new(self.initial_delay, self.max_delay)
     }
 }
 
 impl Behavior for Retry {
     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
         let mut attempt = 1;
+        let mut backoff = self.schedule();
         loop {
             match next.run(env).await {
                 Err(e) if e.is_retryable() && attempt < self.max_attempts => {
-                    let cap = self.max_delay_after(attempt);
-                    let mut wait = cap.mul_f64(fastrand::f64());
+                    let mut wait = backoff.next_delay();
                     if let Some(left) = env.context().remaining() {
                         if left.is_zero() {
                             return Err(e);

@@ -8,14 +8,14 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
+use crate::backoff::Backoff;
 use crate::codec::Format;
-use crate::error::{ErrorKind, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::leader::{LeaderContext, LeaderTask};
-use crate::mediator::Mediator;
 use crate::message::{Event, Message};
 use crate::metadata::Metadata;
 
@@ -115,7 +115,6 @@ async fn coordinate<D: SagaData>(
     wake: Arc<Notify>,
     ctx: LeaderContext,
 ) -> Result<()> {
-    let mediator = ctx.mediator().clone();
     let mut active: HashSet<Uuid> = HashSet::new();
     let mut pending: VecDeque<Uuid> = VecDeque::new();
     let mut tasks = FuturesUnordered::new();
@@ -138,14 +137,7 @@ async fn coordinate<D: SagaData>(
         while active.len() < saga.max_concurrent {
             let Some(id) = pending.pop_front() else { break };
             if active.insert(id) {
-                let driving = drive(
-                    saga.clone(),
-                    store.clone(),
-                    mediator.clone(),
-                    id,
-                    ctx.fence(),
-                    ctx.cancellation().clone(),
-                );
+                let driving = drive(saga.clone(), store.clone(), ctx.clone(), id);
                 tasks.push(driving.map(move |()| id));
             }
         }
@@ -166,20 +158,16 @@ async fn coordinate<D: SagaData>(
 async fn drive<D: SagaData>(
     saga: Arc<Saga<D>>,
     store: Arc<dyn SagaStore>,
-    mediator: Mediator,
+    leader: LeaderContext,
     id: Uuid,
-    fence: u64,
-    cancel: CancellationToken,
 ) {
     let run = Driver {
         saga: &saga,
         store: &*store,
-        mediator: &mediator,
-        fence,
-        cancel: &cancel,
+        leader: &leader,
     };
     if let Err(e) = run.saga(id).await {
-        if e.kind() == ErrorKind::Conflict {
+        if e.kind() == ErrorKind::Conflict || leader.is_cancelled() {
             tracing::info!(saga = %saga.name, %id, error = %e, "saga taken over");
         } else {
             tracing::warn!(saga = %saga.name, %id, error = %e, "saga paused; it resumes on the next round");
@@ -190,9 +178,15 @@ async fn drive<D: SagaData>(
 struct Driver<'a, D> {
     saga: &'a Saga<D>,
     store: &'a dyn SagaStore,
-    mediator: &'a Mediator,
-    fence: u64,
-    cancel: &'a CancellationToken,
+    leader: &'a LeaderContext,
+}
+
+/// Whether a step's failure says what happened: the handler answered with a
+/// non-retryable error (the step did not happen). A timeout, a transport error,
+/// "no responders" (a rolling restart, a NATS failover) or any retryable error
+/// leaves the outcome unknown: the command may have been applied.
+fn is_definite(e: &Error) -> bool {
+    !e.is_retryable() && e.kind() != ErrorKind::NoHandler
 }
 
 impl<D: SagaData> Driver<'_, D> {
@@ -203,7 +197,7 @@ impl<D: SagaData> Driver<'_, D> {
             tracing::warn!(saga = %self.saga.name, %id, "listed saga has no state; dropping it from the list");
             return self.store.forget(&self.saga.name, id).await;
         };
-        while !self.cancel.is_cancelled() {
+        while !self.leader.is_cancelled() {
             match state.status {
                 SagaStatus::Running => self.forward(&mut state).await?,
                 SagaStatus::Compensating => self.backward(&mut state).await?,
@@ -213,31 +207,53 @@ impl<D: SagaData> Driver<'_, D> {
         Ok(())
     }
 
+    /// Saves with the next version and this term's fence; nothing once the term
+    /// is over (the store would refuse it too once the next leader has written).
     async fn save(&self, state: &mut SagaState) -> Result<()> {
+        if self.leader.is_cancelled() {
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                "the coordinator's term is over; the next leader carries on",
+            ));
+        }
         state.version += 1;
-        state.fence = self.fence;
+        state.fence = self.leader.fence();
         self.store.save(state).await
     }
 
-    /// Waits before another attempt; `false` when the coordinator is stopping.
-    async fn pause(&self, attempt: u32, base: Duration) -> bool {
-        let wait = base
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(Duration::from_secs(10));
+    /// Waits `wait`; `false` when the coordinator is stopping.
+    async fn pause(&self, wait: Duration) -> bool {
         tokio::select! {
-            () = tokio::time::sleep(wait) => true,
-            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(wait) => !self.leader.is_cancelled(),
+            () = self.leader.cancelled() => false,
         }
     }
 
-    fn meta(state: &SagaState, step: usize, kind: &str, timeout: Duration) -> Metadata {
-        Metadata::new()
-            .with_message_id(step_id(state.id, step, kind))
-            .with_correlation_id(state.id)
-            .with_timeout(timeout)
+    /// The metadata of step `step`'s command or compensation: a message id that
+    /// is the same on every attempt and after every failover, the saga as the
+    /// correlation id, the attempt's timeout and the term's fence.
+    fn meta(
+        &self,
+        state: &SagaState,
+        step: usize,
+        kind: &str,
+        timeout: Duration,
+    ) -> Result<Metadata> {
+        self.leader.stamp(
+            Metadata::new()
+                .with_message_id(step_id(state.id, step, kind))
+                .with_correlation_id(state.id)
+                .with_timeout(timeout),
+        )
     }
 
     /// Runs the next step (or finishes the saga) and saves the outcome.
+    ///
+    /// An attempt whose outcome is unknown is asked again with the same message
+    /// id (the handler's idempotency answers with the first attempt's outcome)
+    /// until a definite answer, at least `retries` times and as long as the
+    /// step's deadline allows. A step given up on while its outcome is unknown
+    /// is compensated with the others: its effect may exist.
     async fn forward(&self, state: &mut SagaState) -> Result<()> {
         let i = state.step as usize;
         let Some(step) = self.saga.steps.get(i) else {
@@ -257,10 +273,17 @@ impl<D: SagaData> Driver<'_, D> {
             state.record(&step.name, "skipped", "");
             return self.save(state).await;
         }
+        let give_up = Instant::now() + step.deadline();
+        let mut backoff = Backoff::new(self.saga.backoff, Duration::from_secs(10));
         let mut attempt = 0;
         loop {
-            let meta = Self::meta(state, i, "do", step.timeout);
-            match (step.action)(self.mediator.clone(), data.clone(), meta).await {
+            let meta = self.meta(state, i, "do", step.timeout)?;
+            let result = (step.action)(self.leader.mediator().clone(), data.clone(), meta).await;
+            if self.leader.is_cancelled() {
+                // Whatever the answer, a deposed coordinator records nothing.
+                return Ok(());
+            }
+            let e = match result {
                 Ok(apply) => {
                     apply(&mut data);
                     state.data = Format::MsgPack.encode(&data)?;
@@ -269,24 +292,34 @@ impl<D: SagaData> Driver<'_, D> {
                     state.record(&step.name, "completed", "");
                     return self.save(state).await;
                 }
-                Err(e) if e.is_retryable() && attempt < step.retries => {
-                    attempt += 1;
-                    tracing::debug!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "step retrying");
-                    if !self.pause(attempt, self.saga.backoff).await {
-                        return Ok(());
-                    }
+                Err(e) if e.code() == Some("catga.stale_fence") => return Err(e),
+                Err(e) => e,
+            };
+            attempt += 1;
+            let wait = backoff.next_delay();
+            let more = attempt <= step.retries || Instant::now() + wait < give_up;
+            if !is_definite(&e) && more {
+                tracing::debug!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "step outcome unknown; asking again");
+                if !self.pause(wait).await {
+                    return Ok(());
                 }
-                Err(e) => {
-                    if self.cancel.is_cancelled() {
-                        return Ok(());
-                    }
-                    state.status = SagaStatus::Compensating;
-                    state.error = Some(e.to_string());
-                    state.failed_step = Some(step.name.to_string());
-                    state.record(&step.name, "failed", e.to_string());
-                    return self.save(state).await;
-                }
+                continue;
             }
+            state.status = SagaStatus::Compensating;
+            state.error = Some(e.to_string());
+            state.failed_step = Some(step.name.to_string());
+            if is_definite(&e) {
+                state.record(&step.name, "failed", e.to_string());
+            } else {
+                // It may have happened: undo it with the steps before it.
+                state.completed.push(state.step);
+                state.record(
+                    &step.name,
+                    "gave_up",
+                    format!("no definite answer after {attempt} attempts: {e}"),
+                );
+            }
+            return self.save(state).await;
         }
     }
 
@@ -319,22 +352,25 @@ impl<D: SagaData> Driver<'_, D> {
         if let Some(undo) = &step.undo {
             let data: D = state.data()?;
             let attempts = self.saga.compensation_retries.max(1);
+            let mut backoff = Backoff::new(self.saga.backoff, Duration::from_secs(10));
             let mut attempt = 1;
             loop {
-                let meta = Self::meta(state, i, "undo", step.timeout);
-                match undo(self.mediator.clone(), data.clone(), meta).await {
+                let meta = self.meta(state, i, "undo", step.timeout)?;
+                let result = undo(self.leader.mediator().clone(), data.clone(), meta).await;
+                if self.leader.is_cancelled() {
+                    return Ok(());
+                }
+                match result {
                     Ok(()) => break,
+                    Err(e) if e.code() == Some("catga.stale_fence") => return Err(e),
                     Err(e) if attempt < attempts => {
                         tracing::warn!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "compensation retrying");
-                        if !self.pause(attempt, self.saga.backoff).await {
+                        if !self.pause(backoff.next_delay()).await {
                             return Ok(());
                         }
                         attempt += 1;
                     }
                     Err(e) => {
-                        if self.cancel.is_cancelled() {
-                            return Ok(());
-                        }
                         let reason = format!(
                             "compensation of `{}` failed after {attempts} attempts: {e}",
                             step.name
@@ -362,7 +398,7 @@ impl<D: SagaData> Driver<'_, D> {
     }
 
     async fn announce<E: Event>(&self, event: E) {
-        if let Err(e) = self.mediator.publish(event).await {
+        if let Err(e) = self.leader.mediator().publish(event).await {
             tracing::warn!(event = E::NAME, error = %e, "saga event not delivered to every handler");
         }
     }

@@ -2,8 +2,11 @@
 //!
 //! A saga is a named list of steps over typed data. Each step sends a command
 //! built from the data, may write its response back into the data, and may name
-//! a compensating command. When a step fails (an error, or its timeout after its
-//! retries), the completed steps are compensated in reverse order.
+//! a compensating command. A step whose outcome is unknown (a timeout, a
+//! transport error, "no responders") is asked again with the same message id
+//! until a definite answer or its deadline. When a step fails (the handler said
+//! no), the completed steps are compensated in reverse order; when it is given
+//! up on with its outcome unknown, it is compensated too.
 //!
 //! ```text
 //!            ┌────────┐ ok ┌────────┐ ok ┌────────┐ ok
@@ -91,6 +94,16 @@ pub struct Step<D> {
     pub(crate) when: Option<When<D>>,
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
+    pub(crate) deadline: Option<Duration>,
+}
+
+impl<D> Step<D> {
+    /// How long the step may go without a definite answer: set, or one timeout
+    /// per attempt that `retries` allows.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
+            .unwrap_or_else(|| self.timeout.saturating_mul(self.retries.saturating_add(1)))
+    }
 }
 
 impl<D> std::fmt::Debug for Step<D> {
@@ -101,6 +114,7 @@ impl<D> std::fmt::Debug for Step<D> {
             .field("conditional", &self.when.is_some())
             .field("timeout", &self.timeout)
             .field("retries", &self.retries)
+            .field("deadline", &self.deadline())
             .finish()
     }
 }
@@ -114,6 +128,7 @@ pub struct SendStep<D, C: Request> {
     when: Option<When<D>>,
     timeout: Duration,
     retries: u32,
+    deadline: Option<Duration>,
 }
 
 impl<D, C: Request> std::fmt::Debug for SendStep<D, C> {
@@ -127,7 +142,8 @@ impl<D, C: Request> std::fmt::Debug for SendStep<D, C> {
 
 impl<D> Step<D> {
     /// A step that sends the command `make` builds from the data. Defaults: a
-    /// 30 s timeout per attempt, 2 retries of retryable failures.
+    /// 30 s timeout per attempt, 2 retries while the outcome is unknown, a step
+    /// deadline of one timeout per attempt.
     pub fn send<C: Request>(
         name: impl Into<Arc<str>>,
         make: impl Fn(&D) -> C + Send + Sync + 'static,
@@ -140,6 +156,7 @@ impl<D> Step<D> {
             when: None,
             timeout: Duration::from_secs(30),
             retries: 2,
+            deadline: None,
         }
     }
 }
@@ -179,9 +196,22 @@ impl<D: SagaData, C: Request> SendStep<D, C> {
         self
     }
 
-    /// Extra attempts after a retryable failure (a timeout, a transport error).
+    /// Attempts after the first whose outcome was unknown (a timeout, a
+    /// transport error, "no responders", a retryable error), at least; each asks
+    /// again with the same message id, so the handler's idempotency answers with
+    /// the outcome of the attempt that ran.
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = retries;
+        self
+    }
+
+    /// How long the step keeps asking while its outcome is unknown, from its
+    /// first attempt (default: one [`timeout`](SendStep::timeout) per attempt
+    /// that [`retries`](SendStep::retries) allows). When it gives up, the step is
+    /// compensated with the completed ones, since it may have happened: its
+    /// compensation must accept that there may be nothing to undo.
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = Some(deadline);
         self
     }
 }
@@ -207,6 +237,7 @@ impl<D: SagaData, C: Request> From<SendStep<D, C>> for Step<D> {
             when: s.when,
             timeout: s.timeout,
             retries: s.retries,
+            deadline: s.deadline,
         }
     }
 }

@@ -1,12 +1,13 @@
 //! Persisted saga state and the store that keeps it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::codec::Format;
@@ -142,8 +143,9 @@ pub fn conflict(id: Uuid, why: &str) -> Error {
 
 /// Keeps saga states with optimistic versioning and fencing.
 pub trait SagaStore: Send + Sync + 'static {
-    /// Stores a new saga (version 0) unless one with its id exists; returns
-    /// whether it stored it (so starting a saga with a chosen id is idempotent).
+    /// Stores a new saga (version 0) and lists it as unfinished, in one atomic
+    /// step, unless one with its id exists; returns whether it stored it (so
+    /// starting a saga with a chosen id is idempotent).
     fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>>;
 
     /// The saga with `id`, if any.
@@ -151,7 +153,8 @@ pub trait SagaStore: Send + Sync + 'static {
 
     /// Writes `state` only if the stored version is `state.version - 1` and the
     /// stored fence is not greater than `state.fence`; otherwise fails with
-    /// [`ErrorKind::Conflict`]. Finished sagas leave the unfinished list.
+    /// [`ErrorKind::Conflict`]. A finished saga leaves the unfinished list in
+    /// the same atomic step, and is kept for the store's retention time.
     fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>>;
 
     /// Ids of the unfinished sagas of definition `saga`.
@@ -164,41 +167,85 @@ pub trait SagaStore: Send + Sync + 'static {
     fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>>;
 }
 
-/// In-process [`SagaStore`].
-#[derive(Debug, Default)]
+/// In-process [`SagaStore`]. Finished sagas are kept for a retention time
+/// (default 7 days), then dropped.
+#[derive(Debug)]
 pub struct MemorySagaStore {
-    sagas: Mutex<HashMap<Uuid, SagaState>>,
+    sagas: Mutex<Sagas>,
+    retention: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Sagas {
+    states: HashMap<Uuid, SagaState>,
+    /// Finished sagas in the order they finished, with when they expire.
+    finished: VecDeque<(Instant, Uuid)>,
+}
+
+impl Default for MemorySagaStore {
+    fn default() -> Self {
+        MemorySagaStore::new()
+    }
 }
 
 impl MemorySagaStore {
     /// An empty store.
     pub fn new() -> Self {
-        MemorySagaStore::default()
+        MemorySagaStore {
+            sagas: Mutex::default(),
+            retention: Duration::from_secs(7 * 24 * 3600),
+        }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SagaState>> {
-        self.sagas.lock().unwrap_or_else(|p| p.into_inner())
+    /// How long a finished saga's state is kept for reading.
+    #[must_use]
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Sagas stored, finished ones within their retention included.
+    pub fn len(&self) -> usize {
+        self.lock().states.len()
+    }
+
+    /// Whether no saga is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Sagas> {
+        let mut sagas = self.sagas.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while let Some(&(until, id)) = sagas.finished.front() {
+            if until > now {
+                break;
+            }
+            sagas.finished.pop_front();
+            sagas.states.remove(&id);
+        }
+        sagas
     }
 }
 
 impl SagaStore for MemorySagaStore {
     fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>> {
         let mut sagas = self.lock();
-        let created = !sagas.contains_key(&state.id);
+        let created = !sagas.states.contains_key(&state.id);
         if created {
-            sagas.insert(state.id, state.clone());
+            sagas.states.insert(state.id, state.clone());
         }
         Box::pin(std::future::ready(Ok(created)))
     }
 
     fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>> {
-        let state = self.lock().get(&id).cloned();
+        let state = self.lock().states.get(&id).cloned();
         Box::pin(std::future::ready(Ok(state)))
     }
 
     fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
         let mut sagas = self.lock();
-        let result = match sagas.get(&state.id) {
+        let result = match sagas.states.get(&state.id) {
             None => Err(conflict(state.id, "it does not exist")),
             Some(old) if old.version + 1 != state.version => {
                 Err(conflict(state.id, "its version changed"))
@@ -206,8 +253,13 @@ impl SagaStore for MemorySagaStore {
             Some(old) if old.fence > state.fence => {
                 Err(conflict(state.id, "a newer coordinator wrote it"))
             }
-            Some(_) => {
-                sagas.insert(state.id, state.clone());
+            Some(old) => {
+                let finishes = state.status.is_finished() && !old.status.is_finished();
+                sagas.states.insert(state.id, state.clone());
+                if finishes {
+                    let until = Instant::now() + self.retention;
+                    sagas.finished.push_back((until, state.id));
+                }
                 Ok(())
             }
         };
@@ -222,6 +274,7 @@ impl SagaStore for MemorySagaStore {
     fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
         let mut ids: Vec<Uuid> = self
             .lock()
+            .states
             .values()
             .filter(|s| s.saga == saga && !s.status.is_finished())
             .map(|s| s.id)

@@ -46,6 +46,17 @@ pub trait IdempotencyStore: Send + Sync + 'static {
         events: Vec<OutboxRecord>,
     ) -> BoxFuture<'a, Result<bool>>;
 
+    /// Extends the claim to `lease` from now if `token` still holds it; returns
+    /// `false` when it does not (the lease ran out and another attempt took it,
+    /// or the outcome was stored). An attempt renews while its handler runs, so
+    /// a lease only has to outlast a pause of the peer, not the handler.
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>>;
+
     /// Deletes the claim if `token` still holds it, so the next attempt runs again.
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
 }
@@ -154,6 +165,24 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             );
         }
         Box::pin(std::future::ready(Ok(ours)))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        let now = Instant::now();
+        let mut slots = self.lock();
+        let renewed = match slots.get_mut(key) {
+            Some(Slot::InProgress { token: t, until }) if t == token && *until > now => {
+                *until = now + lease;
+                true
+            }
+            _ => false,
+        };
+        Box::pin(std::future::ready(Ok(renewed)))
     }
 
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -39,6 +39,12 @@ pub trait LockStore: Send + Sync + 'static {
 
     /// Frees `name` if `token` still holds it; returns whether it did.
     fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// The fence of the latest term of `name` (0 when it was never held): a
+    /// message carrying a lower fence was sent by a leader whose term is over.
+    /// Fences move only on a successful acquire, so the latest term's fence is
+    /// the greatest ever handed out.
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>>;
 }
 
 #[derive(Debug, Default)]
@@ -113,5 +119,10 @@ impl LockStore for MemoryLockStore {
             state.held.remove(name);
         }
         Box::pin(std::future::ready(Ok(ours)))
+    }
+
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
+        let fence = self.lock().fences.get(name).copied().unwrap_or(0);
+        Box::pin(std::future::ready(Ok(fence)))
     }
 }

@@ -13,10 +13,12 @@ async fn eventually(what: &str, check: impl FnMut() -> bool) {
     catga_test_support::eventually(what, Duration::from_secs(20), check).await;
 }
 
-/// A lock store whose renewals can be made to fail, like a peer cut off from it.
+/// A lock store whose renewals can be made to fail, like a peer cut off from
+/// it, or to hang, like a store that stopped answering.
 struct Flaky {
     inner: MemoryLockStore,
     cut_off: AtomicBool,
+    hang: AtomicBool,
 }
 impl LockStore for Flaky {
     fn try_acquire<'a>(
@@ -32,7 +34,9 @@ impl LockStore for Flaky {
         token: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<bool>> {
-        if self.cut_off.load(Ordering::SeqCst) {
+        if self.hang.load(Ordering::SeqCst) {
+            Box::pin(std::future::pending())
+        } else if self.cut_off.load(Ordering::SeqCst) {
             Box::pin(async { Err(Error::store("cut off")) })
         } else {
             self.inner.renew(name, token, ttl)
@@ -40,6 +44,23 @@ impl LockStore for Flaky {
     }
     fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.release(name, token)
+    }
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.inner.current_fence(name)
+    }
+}
+
+/// Counts a running task; uncounts it when dropped (returned or aborted).
+struct Running(Arc<AtomicUsize>);
+impl Running {
+    fn start(count: Arc<AtomicUsize>) -> Running {
+        count.fetch_add(1, Ordering::SeqCst);
+        Running(count)
+    }
+}
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -57,9 +78,9 @@ async fn peer(store: Arc<dyn LockStore>, ttl: Duration) -> Peer {
         let (r, f) = (r.clone(), f.clone());
         async move {
             f.lock().unwrap().push(ctx.fence());
-            r.fetch_add(1, Ordering::SeqCst);
+            // Counted while the task runs, whether it returns or is stopped.
+            let _running = Running::start(r);
             ctx.cancelled().await;
-            r.fetch_sub(1, Ordering::SeqCst);
             Ok(())
         }
     })
@@ -130,6 +151,7 @@ async fn a_leader_cut_off_from_the_store_loses_its_lease_and_another_takes_over(
     let flaky = Arc::new(Flaky {
         inner: MemoryLockStore::new(),
         cut_off: AtomicBool::new(false),
+        hang: AtomicBool::new(false),
     });
     let first = peer(flaky.clone(), Duration::from_millis(300)).await;
     eventually("first leader", || first.running.load(Ordering::SeqCst) == 1).await;
@@ -156,4 +178,130 @@ fn two_leader_tasks_with_one_name_fail_the_build() {
         .build()
         .unwrap_err();
     assert!(err.to_string().contains("`x`"), "{err}");
+}
+
+/// Case 5 of the effectively-once issue: a renewal that hangs (the store is
+/// slow) must not keep the deposed leader running; the local clock ends its
+/// term before the lease, so the old and the new leader never run together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_renewal_ends_the_term_by_the_local_clock_before_the_lease() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryLockStore::new(),
+        cut_off: AtomicBool::new(false),
+        hang: AtomicBool::new(false),
+    });
+    let ttl = Duration::from_millis(600);
+    let first = peer(flaky.clone(), ttl).await;
+    eventually("first leader", || first.running.load(Ordering::SeqCst) == 1).await;
+    flaky.hang.store(true, Ordering::SeqCst);
+    let hung = Instant::now();
+    eventually("the deposed task stopped", || {
+        first.running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // The last confirmed renewal was at most ttl/3 before the hang: the term
+    // ended before the lease could (at most one ttl after the hang).
+    assert!(hung.elapsed() < ttl, "stopped after {:?}", hung.elapsed());
+    flaky.hang.store(false, Ordering::SeqCst);
+    let second = peer(flaky.clone(), ttl).await;
+    // Never two at once from here on, and someone leads again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = first.running.load(Ordering::SeqCst) + second.running.load(Ordering::SeqCst);
+        assert!(n <= 1, "two leaders at once");
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no new leader");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.mediator.shutdown().await.unwrap();
+    second.mediator.shutdown().await.unwrap();
+}
+
+/// A task that ignores its cancellation is stopped anyway when its term ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_ignoring_cancellation_is_stopped_when_its_lease_is_lost() {
+    let flaky = Arc::new(Flaky {
+        inner: MemoryLockStore::new(),
+        cut_off: AtomicBool::new(false),
+        hang: AtomicBool::new(false),
+    });
+    let running = Arc::new(AtomicUsize::new(0));
+    let r = running.clone();
+    let stubborn = LeaderTask::new("test.stubborn", move |_ctx| {
+        let r = r.clone();
+        async move {
+            let _running = Running::start(r);
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    })
+    .ttl(Duration::from_millis(300));
+    let m = Catga::builder()
+        .shared_lock_store(flaky.clone())
+        .leader(stubborn)
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    eventually("leading", || running.load(Ordering::SeqCst) == 1).await;
+    flaky.cut_off.store(true, Ordering::SeqCst);
+    eventually("stopped", || running.load(Ordering::SeqCst) == 0).await;
+    m.shutdown().await.unwrap();
+}
+
+/// What a leader sends carries its term's fence; a peer refuses it once a newer
+/// term has begun, before any handler runs.
+#[tokio::test]
+async fn a_message_from_an_earlier_term_is_refused_before_its_handler_runs() {
+    use catga_core::{Context, ErrorKind, Fence, Metadata};
+
+    let store = Arc::new(MemoryLockStore::new());
+    let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let r = runs.clone();
+    let m = Catga::builder()
+        .shared_lock_store(store.clone())
+        .request_fn(move |_: crate::messages::Add, ctx: Context| {
+            let r = r.clone();
+            async move {
+                r.lock().unwrap().push(ctx.fence().map(|f| f.token));
+                Ok(0)
+            }
+        })
+        .build()
+        .unwrap();
+    let old = store
+        .try_acquire("billing", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(store.release("billing", &old.token).await.unwrap());
+    let new = store
+        .try_acquire("billing", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(new.fence > old.fence);
+    let fenced = |token| {
+        Metadata::new().with_fence(&Fence {
+            name: "billing".into(),
+            token,
+        })
+    };
+    let add = || crate::messages::Add { a: 1, b: 1 };
+    let refused = m.send_with(add(), fenced(old.fence)).await.unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    assert_eq!(refused.code(), Some("catga.stale_fence"));
+    m.send_with(add(), fenced(new.fence)).await.unwrap();
+    assert_eq!(
+        *runs.lock().unwrap(),
+        [Some(new.fence)],
+        "only the current term ran"
+    );
+    // A malformed fence is an error, not a message without a fence.
+    let bad = Metadata::new().with_header(catga_core::FENCE_HEADER, "not-a-fence");
+    assert_eq!(
+        m.send_with(add(), bad).await.unwrap_err().kind(),
+        ErrorKind::Codec
+    );
 }

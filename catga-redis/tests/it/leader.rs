@@ -10,6 +10,15 @@ use tokio::time::Instant;
 
 use crate::common::{Isolated, eventually};
 
+/// Marks a task's term over when dropped: returned, or stopped by its peer.
+struct Ended(Arc<AtomicBool>, Arc<AtomicUsize>);
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+        self.1.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// A leader-task peer: the task marks itself running until cancelled.
 struct Peer {
     node: Isolated,
@@ -28,9 +37,9 @@ impl Peer {
                 let (r, c) = (r.clone(), c.clone());
                 async move {
                     r.store(true, Ordering::SeqCst);
+                    // Marks the end whether the task returns or is stopped.
+                    let _term = Ended(r, c);
                     ctx.cancelled().await;
-                    r.store(false, Ordering::SeqCst);
-                    c.fetch_add(1, Ordering::SeqCst);
                     Ok(())
                 }
             })

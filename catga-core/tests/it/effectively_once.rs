@@ -1,0 +1,464 @@
+//! The effectively-once guarantees in one process, each case of the issue that
+//! broke them: the effect of a message id happens once whatever the caller's
+//! deadline does, a lost claim is an error, saga steps with unknown outcomes are
+//! asked again and compensated, handlers have stable ids, and one publish has
+//! one message id.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::saga::{Saga, SagaState, SagaStatus, Step};
+use catga_core::store::MemoryIdempotencyStore;
+use catga_core::transport::memory::MemoryBus;
+use catga_core::{Catga, Context, ErrorKind, Mediator, Message, Metadata, Request, Uuid};
+use serde::{Deserialize, Serialize};
+
+use crate::messages::*;
+
+/// Case 1: an idempotent handler cut off by its caller's deadline after it
+/// applied its effect runs to its end; the retry gets its stored outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_ends_the_wait_not_the_effect_and_the_retry_gets_the_outcome() {
+    let applied = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicUsize::new(0));
+    let (a, f) = (applied.clone(), finished.clone());
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()).wait(Duration::from_secs(10)))
+        .request_fn(move |s: Sleep, _| {
+            let (a, f) = (a.clone(), f.clone());
+            async move {
+                a.fetch_add(1, Ordering::SeqCst); // the effect
+                tokio::time::sleep(Duration::from_millis(s.millis)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let slow = Sleep { millis: 400 };
+    let first = m
+        .send_with(
+            slow.clone(),
+            Metadata::new()
+                .with_message_id(id)
+                .with_timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::Timeout);
+    // The handler was not dropped with the caller: it finishes by itself.
+    catga_test_support::eventually("the handler to finish", Duration::from_secs(20), || {
+        finished.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    m.send_with(slow, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(
+        applied.load(Ordering::SeqCst),
+        1,
+        "the effect happened once"
+    );
+}
+
+/// Case 1, retried while the first attempt still runs: the duplicate waits for
+/// the outcome instead of running the handler again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_during_a_cut_off_attempt_waits_for_its_outcome() {
+    let applied = Arc::new(AtomicUsize::new(0));
+    let a = applied.clone();
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()).wait(Duration::from_secs(20)))
+        .request_fn(move |s: Sleep, _| {
+            let a = a.clone();
+            async move {
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(s.millis)).await;
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let slow = Sleep { millis: 300 };
+    let cut = Metadata::new()
+        .with_message_id(id)
+        .with_timeout(Duration::from_millis(30));
+    assert_eq!(
+        m.send_with(slow.clone(), cut).await.unwrap_err().kind(),
+        ErrorKind::Timeout
+    );
+    m.send_with(slow, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(applied.load(Ordering::SeqCst), 1);
+}
+
+/// Case 2: an attempt whose lease ran out while its peer could not renew (a
+/// blocked thread stands in for a paused process) and was taken over gets an
+/// error, never a silent `Ok`; its held events are not published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_that_lost_its_claim_is_an_error_the_caller_sees() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let m = Catga::builder()
+        .behavior(
+            Idempotency::shared(store.clone())
+                .lease(Duration::from_millis(60))
+                .wait(Duration::from_secs(10)),
+        )
+        .outbox(store.outbox())
+        .request_fn(move |s: Sleep, ctx: Context| {
+            let r = r.clone();
+            async move {
+                ctx.publish(Happened {
+                    n: r.fetch_add(1, Ordering::SeqCst) as u32,
+                })
+                .await?;
+                // Blocks the worker: no renewal can run, as in a paused peer.
+                std::thread::sleep(Duration::from_millis(s.millis));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let paused = {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.send_with(Sleep { millis: 400 }, Metadata::new().with_message_id(id))
+                .await
+        })
+    };
+    catga_test_support::eventually("the first attempt", Duration::from_secs(20), || {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await; // past the 60 ms lease
+    m.send_with(Sleep { millis: 0 }, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    let first = paused.await.unwrap().unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::Conflict, "{first}");
+    assert_eq!(first.code(), Some("catga.claim_lost"));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    // Only the attempt that kept its claim wrote its event.
+    use catga_core::store::OutboxStore;
+    assert_eq!(store.outbox().backlog().await.unwrap(), 1);
+}
+
+/// Case 7: two closures handling one event have distinct, stable ids, so
+/// idempotency runs each of them (the second is not skipped as a duplicate).
+#[tokio::test]
+async fn two_closure_handlers_of_one_event_are_idempotent_each_on_its_own() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
+    let m = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()))
+        .event_fn(move |_: Happened, _| {
+            let s = s1.clone();
+            async move {
+                s.lock().unwrap().push("first");
+                Ok(())
+            }
+        })
+        .event_fn(move |_: Happened, _| {
+            let s = s2.clone();
+            async move {
+                s.lock().unwrap().push("second");
+                Ok(())
+            }
+        })
+        .event_fn_named("audit", move |_: Happened, _| {
+            let s = s3.clone();
+            async move {
+                s.lock().unwrap().push("audit");
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    m.publish_with(Happened { n: 1 }, meta.clone())
+        .await
+        .unwrap();
+    m.publish_with(Happened { n: 1 }, meta).await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, ["audit", "first", "second"], "each once");
+}
+
+#[test]
+fn two_event_handlers_with_one_name_fail_the_build() {
+    let err = Catga::builder()
+        .event_fn_named("audit", |_: Happened, _| async { Ok(()) })
+        .event_fn_named("audit", |_: Happened, _| async { Ok(()) })
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DuplicateHandler);
+    assert!(err.to_string().contains("audit"), "{err}");
+}
+
+/// Case 8: every local handler of one publish sees the same message id.
+#[tokio::test]
+async fn every_handler_of_one_publish_sees_the_same_ids() {
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let (i1, i2) = (ids.clone(), ids.clone());
+    let m = Catga::builder()
+        .event_fn(move |_: Happened, ctx: Context| {
+            let i = i1.clone();
+            async move {
+                i.lock()
+                    .unwrap()
+                    .push((ctx.message_id(), ctx.correlation_id()));
+                Ok(())
+            }
+        })
+        .event_fn(move |_: Happened, ctx: Context| {
+            let i = i2.clone();
+            async move {
+                i.lock()
+                    .unwrap()
+                    .push((ctx.message_id(), ctx.correlation_id()));
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.publish(Happened { n: 1 }).await.unwrap();
+    let ids = ids.lock().unwrap().clone();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1], "one publish, one message id");
+}
+
+// ---- sagas ----------------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charge {
+    /// Milliseconds the handler takes after applying the charge.
+    then_ms: u64,
+}
+impl Message for Charge {
+    const NAME: &'static str = "once.Charge";
+}
+impl Request for Charge {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Refund;
+impl Message for Refund {
+    const NAME: &'static str = "once.Refund";
+}
+impl Request for Refund {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reserve;
+impl Message for Reserve {
+    const NAME: &'static str = "once.Reserve";
+}
+impl Request for Reserve {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Release;
+impl Message for Release {
+    const NAME: &'static str = "once.Release";
+}
+impl Request for Release {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Pay {
+    slow_ms: u64,
+}
+
+/// Per saga (correlation id): what each handler applied, in order.
+type Journal = Arc<Mutex<HashMap<Uuid, Vec<&'static str>>>>;
+
+fn note(j: &Journal, ctx: &Context, what: &'static str) {
+    j.lock()
+        .unwrap()
+        .entry(ctx.correlation_id())
+        .or_default()
+        .push(what);
+}
+
+fn payment(step_deadline: Duration) -> Saga<Pay> {
+    Saga::new("once.payment")
+        .step(
+            Step::send("reserve", |_: &Pay| Reserve)
+                .compensate(|_: &Pay| Release)
+                .timeout(Duration::from_millis(100))
+                .retries(2)
+                .deadline(step_deadline.max(Duration::from_secs(5))),
+        )
+        .step(
+            Step::send("charge", |p: &Pay| Charge { then_ms: p.slow_ms })
+                .compensate(|_: &Pay| Refund)
+                .timeout(Duration::from_millis(100))
+                .retries(2)
+                .deadline(step_deadline),
+        )
+        .compensation_retries(5, Duration::from_millis(20))
+        .polling(Duration::from_millis(20), Duration::from_secs(5))
+}
+
+/// The two-step reserve/charge saga with idempotent handlers.
+fn shop(journal: &Journal, step_deadline: Duration) -> Mediator {
+    let (j1, j2, j3, j4) = (
+        journal.clone(),
+        journal.clone(),
+        journal.clone(),
+        journal.clone(),
+    );
+    Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()).wait(Duration::from_secs(30)))
+        .saga(payment(step_deadline))
+        .request_fn(move |_: Reserve, ctx: Context| {
+            let j = j1.clone();
+            async move {
+                note(&j, &ctx, "reserve");
+                Ok(())
+            }
+        })
+        .request_fn(move |c: Charge, ctx: Context| {
+            let j = j2.clone();
+            async move {
+                note(&j, &ctx, "charge");
+                tokio::time::sleep(Duration::from_millis(c.then_ms)).await;
+                Ok(())
+            }
+        })
+        .request_fn(move |_: Refund, ctx: Context| {
+            let j = j3.clone();
+            async move {
+                note(&j, &ctx, "refund");
+                Ok(())
+            }
+        })
+        .request_fn(move |_: Release, ctx: Context| {
+            let j = j4.clone();
+            async move {
+                note(&j, &ctx, "release");
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+async fn finished(m: &Mediator, id: Uuid) -> SagaState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = m.saga(id).await.unwrap().expect("the saga exists");
+        if state.status.is_finished() {
+            return state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "saga never finished: {state:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Case 3: a charge that answers after the step timeout is asked again with the
+/// same id and its one outcome comes back: charged once, saga completed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_answering_late_is_asked_again_and_applies_once() {
+    let journal = Journal::default();
+    let m = shop(&journal, Duration::from_secs(30));
+    m.start().await.unwrap();
+    let id = m
+        .start_saga(&payment(Duration::ZERO), Pay { slow_ms: 450 })
+        .await
+        .unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
+    assert_eq!(journal.lock().unwrap()[&id], ["reserve", "charge"]);
+    m.shutdown().await.unwrap();
+}
+
+/// Case 3: a step given up on while its outcome is unknown is compensated too
+/// (refund), after the earlier steps' effects; the charge applied once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_given_up_on_is_compensated_with_the_others() {
+    let journal = Journal::default();
+    let m = shop(&journal, Duration::from_millis(400));
+    m.start().await.unwrap();
+    let id = m
+        .start_saga(&payment(Duration::ZERO), Pay { slow_ms: 60_000 })
+        .await
+        .unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated, "{state:?}");
+    assert_eq!(state.failed_step.as_deref(), Some("charge"));
+    assert_eq!(
+        journal.lock().unwrap()[&id],
+        ["reserve", "charge", "refund", "release"],
+        "charged once, refunded, released"
+    );
+    m.shutdown().await.unwrap();
+}
+
+/// Case 6: "no responders" for a moment (the handling service restarts) is
+/// asked again, not compensated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moment_without_responders_does_not_compensate_a_saga() {
+    let bus = MemoryBus::new();
+    let journal = Journal::default();
+    let coordinator = Catga::builder()
+        .service("orders")
+        .transport(bus.transport())
+        .saga(payment(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    coordinator.start().await.unwrap();
+    let id = coordinator
+        .start_saga(&payment(Duration::ZERO), Pay::default())
+        .await
+        .unwrap();
+    // No peer handles the commands yet: the first attempts find no responders.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let state = coordinator.saga(id).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Running, "{state:?}");
+    let j = journal.clone();
+    let (j1, j2) = (j.clone(), j.clone());
+    let services = Catga::builder()
+        .service("payments")
+        .transport(bus.transport())
+        .request_fn(move |_: Reserve, ctx: Context| {
+            let j = j1.clone();
+            async move {
+                note(&j, &ctx, "reserve");
+                Ok(())
+            }
+        })
+        .request_fn(move |_: Charge, ctx: Context| {
+            let j = j2.clone();
+            async move {
+                note(&j, &ctx, "charge");
+                Ok(())
+            }
+        })
+        .request_fn(|_: Refund, _| async { Ok(()) })
+        .request_fn(|_: Release, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    services.start().await.unwrap();
+    let state = finished(&coordinator, id).await;
+    assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
+    assert_eq!(journal.lock().unwrap()[&id], ["reserve", "charge"]);
+    coordinator.shutdown().await.unwrap();
+    services.shutdown().await.unwrap();
+}

@@ -1,0 +1,319 @@
+//! The effectively-once guarantees against a real Redis, with the faults that
+//! used to break them: a handler outliving its lease, a peer paused past it, a
+//! leader whose Redis stops answering, fences, saga listing and retention, and
+//! relay consumers left by dead peers.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catga_core::behavior::idempotency::Idempotency;
+use catga_core::leader::LeaderTask;
+use catga_core::saga::{Saga, SagaStore, Step};
+use catga_core::store::{LockStore, OutboxStore};
+use catga_core::{Catga, Context, ErrorKind, Metadata};
+use catga_redis::{RedisOptions, RedisStore};
+use catga_test_support::{Fault, FaultProxy, RedisServer};
+use tokio::time::Instant;
+
+use crate::common::{Charge, Charged, Isolated, eventually};
+
+/// A handler that runs three leases long keeps its claim by renewing it: a
+/// duplicate arriving meanwhile waits for the outcome instead of charging again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_longer_than_its_lease_renews_its_claim_and_runs_once() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let m = Catga::builder()
+        .behavior(
+            Idempotency::new(store)
+                .lease(Duration::from_millis(300))
+                .wait(Duration::from_secs(20)),
+        )
+        .request_fn(move |c: Charge, _| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                Ok(format!("charged {}", c.cents))
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let charge = Charge {
+        cents: 5,
+        fail: false,
+    };
+    let first = {
+        let (m, c) = (m.clone(), charge.clone());
+        tokio::spawn(async move { m.send_with(c, Metadata::new().with_message_id(id)).await })
+    };
+    eventually("the first attempt", || runs.load(Ordering::SeqCst) == 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // past one lease
+    let second = m
+        .send_with(charge, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(first.await.unwrap().unwrap(), second);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+}
+
+/// A peer whose Redis connection stalls past the lease (as in a pause) cannot
+/// renew; another peer takes the key; the first peer's completion is refused
+/// and reported, and only the winner's event reaches the outbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_after_a_stall_past_the_lease_is_refused_and_reported() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port());
+    let slow_store =
+        RedisStore::connect(RedisOptions::new(proxy.url("redis")).timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let peer = |store: RedisStore, runs: Arc<AtomicUsize>, hold: Duration| {
+        Catga::builder()
+            .behavior(
+                Idempotency::new(store.clone())
+                    .lease(Duration::from_millis(300))
+                    .wait(Duration::from_secs(20)),
+            )
+            .outbox(Arc::new(store))
+            .request_fn(move |c: Charge, ctx: Context| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    ctx.publish(Charged { cents: c.cents }).await?;
+                    tokio::time::sleep(hold).await;
+                    Ok("charged".to_owned())
+                }
+            })
+            .build()
+            .unwrap()
+    };
+    let stalled = peer(slow_store, runs.clone(), Duration::from_millis(200));
+    let healthy = peer(store.clone(), runs.clone(), Duration::ZERO);
+    let id = catga_core::new_id();
+    let charge = Charge {
+        cents: 7,
+        fail: false,
+    };
+    let first = {
+        let c = charge.clone();
+        tokio::spawn(async move {
+            stalled
+                .send_with(c, Metadata::new().with_message_id(id))
+                .await
+        })
+    };
+    eventually("the first attempt", || runs.load(Ordering::SeqCst) == 1).await;
+    proxy.set(Fault::Stall);
+    tokio::time::sleep(Duration::from_millis(800)).await; // the lease runs out
+    healthy
+        .send_with(charge, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    proxy.set(Fault::Pass);
+    let lost = first.await.unwrap().unwrap_err();
+    assert_eq!(lost.kind(), ErrorKind::Conflict, "{lost}");
+    assert_eq!(lost.code(), Some("catga.claim_lost"));
+    assert_eq!(store.backlog().await.unwrap(), 1, "one event, the winner's");
+}
+
+/// Fences move only when a lock is taken, so the counter names the latest term:
+/// followers asking for a held lock do not move it.
+#[tokio::test]
+async fn fences_move_only_on_a_successful_acquire() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(10);
+    let lease = store.try_acquire("report", ttl).await.unwrap().unwrap();
+    for _ in 0..5 {
+        assert!(store.try_acquire("report", ttl).await.unwrap().is_none());
+    }
+    assert_eq!(store.current_fence("report").await.unwrap(), lease.fence);
+    assert!(store.release("report", &lease.token).await.unwrap());
+    let next = store.try_acquire("report", ttl).await.unwrap().unwrap();
+    assert_eq!(next.fence, lease.fence + 1);
+    assert_eq!(store.current_fence("never-held").await.unwrap(), 0);
+}
+
+/// Case 5: a leader whose Redis stops answering (its renewal hangs) ends its
+/// term by its own clock before the lease runs out; a peer with a working
+/// connection takes over after the lease, and the two never run together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_redis_hangs_stops_before_another_can_lead() {
+    let redis = RedisServer::start();
+    let proxy = FaultProxy::start(redis.port());
+    let ttl = Duration::from_millis(900);
+    let running = Arc::new(AtomicUsize::new(0));
+    let overlap = Arc::new(AtomicUsize::new(0));
+    let peer = |url: String, who: &'static str| {
+        let (running, overlap) = (running.clone(), overlap.clone());
+        Isolated::named(who, move || async move {
+            // A long client timeout: the renewal hangs instead of failing.
+            let store =
+                RedisStore::connect(RedisOptions::new(url).timeout(Duration::from_secs(60)))
+                    .await
+                    .unwrap();
+            let task = LeaderTask::new("test.billing", move |ctx| {
+                let (running, overlap) = (running.clone(), overlap.clone());
+                async move {
+                    if running.fetch_add(1, Ordering::SeqCst) > 0 {
+                        overlap.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let _term = Uncount(running);
+                    ctx.cancelled().await;
+                    Ok(())
+                }
+            })
+            .ttl(ttl);
+            Catga::builder()
+                .lock_store(store)
+                .leader(task)
+                .build()
+                .unwrap()
+        })
+    };
+    let first = peer(proxy.url("redis"), "first").await;
+    eventually("the first leader", || running.load(Ordering::SeqCst) == 1).await;
+    proxy.set(Fault::Stall);
+    let stalled = Instant::now();
+    eventually("the stalled leader to stop", || {
+        running.load(Ordering::SeqCst) == 0
+    })
+    .await;
+    // By its own clock, within about one lease of the stall (the hung renewal
+    // alone would have kept it for the client's 60 s timeout).
+    assert!(
+        stalled.elapsed() < ttl * 3,
+        "it stopped {:?} after the stall",
+        stalled.elapsed()
+    );
+    let second = peer(redis.url(), "second").await;
+    eventually("the second leader", || running.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(
+        overlap.load(Ordering::SeqCst),
+        0,
+        "never two leaders at once"
+    );
+    drop((first, second));
+}
+
+struct Uncount(Arc<AtomicUsize>);
+impl Drop for Uncount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Case 9: a started saga is stored and listed in one step; a finished one
+/// leaves the list at once and its state expires after the retention.
+#[tokio::test]
+async fn sagas_are_listed_with_their_creation_and_expire_after_their_retention() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(
+        RedisOptions::new(redis.url()).saga_retention(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let saga = Saga::<u32>::new("test.retained").step(Step::send("charge", |c: &u32| Charge {
+        cents: u64::from(*c),
+        fail: false,
+    }));
+    let m = Catga::builder()
+        .saga_store(Arc::new(store.clone()))
+        .saga(saga)
+        .request_fn(|_: Charge, _| async { Ok("ok".to_owned()) })
+        .build()
+        .unwrap();
+    let id = m
+        .start_saga(&Saga::<u32>::new("test.retained"), 3)
+        .await
+        .unwrap();
+    assert_eq!(store.unfinished("test.retained").await.unwrap(), vec![id]);
+    m.start().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !store.unfinished("test.retained").await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the saga never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while store.load(id).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the finished saga never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.shutdown().await.unwrap();
+}
+
+/// Relay consumers of peers that stopped relaying are removed from the group
+/// (after ten idle times with nothing pending).
+#[tokio::test]
+async fn relay_consumers_of_dead_peers_are_removed() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()).outbox_shards(1))
+        .await
+        .unwrap();
+    let idle = Duration::from_millis(20);
+    // Each dead peer relayed one entry (which makes it a consumer), then died.
+    for dead in ["orders-dead-1", "orders-dead-2"] {
+        store
+            .append(vec![catga_core::store::OutboxRecord {
+                name: "test.Charged".into(),
+                payload: catga_core::Format::MsgPack
+                    .encode(&Charged { cents: 1 })
+                    .unwrap()
+                    .into(),
+                content_type: "application/msgpack".into(),
+                message_id: catga_core::new_id(),
+                correlation_id: catga_core::new_id(),
+                causation_id: None,
+                headers: Vec::new(),
+            }])
+            .await
+            .unwrap();
+        let taken = store.claim(dead, 1, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(taken.len(), 1);
+        store.ack(&[taken[0].id.clone()]).await.unwrap();
+    }
+    let consumers = || async {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+        let info: redis::streams::StreamInfoConsumersReply = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg("{catga:o0}:outbox")
+            .arg("catga-relay")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let mut names: Vec<String> = info.consumers.into_iter().map(|c| c.name).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(consumers().await, ["orders-dead-1", "orders-dead-2"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        store.claim("orders-live", 10, idle).await.unwrap();
+        if consumers()
+            .await
+            .iter()
+            .all(|c| !c.starts_with("orders-dead"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "dead consumers stayed: {:?}",
+            consumers().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
