@@ -317,3 +317,205 @@ async fn relay_consumers_of_dead_peers_are_removed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+// ---- across NATS ------------------------------------------------------------
+
+/// A peer serving `Charge` over NATS with Redis idempotency; the handler
+/// applies its effect, then takes `hold` to answer.
+async fn charging_peer(
+    nats: &str,
+    redis: &str,
+    effects: Arc<AtomicUsize>,
+    hold: Duration,
+) -> catga_core::Mediator {
+    let store = RedisStore::connect(RedisOptions::new(redis)).await.unwrap();
+    let m = Catga::builder()
+        .service("payments")
+        .transport(
+            catga_nats::NatsTransport::connect(catga_nats::NatsOptions::new([nats]))
+                .await
+                .unwrap(),
+        )
+        .lock_store(store.clone())
+        .behavior(Idempotency::new(store).wait(Duration::from_secs(20)))
+        .request_fn(move |c: Charge, _| {
+            let effects = effects.clone();
+            async move {
+                effects.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(hold).await;
+                Ok(format!("charged {}", c.cents))
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    m
+}
+
+async fn nats_client(nats: &str) -> catga_core::Mediator {
+    Catga::builder()
+        .service("orders")
+        .transport(
+            catga_nats::NatsTransport::connect(catga_nats::NatsOptions::new([nats]))
+                .await
+                .unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
+/// Case 1 over NATS: the caller's deadline passes while the remote handler
+/// works; the handler finishes anyway, and the caller's retry with the same id
+/// gets its stored answer. One effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_caller_that_times_out_retries_and_gets_the_one_outcome() {
+    let (nats, redis) = (
+        catga_test_support::NatsServer::start(),
+        RedisServer::start(),
+    );
+    let effects = Arc::new(AtomicUsize::new(0));
+    let _peer = charging_peer(
+        &nats.url(),
+        &redis.url(),
+        effects.clone(),
+        Duration::from_millis(600),
+    )
+    .await;
+    let client = nats_client(&nats.url()).await;
+    let id = catga_core::new_id();
+    let charge = Charge {
+        cents: 3,
+        fail: false,
+    };
+    let first = client
+        .send_with(
+            charge.clone(),
+            Metadata::new()
+                .with_message_id(id)
+                .with_timeout(Duration::from_millis(150)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(first.kind(), ErrorKind::Timeout, "{first}");
+    // Retried at once: it waits for the attempt in progress.
+    let answer = client
+        .send_with(
+            charge.clone(),
+            Metadata::new()
+                .with_message_id(id)
+                .with_timeout(Duration::from_secs(20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer, "charged 3");
+    // Retried later: the stored answer.
+    let again = client
+        .send_with(charge, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(again, answer);
+    assert_eq!(effects.load(Ordering::SeqCst), 1, "charged once");
+}
+
+/// Case 5 over NATS: a command stamped with the fence of a term that is over
+/// is refused by the receiving peer before its handler runs, and the error's
+/// code survives the trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_from_a_deposed_leader_is_refused_across_nats() {
+    let (nats, redis) = (
+        catga_test_support::NatsServer::start(),
+        RedisServer::start(),
+    );
+    let effects = Arc::new(AtomicUsize::new(0));
+    let _peer = charging_peer(&nats.url(), &redis.url(), effects.clone(), Duration::ZERO).await;
+    let locks = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let old = locks.try_acquire("billing", ttl).await.unwrap().unwrap();
+    assert!(locks.release("billing", &old.token).await.unwrap());
+    let new = locks.try_acquire("billing", ttl).await.unwrap().unwrap();
+    let client = nats_client(&nats.url()).await;
+    let fenced = |token| {
+        Metadata::new().with_fence(&catga_core::Fence {
+            name: "billing".into(),
+            token,
+        })
+    };
+    let charge = Charge {
+        cents: 1,
+        fail: false,
+    };
+    let refused = client
+        .send_with(charge.clone(), fenced(old.fence))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    assert_eq!(refused.code(), Some("catga.stale_fence"));
+    assert_eq!(effects.load(Ordering::SeqCst), 0);
+    client.send_with(charge, fenced(new.fence)).await.unwrap();
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+}
+
+/// Case 6 over NATS: a saga whose first commands find no responders (the
+/// handling service is not up yet) keeps asking and completes once it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_outlives_a_moment_without_responders_over_nats() {
+    let (nats, redis) = (
+        catga_test_support::NatsServer::start(),
+        RedisServer::start(),
+    );
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let saga = || {
+        Saga::<u64>::new("test.pay").step(
+            Step::send("charge", |c: &u64| Charge {
+                cents: *c,
+                fail: false,
+            })
+            .timeout(Duration::from_millis(500))
+            .retries(5)
+            .deadline(Duration::from_secs(30)),
+        )
+    };
+    let coordinator = Catga::builder()
+        .service("orders")
+        .transport(
+            catga_nats::NatsTransport::connect(catga_nats::NatsOptions::new([nats.url()]))
+                .await
+                .unwrap(),
+        )
+        .lock_store(store.clone())
+        .saga_store(Arc::new(store.clone()))
+        .saga(saga())
+        .build()
+        .unwrap();
+    coordinator.start().await.unwrap();
+    let id = coordinator.start_saga(&saga(), 9).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await; // a few "no responders"
+    let state = store.load(id).await.unwrap().unwrap();
+    assert_eq!(
+        state.status,
+        catga_core::saga::SagaStatus::Running,
+        "{state:?}"
+    );
+    let effects = Arc::new(AtomicUsize::new(0));
+    let _peer = charging_peer(&nats.url(), &redis.url(), effects.clone(), Duration::ZERO).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = store.load(id).await.unwrap().unwrap();
+        if state.status.is_finished() {
+            assert_eq!(
+                state.status,
+                catga_core::saga::SagaStatus::Completed,
+                "{state:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never finished: {state:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(effects.load(Ordering::SeqCst), 1);
+    coordinator.shutdown().await.unwrap();
+}
