@@ -10,7 +10,7 @@ use crate::error::Result;
 use crate::mediator::Mediator;
 use crate::message::{Event, Request};
 use crate::metadata::{Headers, Metadata};
-use crate::store::OutboxRecord;
+use crate::store::{OutboxRecord, UnitOfWork};
 
 /// The context of one dispatch, given to handlers and behaviors.
 ///
@@ -27,10 +27,14 @@ pub struct Context {
     meta: Metadata,
     name: &'static str,
     outbox: OnceLock<OutboxBuffer>,
+    work: OnceLock<WorkBuffer>,
 }
 
 /// Events held back until the handler's result is stored.
 pub(crate) type OutboxBuffer = Arc<Mutex<Vec<OutboxRecord>>>;
+
+/// Writes staged until the handler's result is stored.
+pub(crate) type WorkBuffer = Arc<Mutex<UnitOfWork>>;
 
 impl Context {
     pub(crate) fn new(mediator: Mediator, meta: Metadata, name: &'static str) -> Self {
@@ -39,14 +43,58 @@ impl Context {
             meta,
             name,
             outbox: OnceLock::new(),
+            work: OnceLock::new(),
         }
     }
 
-    /// Starts holding back events published through this context; `None` when
-    /// something already does (the outer holder then writes them).
-    pub(crate) fn hold_events(&self) -> Option<OutboxBuffer> {
-        let buffer = OutboxBuffer::default();
-        self.outbox.set(buffer.clone()).ok().map(|()| buffer)
+    /// Starts collecting staged writes for an attempt: anything an earlier
+    /// attempt on this context staged (and did not commit) is dropped.
+    pub(crate) fn hold_work(&self) -> WorkBuffer {
+        let buffer = self.work.get_or_init(WorkBuffer::default).clone();
+        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = UnitOfWork::new();
+        buffer
+    }
+
+    /// Stages `work` to commit with this handler's completion (see
+    /// [`UnitOfWork`](crate::store::UnitOfWork)): its conditions are checked
+    /// and its writes applied in the same atomic step that stores the
+    /// handler's response and its events, or not at all. Stage as often as
+    /// needed; everything staged commits together.
+    ///
+    /// Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when nothing
+    /// would commit it: the message's route has no idempotency behavior.
+    pub fn stage(&self, work: UnitOfWork) -> Result<()> {
+        let Some(buffer) = self.work.get() else {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Config,
+                format!(
+                    "a handler of `{}` staged writes, but no idempotency behavior wraps it, so \
+                     nothing would commit them: add `Idempotency` for this message type",
+                    self.name
+                ),
+            )
+            .with_message_name(self.name));
+        };
+        let mut staged = buffer.lock().unwrap_or_else(|p| p.into_inner());
+        *staged = std::mem::take(&mut *staged).merge(work);
+        Ok(())
+    }
+
+    /// A message id derived from this message's id and `what`: the same each
+    /// time this message is handled. Give it to a message a handler sends or
+    /// publishes when a replay of the handler must send the same message again
+    /// (the inbox pattern): consumers' idempotency then sees one message.
+    pub fn derived_id(&self, what: &str) -> Uuid {
+        Uuid::new_v5(&self.message_id(), what.as_bytes())
+    }
+
+    /// Starts holding back events published through this context for an
+    /// attempt: anything an earlier attempt on this context held (and did not
+    /// commit) is dropped.
+    pub(crate) fn hold_events(&self) -> OutboxBuffer {
+        let buffer = self.outbox.get_or_init(OutboxBuffer::default).clone();
+        buffer.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        buffer
     }
 
     fn hold<E: Event>(&self, buffer: &OutboxBuffer, event: &E, meta: &Metadata) -> Result<()> {

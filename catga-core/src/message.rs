@@ -14,6 +14,16 @@ use crate::error::{Error, ErrorKind, Result};
 pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable wire name, unique within a deployment.
     const NAME: &'static str;
+
+    /// The entity this message is about, when it is about one (an order id):
+    /// stores that shard their keys put a handler's idempotency record, its
+    /// outbox entries and the keys of its [unit of work](crate::store::UnitOfWork)
+    /// built for this partition in one shard, so they commit in one atomic step
+    /// on a Redis Cluster too. Default `None`: sharded by message id.
+    /// `#[catga(partition = field)]` derives it from a field.
+    fn partition(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A message with exactly one handler and a response.

@@ -9,6 +9,7 @@ pub(crate) struct MessageArgs {
     pub(crate) name: Option<LitStr>,
     pub(crate) response: Option<Type>,
     pub(crate) krate: Option<Path>,
+    pub(crate) partition: Option<syn::Member>,
 }
 
 pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
@@ -24,9 +25,12 @@ pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
             } else if meta.path.is_ident("crate") {
                 let lit: LitStr = meta.value()?.parse()?;
                 args.krate = Some(lit.parse()?);
+            } else if meta.path.is_ident("partition") {
+                args.partition = Some(meta.value()?.parse()?);
             } else {
                 return Err(meta.error(
-                    "unknown catga attribute; expected `name = \"...\"`, `response = Type` or `crate = \"path\"`",
+                    "unknown catga attribute; expected `name = \"...\"`, `response = Type`, \
+                     `partition = field` or `crate = \"path\"`",
                 ));
             }
             Ok(())

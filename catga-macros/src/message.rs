@@ -27,9 +27,17 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
     let name = args
         .name
         .unwrap_or_else(|| LitStr::new(&ident.to_string(), ident.span()));
+    let partition = args.partition.map(|field| {
+        quote! {
+            fn partition(&self) -> ::core::option::Option<::std::string::String> {
+                ::core::option::Option::Some(::std::string::ToString::to_string(&self.#field))
+            }
+        }
+    });
     let message = quote! {
         impl #private::Message for #ident {
             const NAME: &'static str = #name;
+            #partition
         }
     };
     let specific = match kind {

@@ -29,7 +29,16 @@ impl Keys {
         self.shards
     }
 
-    /// The shard of an idempotency key (FNV-1a, stable across peers and builds).
+    /// The shard of an idempotency key: of its `{<partition>}` hash tag when it
+    /// begins with one, else of the whole key.
+    pub(crate) fn shard_of_key(&self, key: &str) -> u32 {
+        match tag_of(key) {
+            Some(partition) => self.shard_of(partition),
+            None => self.shard_of(key),
+        }
+    }
+
+    /// The shard of `text` (FNV-1a, stable across peers and builds).
     pub(crate) fn shard_of(&self, key: &str) -> u32 {
         let mut h: u32 = 0x811c_9dc5;
         for b in key.bytes() {
@@ -43,8 +52,14 @@ impl Keys {
     }
 
     pub(crate) fn idempotency(&self, key: &str) -> (String, String) {
-        let tag = self.tag(self.shard_of(key));
+        let tag = self.tag(self.shard_of_key(key));
         (format!("{tag}:idem:{key}"), format!("{tag}:outbox"))
+    }
+
+    /// A key for a unit of work of messages of `partition`: in the shard their
+    /// idempotency records and outbox entries go to.
+    pub(crate) fn partition_key(&self, partition: &str, name: &str) -> String {
+        format!("{}:{name}", self.tag(self.shard_of(partition)))
     }
 
     pub(crate) fn outbox(&self, shard: u32) -> String {
@@ -86,6 +101,14 @@ impl Keys {
     }
 }
 
+/// The hash tag of `key` as Redis Cluster reads it: the text between the first
+/// `{` and the next `}`, when not empty.
+pub(crate) fn tag_of(key: &str) -> Option<&str> {
+    let open = key.find('{')?;
+    let close = key[open + 1..].find('}')? + open + 1;
+    (close > open + 1).then(|| &key[open + 1..close])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +130,10 @@ mod tests {
             k.unfinished_sagas(k.shard_of(&id.to_string()), "orders.payment")
         );
         assert!(k.shard_of("x") < 8);
+        // A partitioned key shares the slot of the partition's unit-of-work keys.
+        let (idem, _) = k.idempotency("{order-7}orders.Settle:0193");
+        assert_eq!(tag(&idem), tag(&k.partition_key("order-7", "shop:order:7")));
+        assert_eq!(tag_of("{a}b{c}"), Some("a"));
+        assert_eq!(tag_of("{}x"), None);
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use catga_core::store::{
-    Claim, IdempotencyStore, Lease, LockStore, OutboxEntry, OutboxRecord, OutboxStore, random_token,
+    Claim, Completed, Completion, Condition, IdempotencyStore, Lease, LockStore, OutboxEntry,
+    OutboxRecord, OutboxStore, UnitOfWork, Write, random_token,
 };
 use catga_core::{Error, Result, Uuid};
 use futures_util::future::BoxFuture;
@@ -18,7 +19,7 @@ use redis::streams::{
 use redis::{AsyncCommands, Script, ScriptInvocation, Value};
 
 use crate::conn::{self, Conn, store_error};
-use crate::keys::Keys;
+use crate::keys::{self, Keys};
 
 /// Where and how to connect.
 ///
@@ -176,6 +177,16 @@ impl RedisStore {
             pruned: Arc::default(),
             saga_retention: options.saga_retention,
         })
+    }
+
+    /// A key for state that handlers of messages of `partition` change with a
+    /// [unit of work](catga_core::store::UnitOfWork): `{<prefix>:o<shard>}:<name>`,
+    /// in the shard (hash slot) where those handlers' idempotency records and
+    /// outbox entries go, so all of it commits in one script. Build every key of
+    /// a unit of work with it, from the message's
+    /// [`partition`](catga_core::Message::partition).
+    pub fn partition_key(&self, partition: &str, name: &str) -> String {
+        self.keys.partition_key(partition, name)
     }
 
     /// Entries in the outbox dead-letter streams.
@@ -349,6 +360,57 @@ fn push_event(inv: &mut ScriptInvocation<'_>, record: &OutboxRecord) -> Result<(
     Ok(())
 }
 
+/// Adds a unit of work's conditions and writes to a completion (see
+/// `lua/complete.lua`); keys are named by their index among the script's
+/// keys, the unit of work's keys starting at 3.
+fn push_work(inv: &mut ScriptInvocation<'_>, work: &UnitOfWork, keys: &[&str]) -> Result<()> {
+    let index = |key: &str| keys.iter().position(|k| *k == key).map_or(0, |i| i + 3);
+    let unknown = |what: &str| {
+        Error::new(
+            catga_core::ErrorKind::Config,
+            format!("this version of catga-redis cannot apply the staged {what}"),
+        )
+        .with_retryable(false)
+    };
+    inv.arg(work.conditions().len());
+    for c in work.conditions() {
+        let Condition::Equals { key, field, value } = c else {
+            return Err(unknown("condition"));
+        };
+        inv.arg(index(key))
+            .arg(field.as_deref().unwrap_or(""))
+            .arg(if value.is_some() { "1" } else { "0" })
+            .arg(value.as_deref().unwrap_or(b""));
+    }
+    inv.arg(work.writes().len());
+    for w in work.writes() {
+        let (op, x, y): (&str, &[u8], Vec<u8>) = match w {
+            Write::Set { value, .. } => ("set", value, Vec::new()),
+            Write::Delete { .. } => ("del", b"", Vec::new()),
+            Write::HashSet { field, value, .. } => ("hset", field.as_bytes(), value.to_vec()),
+            Write::HashDelete { field, .. } => ("hdel", field.as_bytes(), Vec::new()),
+            Write::Increment {
+                field: None, by, ..
+            } => ("incr", &[], by.to_string().into_bytes()),
+            Write::Increment {
+                field: Some(field),
+                by,
+                ..
+            } => ("hincr", field.as_bytes(), by.to_string().into_bytes()),
+            Write::Append { value, .. } => ("rpush", value, Vec::new()),
+            _ => return Err(unknown("write")),
+        };
+        // `incr` takes its amount first (INCRBY key by).
+        let (x, y) = if op == "incr" {
+            (&y[..], &[][..])
+        } else {
+            (x, &y[..])
+        };
+        inv.arg(op).arg(index(w.key())).arg(x).arg(y);
+    }
+    Ok(())
+}
+
 fn field<'a>(sid: &'a StreamId, stream: &str, name: &str) -> Result<&'a [u8]> {
     match sid.map.get(name) {
         Some(Value::BulkString(b)) => Ok(b),
@@ -461,27 +523,58 @@ impl IdempotencyStore for RedisStore {
         &'a self,
         key: &'a str,
         token: &'a str,
-        response: Bytes,
-        retention: Duration,
-        events: Vec<OutboxRecord>,
-    ) -> BoxFuture<'a, Result<bool>> {
+        completion: Completion,
+    ) -> BoxFuture<'a, Result<Completed>> {
         Box::pin(async move {
             let (idem, outbox) = self.keys.idempotency(key);
+            let work_keys = completion.work.keys();
+            let slot = keys::tag_of(&idem);
+            if let Some(stray) = work_keys.iter().find(|k| keys::tag_of(k) != slot) {
+                return Err(Error::new(
+                    catga_core::ErrorKind::Config,
+                    format!(
+                        "the unit of work's key `{stray}` is not in the shard of `{idem}`: build \
+                         it with `RedisStore::partition_key` from the message's partition, so \
+                         that it commits in one step with the completion (on Redis Cluster too)"
+                    ),
+                )
+                .with_retryable(false));
+            }
             let mut inv = self.scripts.complete.key(&idem);
-            inv.key(&outbox)
-                .arg(token)
-                .arg(&response[..])
-                .arg(ms(retention))
-                .arg(events.len());
-            for e in &events {
+            inv.key(&outbox);
+            for k in &work_keys {
+                inv.key(*k);
+            }
+            inv.arg(token)
+                .arg(&completion.response[..])
+                .arg(ms(completion.retention))
+                .arg(completion.events.len());
+            for e in &completion.events {
                 push_event(&mut inv, e)?;
             }
+            push_work(&mut inv, &completion.work, &work_keys)?;
             let mut conn = self.conn.clone();
-            let stored: i64 = inv
+            let outcome: String = inv
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("completing `{idem}`"), e))?;
-            Ok(stored == 1)
+            Ok(match outcome.as_str() {
+                "ok" => Completed::Stored,
+                "lost" => Completed::ClaimLost,
+                other => {
+                    let index = other
+                        .strip_prefix("cond:")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .unwrap_or(3);
+                    let key = work_keys
+                        .get(index.saturating_sub(3))
+                        .copied()
+                        .unwrap_or("?");
+                    Completed::ConditionFailed {
+                        key: key.to_owned(),
+                    }
+                }
+            })
         })
     }
 

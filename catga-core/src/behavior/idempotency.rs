@@ -10,7 +10,7 @@ use super::{Behavior, Envelope, Next, Reply};
 use crate::backoff::Backoff;
 use crate::codec::Format;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{Claim, IdempotencyStore};
+use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 
 /// Runs the handler once per (handler, message id) and replays the stored
 /// outcome to duplicates.
@@ -130,13 +130,34 @@ impl Idempotency {
         self
     }
 
+    /// `<scope>:<message id>`, behind a `{<partition>}` hash tag when the
+    /// message names its partition (see [`IdempotencyStore`]).
     fn key(&self, env: &Envelope<'_>) -> String {
         let id = env.context().message_id();
-        match &self.scope {
-            Some(scope) => format!("{scope}:{id}"),
-            None => format!("{}:{id}", env.handler_id()),
+        let scope = self.scope.as_deref().unwrap_or(env.handler_id());
+        match env.partition() {
+            Some(partition) => format!("{{{partition}}}{scope}:{id}"),
+            None => format!("{scope}:{id}"),
         }
     }
+}
+
+/// The error of an attempt whose claim was taken over while its handler ran.
+fn claim_lost(env: &Envelope<'_>) -> Error {
+    Error::new(
+        ErrorKind::Conflict,
+        format!(
+            "the claim on message {} of `{}` ran out while its handler ran (the peer was paused \
+             or cut off from the store for longer than the lease) and another attempt took it; \
+             this attempt's outcome, events and staged writes were not stored (effects it made \
+             outside its unit of work may have happened twice): retry with the same message id \
+             to get the stored outcome",
+            env.context().message_id(),
+            env.name()
+        ),
+    )
+    .with_code("catga.claim_lost")
+    .with_message_name(env.name())
 }
 
 /// Tag of a stored outcome: the first byte of the stored value.
@@ -186,11 +207,8 @@ impl Idempotency {
         };
         let ctx = env.context();
         // Hold back published events only when a relay will move them.
-        let held = if ctx.mediator().has_outbox() {
-            ctx.hold_events()
-        } else {
-            None
-        };
+        let held = ctx.mediator().has_outbox().then(|| ctx.hold_events());
+        let staged = ctx.hold_work();
         let lost = AtomicBool::new(false);
         let result = tokio::select! {
             result = next.run(env) => result,
@@ -227,33 +245,38 @@ impl Idempotency {
             }
             return result;
         };
-        // Events are published only with a success.
-        let events = match (&result, held) {
-            (Ok(_), Some(buffer)) => {
-                std::mem::take(&mut *buffer.lock().unwrap_or_else(|p| p.into_inner()))
+        // Events and staged writes commit only with a success.
+        let mut completion = Completion::new(bytes.into(), self.retention);
+        if result.is_ok() {
+            if let Some(buffer) = held {
+                completion = completion.events(std::mem::take(
+                    &mut *buffer.lock().unwrap_or_else(|p| p.into_inner()),
+                ));
             }
-            _ => Vec::new(),
+            completion = completion.work(std::mem::take(
+                &mut *staged.lock().unwrap_or_else(|p| p.into_inner()),
+            ));
+        }
+        let changed = match self.store.complete(key, token, completion).await? {
+            Completed::Stored => return result,
+            Completed::ConditionFailed { key: changed } => changed,
+            _ => return Err(claim_lost(&env)),
         };
-        let stored = self
-            .store
-            .complete(key, token, bytes.into(), self.retention, events)
-            .await?;
-        if stored {
-            return result;
+        // Nothing was written: the next attempt reads the state again.
+        if let Err(e) = self.store.release(key, token).await {
+            tracing::warn!(key, error = %e, "could not release idempotency claim; it expires with its lease");
         }
         Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "the claim on message {} of `{}` ran out while its handler ran (the peer was \
-                 paused or cut off from the store for longer than the lease) and another attempt \
-                 took it; this attempt's outcome and events were not stored, so its effect may \
-                 have happened twice unless it was staged with the completion: retry with the \
-                 same message id to get the stored outcome",
+                "`{changed}` changed after the handler of message {} of `{}` read it; nothing \
+                 was written: retry with the same message id",
                 ctx.message_id(),
                 env.name()
             ),
         )
-        .with_code("catga.claim_lost")
+        .with_code("catga.condition_failed")
+        .with_retryable(true)
         .with_message_name(env.name()))
     }
 

@@ -110,6 +110,7 @@ pub(crate) struct MessageInfo {
     pub(crate) type_name: &'static str,
     pub(crate) encode_reply: fn(&Reply, Format) -> Result<Vec<u8>>,
     pub(crate) decode_reply: fn(&[u8], Format) -> Result<Reply>,
+    pub(crate) partition: fn(&(dyn Any + Send + Sync)) -> Option<String>,
 }
 
 impl MessageInfo {
@@ -132,6 +133,7 @@ impl MessageInfo {
                 )),
             },
             decode_reply: |bytes, format| format.decode::<Resp>(bytes).map(Reply::new),
+            partition: |message| message.downcast_ref::<M>().and_then(M::partition),
         }
     }
 }
@@ -200,6 +202,11 @@ impl<'a> Envelope<'a> {
     /// per-handler state by it.
     pub fn handler_id(&self) -> &'a str {
         &self.handler.id
+    }
+
+    /// The entity the message is about ([`Message::partition`](crate::Message::partition)).
+    pub fn partition(&self) -> Option<String> {
+        (self.info.partition)(self.message)
     }
 
     /// Context (metadata) of the dispatch.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 use crate::store::outbox::{MemoryOutboxStore, OutboxRecord};
+use crate::store::unit_of_work::{Condition, UnitOfWork, Write};
 
 /// The outcome of claiming a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +27,67 @@ pub enum Claim {
     Completed(Bytes),
 }
 
+/// What an attempt stores when it completes.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The encoded outcome duplicates get back.
+    pub response: Bytes,
+    /// How long duplicates get it.
+    pub retention: Duration,
+    /// Events to append to the outbox.
+    pub events: Vec<OutboxRecord>,
+    /// State changes the handler staged, with their conditions.
+    pub work: UnitOfWork,
+}
+
+impl Completion {
+    /// A completion that stores `response` for `retention`, nothing else.
+    pub fn new(response: Bytes, retention: Duration) -> Self {
+        Completion {
+            response,
+            retention,
+            events: Vec::new(),
+            work: UnitOfWork::new(),
+        }
+    }
+
+    /// With `events` for the outbox.
+    #[must_use]
+    pub fn events(mut self, events: Vec<OutboxRecord>) -> Self {
+        self.events = events;
+        self
+    }
+
+    /// With a unit of work to apply.
+    pub fn work(mut self, work: UnitOfWork) -> Self {
+        self.work = work;
+        self
+    }
+}
+
+/// What a completion did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Completed {
+    /// Everything was applied and stored.
+    Stored,
+    /// The claim is not this attempt's any more: nothing was stored.
+    ClaimLost,
+    /// A condition of the unit of work did not hold (the state changed since
+    /// the handler read it): nothing was stored, the claim is still held.
+    ConditionFailed {
+        /// The key whose value differed.
+        key: String,
+    },
+}
+
 /// Keeps claims and completed responses per key (handler scope + message id).
+///
+/// A key may begin with a hash tag, `{<partition>}`: stores that shard keys
+/// shard it by the partition, so that the completion's record, its outbox
+/// entries and the unit of work's keys built for that partition share one
+/// shard (one hash slot on Redis Cluster).
 ///
 /// States: absent → in-progress (a lease with a token) → completed (a response
 /// kept for a retention time). A lease that expires frees the key again.
@@ -34,17 +95,16 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     /// Claims `key` for `lease` unless it is claimed or completed.
     fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>>;
 
-    /// Stores `response` as completed for `retention` and appends `events` to
-    /// this store's outbox, in one atomic step, only while `token` still holds
-    /// the claim; returns `false` (and stores nothing) otherwise.
+    /// In one atomic step, only while `token` still holds the claim and every
+    /// condition of the completion's unit of work holds: applies its writes,
+    /// stores its response as completed for its retention and appends its
+    /// events to this store's outbox. Otherwise stores nothing and says why.
     fn complete<'a>(
         &'a self,
         key: &'a str,
         token: &'a str,
-        response: Bytes,
-        retention: Duration,
-        events: Vec<OutboxRecord>,
-    ) -> BoxFuture<'a, Result<bool>>;
+        completion: Completion,
+    ) -> BoxFuture<'a, Result<Completed>>;
 
     /// Extends the claim to `lease` from now if `token` still holds it; returns
     /// `false` when it does not (the lease ran out and another attempt took it,
@@ -78,11 +138,107 @@ impl Slot {
 /// In-process [`IdempotencyStore`]: enough for one peer, lost on restart.
 ///
 /// Events completed with a response go to its [`outbox`](Self::outbox); give
-/// that to the builder's `.outbox(..)` so a relay publishes them.
+/// that to the builder's `.outbox(..)` so a relay publishes them. Units of
+/// work apply to its own key-value state, read with [`get`](Self::get),
+/// [`hash_get`](Self::hash_get) and [`list`](Self::list).
 #[derive(Debug, Default)]
 pub struct MemoryIdempotencyStore {
     slots: Mutex<HashMap<String, Slot>>,
+    state: Mutex<HashMap<String, Value>>,
     outbox: Arc<MemoryOutboxStore>,
+}
+
+/// A value in the in-memory state.
+#[derive(Debug, Clone)]
+enum Value {
+    Bytes(Bytes),
+    Hash(HashMap<String, Bytes>),
+    List(Vec<Bytes>),
+}
+
+fn as_int(value: Option<&Bytes>) -> i64 {
+    value
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+fn int_bytes(n: i64) -> Bytes {
+    Bytes::from(n.to_string())
+}
+
+/// Whether `condition` holds in `state`.
+fn holds(state: &HashMap<String, Value>, condition: &Condition) -> bool {
+    match condition {
+        Condition::Equals { key, field, value } => {
+            let current = match (state.get(key), field) {
+                (Some(Value::Bytes(b)), None) => Some(b),
+                (Some(Value::Hash(h)), Some(f)) => h.get(f),
+                _ => None,
+            };
+            current == value.as_ref()
+        }
+    }
+}
+
+/// Applies `write` to `state`; a write to a key of another type replaces it.
+fn apply(state: &mut HashMap<String, Value>, write: &Write) {
+    match write {
+        Write::Set { key, value } => {
+            state.insert(key.clone(), Value::Bytes(value.clone()));
+        }
+        Write::Delete { key } => {
+            state.remove(key);
+        }
+        Write::HashSet { key, field, value } => {
+            hash_of(state, key).insert(field.clone(), value.clone());
+        }
+        Write::HashDelete { key, field } => {
+            hash_of(state, key).remove(field);
+        }
+        Write::Increment {
+            key,
+            field: None,
+            by,
+        } => {
+            let now = match state.get(key) {
+                Some(Value::Bytes(b)) => as_int(Some(b)),
+                _ => 0,
+            };
+            state.insert(key.clone(), Value::Bytes(int_bytes(now + by)));
+        }
+        Write::Increment {
+            key,
+            field: Some(field),
+            by,
+        } => {
+            let h = hash_of(state, key);
+            let now = as_int(h.get(field));
+            h.insert(field.clone(), int_bytes(now + by));
+        }
+        Write::Append { key, value } => {
+            let entry = state
+                .entry(key.clone())
+                .or_insert_with(|| Value::List(Vec::new()));
+            match entry {
+                Value::List(list) => list.push(value.clone()),
+                other => *other = Value::List(vec![value.clone()]),
+            }
+        }
+    }
+}
+
+fn hash_of<'s>(state: &'s mut HashMap<String, Value>, key: &str) -> &'s mut HashMap<String, Bytes> {
+    let entry = state
+        .entry(key.to_owned())
+        .or_insert_with(|| Value::Hash(HashMap::new()));
+    if let Value::Bytes(_) | Value::List(_) = entry {
+        *entry = Value::Hash(HashMap::new());
+    }
+    match entry {
+        Value::Hash(h) => h,
+        Value::Bytes(_) | Value::List(_) => unreachable!("replaced by a hash above"),
+    }
 }
 
 impl MemoryIdempotencyStore {
@@ -94,6 +250,34 @@ impl MemoryIdempotencyStore {
     /// The outbox completed events are written to.
     pub fn outbox(&self) -> Arc<MemoryOutboxStore> {
         self.outbox.clone()
+    }
+
+    /// The value at `key` in the unit-of-work state.
+    pub fn get(&self, key: &str) -> Option<Bytes> {
+        match self.state().get(key) {
+            Some(Value::Bytes(b)) => Some(b.clone()),
+            _ => None,
+        }
+    }
+
+    /// Field `field` of the hash at `key` in the unit-of-work state.
+    pub fn hash_get(&self, key: &str, field: &str) -> Option<Bytes> {
+        match self.state().get(key) {
+            Some(Value::Hash(h)) => h.get(field).cloned(),
+            _ => None,
+        }
+    }
+
+    /// The list at `key` in the unit-of-work state.
+    pub fn list(&self, key: &str) -> Vec<Bytes> {
+        match self.state().get(key) {
+            Some(Value::List(l)) => l.clone(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HashMap<String, Value>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Number of live keys (expired ones are dropped first).
@@ -146,25 +330,38 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         &'a self,
         key: &'a str,
         token: &'a str,
-        response: Bytes,
-        retention: Duration,
-        events: Vec<OutboxRecord>,
-    ) -> BoxFuture<'a, Result<bool>> {
+        completion: Completion,
+    ) -> BoxFuture<'a, Result<Completed>> {
         let mut slots = self.lock();
         let ours = matches!(slots.get(key), Some(Slot::InProgress { token: t, .. }) if t == token);
-        if ours {
-            // Under the slot lock, so no duplicate can see "completed" before
-            // the events are in the outbox.
-            self.outbox.append_now(events);
-            slots.insert(
-                key.to_owned(),
-                Slot::Completed {
-                    response,
-                    until: Instant::now() + retention,
-                },
-            );
+        if !ours {
+            return Box::pin(std::future::ready(Ok(Completed::ClaimLost)));
         }
-        Box::pin(std::future::ready(Ok(ours)))
+        // Under the slot lock, then the state lock: no duplicate can see
+        // "completed" before the writes and events are in.
+        let mut state = self.state();
+        let failed = completion
+            .work
+            .conditions()
+            .iter()
+            .find(|c| !holds(&state, c));
+        if let Some(failed) = failed {
+            let key = failed.key().to_owned();
+            return Box::pin(std::future::ready(Ok(Completed::ConditionFailed { key })));
+        }
+        for write in completion.work.writes() {
+            apply(&mut state, write);
+        }
+        drop(state);
+        self.outbox.append_now(completion.events);
+        slots.insert(
+            key.to_owned(),
+            Slot::Completed {
+                response: completion.response,
+                until: Instant::now() + completion.retention,
+            },
+        );
+        Box::pin(std::future::ready(Ok(Completed::Stored)))
     }
 
     fn renew<'a>(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use catga_core::behavior::idempotency::Idempotency;
 use catga_core::saga::{Saga, SagaState, SagaStatus, Step};
-use catga_core::store::MemoryIdempotencyStore;
+use catga_core::store::{MemoryIdempotencyStore, UnitOfWork};
 use catga_core::transport::memory::MemoryBus;
 use catga_core::{Catga, Context, ErrorKind, Mediator, Message, Metadata, Request, Uuid};
 use serde::{Deserialize, Serialize};
@@ -461,4 +461,194 @@ async fn a_moment_without_responders_does_not_compensate_a_saga() {
     assert_eq!(journal.lock().unwrap()[&id], ["reserve", "charge"]);
     coordinator.shutdown().await.unwrap();
     services.shutdown().await.unwrap();
+}
+
+// ---- unit of work ----------------------------------------------------------
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Deposit {
+    account: String,
+    cents: i64,
+    /// Fail (retryably) after staging, on the first attempt only.
+    flaky: bool,
+}
+impl Message for Deposit {
+    const NAME: &'static str = "once.Deposit";
+    fn partition(&self) -> Option<String> {
+        Some(self.account.clone())
+    }
+}
+impl Request for Deposit {
+    type Response = i64;
+}
+
+/// A deposit handler that keeps balances in the idempotency store's own state
+/// through a unit of work: read, stage the new balance with the value read as
+/// its condition, publish `Happened`.
+fn bank(store: &Arc<MemoryIdempotencyStore>, attempts: &Arc<AtomicUsize>) -> Mediator {
+    let (s, a) = (store.clone(), attempts.clone());
+    Catga::builder()
+        .behavior(catga_core::behavior::retry::Retry::new(5))
+        .behavior(Idempotency::shared(store.clone()).wait(Duration::from_secs(10)))
+        .outbox(store.outbox())
+        .request_fn(move |d: Deposit, ctx: Context| {
+            let (s, a) = (s.clone(), a.clone());
+            async move {
+                let attempt = a.fetch_add(1, Ordering::SeqCst);
+                let key = format!("balance:{}", d.account);
+                let read = s.get(&key);
+                let balance = read
+                    .as_deref()
+                    .and_then(|b| std::str::from_utf8(b).ok())
+                    .and_then(|b| b.parse::<i64>().ok())
+                    .unwrap_or(0);
+                // Let concurrent deposits read the same balance.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let new = balance + d.cents;
+                ctx.stage(
+                    UnitOfWork::new()
+                        .expect(key.clone(), read)
+                        .set(key, new.to_string())
+                        .append("ledger", format!("{} {}", d.account, d.cents)),
+                )?;
+                ctx.publish(Happened { n: d.cents as u32 }).await?;
+                if d.flaky && attempt == 0 {
+                    return Err(catga_core::Error::store("the first attempt fails"));
+                }
+                Ok(new)
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+/// A failed attempt's staged writes and events are not applied; the retry's
+/// are, once; a duplicate gets the stored response and applies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_of_work_commits_with_its_completion_or_not_at_all() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let m = bank(&store, &attempts);
+    let id = catga_core::new_id();
+    let deposit = Deposit {
+        account: "ann".into(),
+        cents: 50,
+        flaky: true,
+    };
+    let meta = Metadata::new().with_message_id(id);
+    assert_eq!(
+        m.send_with(deposit.clone(), meta.clone()).await.unwrap(),
+        50
+    );
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "failed once, then ran");
+    assert_eq!(m.send_with(deposit, meta).await.unwrap(), 50);
+    assert_eq!(store.get("balance:ann").as_deref(), Some(&b"50"[..]));
+    assert_eq!(store.list("ledger").len(), 1, "one ledger line");
+    use catga_core::store::OutboxStore;
+    assert_eq!(store.outbox().backlog().await.unwrap(), 1, "one event");
+}
+
+/// Concurrent deposits read the same balance; the one whose condition no longer
+/// holds writes nothing and is retried: no update is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_condition_writes_nothing_and_the_retry_reads_again() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let m = bank(&store, &attempts);
+    let mut tasks = Vec::new();
+    for cents in [10, 20, 30] {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            m.send(Deposit {
+                account: "bob".into(),
+                cents,
+                flaky: false,
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(store.get("balance:bob").as_deref(), Some(&b"60"[..]));
+    assert_eq!(store.list("ledger").len(), 3);
+    assert!(
+        attempts.load(Ordering::SeqCst) > 3,
+        "some attempt was retried"
+    );
+}
+
+/// Case 2 with a unit of work: the attempt whose claim was taken over applies
+/// none of its writes, so the effect happens once although the handler ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_over_attempt_applies_none_of_its_writes() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (s, r) = (store.clone(), runs.clone());
+    let m = Catga::builder()
+        .behavior(
+            Idempotency::shared(store.clone())
+                .lease(Duration::from_millis(60))
+                .wait(Duration::from_secs(10)),
+        )
+        .request_fn(move |d: Deposit, ctx: Context| {
+            let (_s, r) = (s.clone(), r.clone());
+            async move {
+                let first = r.fetch_add(1, Ordering::SeqCst) == 0;
+                ctx.stage(UnitOfWork::new().increment(format!("balance:{}", d.account), d.cents))?;
+                if first {
+                    // A paused peer: no renewal runs while the thread is blocked.
+                    std::thread::sleep(Duration::from_millis(400));
+                }
+                Ok(0)
+            }
+        })
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let deposit = Deposit {
+        account: "cy".into(),
+        cents: 5,
+        flaky: false,
+    };
+    let paused = {
+        let (m, d) = (m.clone(), deposit.clone());
+        tokio::spawn(async move { m.send_with(d, Metadata::new().with_message_id(id)).await })
+    };
+    catga_test_support::eventually("the first attempt", Duration::from_secs(20), || {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    m.send_with(deposit, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    let lost = paused.await.unwrap().unwrap_err();
+    assert_eq!(lost.code(), Some("catga.claim_lost"));
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        store.get("balance:cy").as_deref(),
+        Some(&b"5"[..]),
+        "applied once"
+    );
+}
+
+#[tokio::test]
+async fn staging_without_idempotency_is_an_error() {
+    let m = Catga::builder()
+        .request_fn(|_: Deposit, ctx: Context| async move {
+            ctx.stage(UnitOfWork::new().set("k", "v"))?;
+            Ok(0)
+        })
+        .build()
+        .unwrap();
+    let e = m
+        .send(Deposit {
+            account: "x".into(),
+            cents: 1,
+            flaky: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
 }

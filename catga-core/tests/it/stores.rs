@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use catga_core::Uuid;
 use catga_core::store::{
-    Claim, IdempotencyStore, LockStore, MemoryIdempotencyStore, MemoryLockStore, MemoryOutboxStore,
-    OutboxRecord, OutboxStore,
+    Claim, Completed, Completion, IdempotencyStore, LockStore, MemoryIdempotencyStore,
+    MemoryLockStore, MemoryOutboxStore, OutboxRecord, OutboxStore,
 };
 
 #[tokio::test(start_paused = true)]
@@ -19,26 +19,24 @@ async fn idempotency_store_moves_through_its_states() {
         Claim::InProgress
     );
     assert!(
-        !s.complete(
+        s.complete(
             "k",
             "wrong-token",
-            "x".into(),
-            Duration::from_secs(60),
-            Vec::new()
+            Completion::new("x".into(), Duration::from_secs(60))
         )
         .await
         .unwrap()
+            != Completed::Stored
     );
     assert!(
         s.complete(
             "k",
             &token,
-            "resp".into(),
-            Duration::from_secs(60),
-            Vec::new()
+            Completion::new("resp".into(), Duration::from_secs(60))
         )
         .await
         .unwrap()
+            == Completed::Stored
     );
     assert_eq!(
         s.claim("k", Duration::from_secs(5)).await.unwrap(),
@@ -63,26 +61,24 @@ async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
         panic!("an expired lease frees the key")
     };
     assert!(
-        !s.complete(
+        s.complete(
             "k",
             &old,
-            "stale".into(),
-            Duration::from_secs(60),
-            Vec::new()
+            Completion::new("stale".into(), Duration::from_secs(60))
         )
         .await
         .unwrap()
+            != Completed::Stored
     );
     assert!(
         s.complete(
             "k",
             &new,
-            "fresh".into(),
-            Duration::from_secs(60),
-            Vec::new()
+            Completion::new("fresh".into(), Duration::from_secs(60))
         )
         .await
         .unwrap()
+            == Completed::Stored
     );
 }
 

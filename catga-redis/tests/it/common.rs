@@ -107,6 +107,15 @@ impl Isolated {
         }
     }
 
+    /// Runs `fut` on the peer's runtime (it dies with the peer); `None` when the
+    /// peer is dead already.
+    pub(crate) fn spawn(
+        &self,
+        fut: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Option<()> {
+        self.runtime.as_ref().map(|rt| drop(rt.spawn(fut)))
+    }
+
     /// Dies without releasing anything.
     pub(crate) fn kill(&mut self) {
         if let Some(rt) = self.runtime.take() {

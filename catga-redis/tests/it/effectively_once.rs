@@ -519,3 +519,173 @@ async fn a_saga_outlives_a_moment_without_responders_over_nats() {
     assert_eq!(effects.load(Ordering::SeqCst), 1);
     coordinator.shutdown().await.unwrap();
 }
+
+// ---- unit of work -----------------------------------------------------------
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Pay {
+    order: String,
+    cents: i64,
+}
+impl catga_core::Message for Pay {
+    const NAME: &'static str = "test.Pay";
+    fn partition(&self) -> Option<String> {
+        Some(self.order.clone())
+    }
+}
+impl catga_core::Request for Pay {
+    type Response = String;
+}
+
+/// A peer whose `Pay` handler keeps the order's state in Redis through a unit
+/// of work: it reads the status, stages `paid` with the status read as its
+/// condition and a ledger line, and publishes `Charged` (outbox). `gate` holds
+/// the handler after it staged, until opened.
+async fn paying_peer(
+    redis: &str,
+    runs: Arc<AtomicUsize>,
+    gate: Arc<std::sync::atomic::AtomicBool>,
+) -> catga_core::Mediator {
+    let store = RedisStore::connect(RedisOptions::new(redis)).await.unwrap();
+    let client = redis::Client::open(redis).unwrap();
+    let raw = client.get_multiplexed_async_connection().await.unwrap();
+    let keys = store.clone();
+    Catga::builder()
+        .behavior(
+            Idempotency::new(store.clone())
+                .lease(Duration::from_millis(300))
+                .wait(Duration::from_secs(20)),
+        )
+        .outbox(Arc::new(store))
+        .request_fn(move |p: Pay, ctx: Context| {
+            let (runs, gate, keys, mut raw) =
+                (runs.clone(), gate.clone(), keys.clone(), raw.clone());
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let status_key = keys.partition_key(&p.order, &format!("order:{}", p.order));
+                let ledger = keys.partition_key(&p.order, "ledger");
+                let status: Option<String> = redis::cmd("GET")
+                    .arg(&status_key)
+                    .query_async(&mut raw)
+                    .await
+                    .map_err(|e| catga_core::Error::store(e.to_string()))?;
+                if status.as_deref() == Some("paid") {
+                    return Ok("already paid".to_owned());
+                }
+                ctx.stage(
+                    catga_core::store::UnitOfWork::new()
+                        .expect(status_key.clone(), status)
+                        .set(status_key, "paid")
+                        .append(ledger, format!("charge {}", p.cents)),
+                )?;
+                ctx.publish(Charged {
+                    cents: p.cents as u64,
+                })
+                .await?;
+                while !gate.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok("paid".to_owned())
+            }
+        })
+        .build()
+        .unwrap()
+}
+
+/// Case 4: a peer that dies after its handler changed the order's state (staged)
+/// but before the completion leaves nothing behind: no state, no event. The
+/// retry on another peer commits state, ledger and event together, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_events_commit_together_when_a_peer_dies_mid_handler() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (r, c, u) = (runs.clone(), closed.clone(), url.clone());
+    let mut dying = Isolated::start(move || async move { paying_peer(&u, r, c).await }).await;
+    let id = catga_core::new_id();
+    let pay = Pay {
+        order: "o-1".into(),
+        cents: 1200,
+    };
+    {
+        let (m, p) = (dying.mediator.clone(), pay.clone());
+        let _ = dying_send(&dying, m, p, id);
+    }
+    eventually("the handler staged its writes", || {
+        runs.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    dying.kill(); // before the completion
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let healthy = paying_peer(&url, runs.clone(), open).await;
+    // The dead attempt's claim runs out with its lease; then the retry runs.
+    let answer = healthy
+        .send_with(pay.clone(), Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(answer, "paid");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    let store = RedisStore::connect(RedisOptions::new(&url)).await.unwrap();
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let ledger: Vec<String> = redis::cmd("LRANGE")
+        .arg(store.partition_key("o-1", "ledger"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(ledger, ["charge 1200"], "state changed once");
+    assert_eq!(store.backlog().await.unwrap(), 1, "its event stored once");
+    // A duplicate gets the stored answer and changes nothing.
+    assert_eq!(
+        healthy
+            .send_with(pay, Metadata::new().with_message_id(id))
+            .await
+            .unwrap(),
+        "paid"
+    );
+    assert_eq!(store.backlog().await.unwrap(), 1);
+}
+
+/// Sends on the isolated peer's own runtime, so killing the peer kills the send.
+fn dying_send(
+    peer: &Isolated,
+    m: catga_core::Mediator,
+    pay: Pay,
+    id: catga_core::Uuid,
+) -> Option<()> {
+    peer.spawn(async move {
+        let _ = m.send_with(pay, Metadata::new().with_message_id(id)).await;
+    })
+}
+
+/// A unit of work whose keys are not in the completion's shard is refused with
+/// a clear error (it could not commit atomically on a Redis Cluster).
+#[tokio::test]
+async fn a_unit_of_work_outside_the_partition_shard_is_refused() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let m = Catga::builder()
+        .behavior(Idempotency::new(store))
+        .request_fn(|p: Pay, ctx: Context| async move {
+            ctx.stage(
+                catga_core::store::UnitOfWork::new().set(format!("order:{}", p.order), "paid"),
+            )?;
+            Ok("paid".to_owned())
+        })
+        .build()
+        .unwrap();
+    let e = m
+        .send(Pay {
+            order: "o-2".into(),
+            cents: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains("partition_key"), "{e}");
+}

@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use catga_core::behavior::idempotency::Idempotency;
-use catga_core::store::{Claim, IdempotencyStore};
+use catga_core::store::{Claim, Completed, Completion, IdempotencyStore};
 use catga_core::{Catga, Error, ErrorKind, Mediator, Metadata};
 use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::RedisServer;
@@ -181,14 +181,24 @@ async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
         panic!("an expired lease frees the key")
     };
     assert!(
-        !s.complete("k", &old, "stale".into(), Duration::from_secs(60), vec![])
-            .await
-            .unwrap()
+        s.complete(
+            "k",
+            &old,
+            Completion::new("stale".into(), Duration::from_secs(60))
+        )
+        .await
+        .unwrap()
+            != Completed::Stored
     );
     assert!(
-        s.complete("k", &new, "fresh".into(), Duration::from_secs(60), vec![])
-            .await
-            .unwrap()
+        s.complete(
+            "k",
+            &new,
+            Completion::new("fresh".into(), Duration::from_secs(60))
+        )
+        .await
+        .unwrap()
+            == Completed::Stored
     );
     assert_eq!(
         s.claim("k", Duration::from_secs(1)).await.unwrap(),
