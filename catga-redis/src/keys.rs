@@ -59,7 +59,12 @@ impl Keys {
     /// A key for a unit of work of messages of `partition`: in the shard their
     /// idempotency records and outbox entries go to.
     pub(crate) fn partition_key(&self, partition: &str, name: &str) -> String {
-        format!("{}:{name}", self.tag(self.shard_of(partition)))
+        self.shard_key(self.shard_of(partition), name)
+    }
+
+    /// `name` in shard `shard`.
+    pub(crate) fn shard_key(&self, shard: u32, name: &str) -> String {
+        format!("{}:{name}", self.tag(shard))
     }
 
     pub(crate) fn outbox(&self, shard: u32) -> String {

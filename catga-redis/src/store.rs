@@ -189,6 +189,14 @@ impl RedisStore {
         self.keys.partition_key(partition, name)
     }
 
+    /// `name` in every shard, as [`RedisStore::partition_key`] builds it: the
+    /// keys to read to see all partitions' state.
+    pub fn shard_keys(&self, name: &str) -> Vec<String> {
+        (0..self.keys.shards())
+            .map(|shard| self.keys.shard_key(shard, name))
+            .collect()
+    }
+
     /// Entries in the outbox dead-letter streams.
     pub async fn dead_letter_count(&self) -> Result<usize> {
         let mut conn = self.conn.clone();

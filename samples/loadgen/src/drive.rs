@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
-use shop_common::store::{PaymentStore, RedisStores, StockStore};
+use shop_common::store::{
+    LedgerEntry, OrderStore, PaymentStore, RedisStores, StockStore, count, net,
+};
 use uuid::Uuid;
 
 /// How to drive.
@@ -66,10 +68,21 @@ pub struct Report {
     pub longest_gap_ms: f64,
     /// Accepted orders that are missing or never settled.
     pub orders_lost: usize,
-    /// Orders whose stock or payment was applied more than once.
+    /// Orders charged or reserved more than once.
     pub orders_duplicated: usize,
     /// Paid orders whose stock or payment was never applied.
     pub effects_missing: usize,
+    /// Orders whose money does not balance: charged − refunded must be the
+    /// price for a paid order and 0 for any other.
+    pub money_unbalanced: usize,
+    /// Orders whose stock does not balance: reserved − released must be the
+    /// quantity for a paid order and 0 for any other.
+    pub stock_unbalanced: usize,
+    /// Paid orders whose `OrderPaid` was not received exactly once, and other
+    /// orders that received one.
+    pub receipts_wrong: usize,
+    /// The first few orders that failed the conservation audit, and why.
+    pub conservation_detail: Vec<String>,
     /// Orders paid.
     pub paid: usize,
     /// Orders rejected (their stock and money given back).
@@ -208,14 +221,6 @@ pub async fn audit(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let stores = RedisStores::connect(redis).await;
-    let (stock, charges) = match &stores {
-        Ok(s) => (
-            StockStore::applied(s).await.unwrap_or_default(),
-            PaymentStore::applied(s).await.unwrap_or_default(),
-        ),
-        Err(_) => (HashMap::new(), HashMap::new()),
-    };
     // A saga finishes a moment after its last step settles the order.
     let mut unfinished_detail = Vec::new();
     let sagas_unfinished =
@@ -253,19 +258,24 @@ pub async fn audit(
         .values()
         .filter(|s| *s != "paid" && *s != "rejected")
         .count();
-    let duplicated = ids
-        .iter()
-        .filter(|id| {
-            stock.get(id).copied().unwrap_or(0) > 1 || charges.get(id).copied().unwrap_or(0) > 1
-        })
-        .count();
-    let missing = ids
-        .iter()
-        .filter(|id| status.get(id).map(String::as_str) == Some("paid"))
-        .filter(|id| {
-            stock.get(id).copied().unwrap_or(0) == 0 || charges.get(id).copied().unwrap_or(0) == 0
-        })
-        .count();
+    // Receipts of `OrderPaid` arrive a moment after the order settles (outbox,
+    // relay, JetStream): audit until clean or the settle deadline.
+    let stores = RedisStores::connect(redis).await;
+    let audit = loop {
+        let audit = match &stores {
+            Ok(s) => {
+                let payments = PaymentStore::ledger(s).await.unwrap_or_default();
+                let stock = StockStore::ledger(s).await.unwrap_or_default();
+                let receipts = OrderStore::receipts(s).await.unwrap_or_default();
+                Conservation::of(&ids, &status, &payments, &stock, &receipts, load.qty)
+            }
+            Err(e) => Conservation::unreadable(&e.to_string()),
+        };
+        if audit.is_clean() || Instant::now() > deadline {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let mut latencies: Vec<f64> = outcomes
         .iter()
         .filter(|o| o.id.is_some())
@@ -301,17 +311,116 @@ pub async fn audit(
         latency_p99_ms: pct(0.99),
         longest_gap_ms: gap.as_secs_f64() * 1000.0,
         orders_lost: lost + (outcomes.len() - accepted),
-        orders_duplicated: duplicated,
-        effects_missing: missing,
+        orders_duplicated: audit.duplicated,
+        effects_missing: audit.missing,
+        money_unbalanced: audit.money,
+        stock_unbalanced: audit.stock,
+        receipts_wrong: audit.receipts,
+        conservation_detail: audit.detail.clone(),
         paid,
         rejected,
         sagas_unfinished,
         unfinished_detail,
         retries,
-        ok: lost == 0
-            && accepted == outcomes.len()
-            && duplicated == 0
-            && missing == 0
-            && sagas_unfinished == 0,
+        ok: lost == 0 && accepted == outcomes.len() && audit.is_clean() && sagas_unfinished == 0,
+    }
+}
+
+/// The price of every order the tool places, per unit.
+const UNIT_PRICE_CENTS: i64 = 1000;
+
+/// What the conservation audit found.
+#[derive(Debug, Default)]
+struct Conservation {
+    duplicated: usize,
+    missing: usize,
+    money: usize,
+    stock: usize,
+    receipts: usize,
+    detail: Vec<String>,
+}
+
+impl Conservation {
+    /// Audits every accepted order against the ledgers: money and stock
+    /// balance (the price and quantity when paid, 0 otherwise), each taken at
+    /// most once, and `OrderPaid` received exactly once per paid order.
+    fn of(
+        ids: &[Uuid],
+        status: &HashMap<Uuid, String>,
+        payments: &[LedgerEntry],
+        stock: &[LedgerEntry],
+        receipts: &HashMap<Uuid, u64>,
+        qty: u32,
+    ) -> Conservation {
+        let money = net(payments, "charge", "refund");
+        let units = net(stock, "reserve", "release");
+        let charges = count(payments, "charge");
+        let reservations = count(stock, "reserve");
+        let mut c = Conservation::default();
+        for id in ids {
+            let paid = status.get(id).map(String::as_str) == Some("paid");
+            let price = if paid {
+                UNIT_PRICE_CENTS * i64::from(qty)
+            } else {
+                0
+            };
+            let held = if paid { i64::from(qty) } else { 0 };
+            let (m, u) = (
+                money.get(id).copied().unwrap_or(0),
+                units.get(id).copied().unwrap_or(0),
+            );
+            let (ch, re) = (
+                charges.get(id).copied().unwrap_or(0),
+                reservations.get(id).copied().unwrap_or(0),
+            );
+            let got = receipts.get(id).copied().unwrap_or(0);
+            let mut why = Vec::new();
+            if ch > 1 || re > 1 {
+                c.duplicated += 1;
+                why.push(format!("charged {ch}x, reserved {re}x"));
+            }
+            if paid && (ch == 0 || re == 0) {
+                c.missing += 1;
+                why.push("paid without a charge or reservation".to_owned());
+            }
+            if m != price {
+                c.money += 1;
+                why.push(format!("money {m} != {price}"));
+            }
+            if u != held {
+                c.stock += 1;
+                why.push(format!("stock {u} != {held}"));
+            }
+            if got != u64::from(paid) {
+                c.receipts += 1;
+                why.push(format!("OrderPaid received {got}x"));
+            }
+            if !why.is_empty() && c.detail.len() < 20 {
+                let s = status.get(id).map_or("missing", String::as_str);
+                c.detail.push(format!("{id} ({s}): {}", why.join("; ")));
+            }
+        }
+        c
+    }
+
+    /// The audit of stores that could not be read.
+    fn unreadable(why: &str) -> Conservation {
+        Conservation {
+            missing: usize::MAX,
+            detail: vec![format!("cannot read the stores: {why}")],
+            ..Conservation::default()
+        }
+    }
+
+    fn is_clean(&self) -> bool {
+        [
+            self.duplicated,
+            self.missing,
+            self.money,
+            self.stock,
+            self.receipts,
+        ]
+        .iter()
+        .all(|n| *n == 0)
     }
 }

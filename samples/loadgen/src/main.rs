@@ -2,9 +2,13 @@
 //! services (`cargo build --release -p order-service -p inventory-service -p payment-service`).
 //!
 //! Commands:
-//! - `chaos [--copies N] [--orders K] [--rate R] [--no-kill]`: start the loopback
-//!   topology, drive K orders at R per second, SIGKILL one order-service copy and
-//!   one NATS node mid-run, audit, print JSON, stop everything.
+//! - `chaos [--copies N] [--orders K] [--rate R] [--no-kill] [--pause-payments S]
+//!   [--pause-every-payment-copy] [--pause-leader S] [--restart-redis]`: start
+//!   the loopback topology, drive K orders at R per second, SIGKILL one
+//!   order-service copy and one NATS node mid-run (unless `--no-kill`), SIGSTOP
+//!   all payment copies but one (or every one) for S seconds, SIGSTOP the saga coordinator's copy for S seconds, restart Redis;
+//!   audit (orders, conservation of money and stock, `OrderPaid` once per paid
+//!   order, sagas finished), print JSON, stop everything.
 //! - `topology [--copies N]`: start the loopback topology and keep it up until
 //!   Ctrl-C, printing the order-service URLs.
 //! - `drive --url URL[,URL..] --redis URL [--orders K] [--rate R]`: drive and
@@ -50,12 +54,24 @@ async fn run(args: &[String]) -> Result<(), String> {
     match command {
         "chaos" => {
             let kill = !args.iter().any(|a| a == "--no-kill");
+            let seconds = |name: &str| -> Result<Option<Duration>, String> {
+                Ok(flag(args, name)
+                    .map(|_| number(args, name, 0.0f64))
+                    .transpose()?
+                    .map(Duration::from_secs_f64))
+            };
             let report = loadgen::chaos(
                 copies,
                 load,
                 Chaos {
                     kill_copy: kill,
                     kill_nats: kill,
+                    pause_payments: seconds("--pause-payments")?,
+                    pause_every_payment_copy: args
+                        .iter()
+                        .any(|a| a == "--pause-every-payment-copy"),
+                    pause_leader: seconds("--pause-leader")?,
+                    restart_redis: args.iter().any(|a| a == "--restart-redis"),
                 },
             )
             .await?;

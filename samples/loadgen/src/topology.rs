@@ -53,6 +53,19 @@ impl Copy {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The leader-only tasks this copy runs now (from `/ops/leading`).
+    pub fn leading(&self) -> Vec<String> {
+        catga_test_support::http_get(self.port, "/ops/leading")
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
+    }
+
     /// SIGKILL: no shutdown, no hand-over, nothing flushed.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

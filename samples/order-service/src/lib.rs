@@ -89,6 +89,9 @@ pub fn payment_saga() -> Saga<Payment> {
         .polling(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// Sets the final status of an order's payment. The status change and
+/// `OrderPaid` are staged: they commit together with the command's completion,
+/// or not at all (see [`OrderStore::transition_staged`]).
 async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Result<()> {
     let current = orders
         .get(cmd.order_id)
@@ -108,7 +111,7 @@ async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Res
     };
     let status = cmd.status;
     orders
-        .transition(cmd.order_id, &[OrderStatus::Paying], &|o| {
+        .transition_staged(ctx, cmd.order_id, &[OrderStatus::Paying], &|o| {
             o.status = status;
             o.reason = reason.clone();
         })
@@ -137,6 +140,7 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
     let builder = infra.idempotent::<CreateOrder>(builder);
     let builder = infra.idempotent::<SettleOrder>(builder);
     let builder = infra.idempotent::<CancelOrder>(builder);
+    let builder = infra.idempotent::<ShipOrder>(builder);
     builder
         .validate::<CreateOrder>()
         .saga(payment_saga())
@@ -200,7 +204,7 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
             let orders = o3.clone();
             async move {
                 let order = orders
-                    .transition(cmd.order_id, &[OrderStatus::Paid], &|o| {
+                    .transition_staged(&ctx, cmd.order_id, &[OrderStatus::Paid], &|o| {
                         o.status = OrderStatus::Shipped
                     })
                     .await?;
@@ -220,7 +224,8 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
                     .await?
                     .ok_or_else(|| not_found(cmd.order_id))?;
                 let order = orders
-                    .transition(
+                    .transition_staged(
+                        &ctx,
                         cmd.order_id,
                         &[OrderStatus::Created, OrderStatus::Paid],
                         &|o| o.status = OrderStatus::Cancelled,

@@ -1,15 +1,18 @@
 //! The payment service: charges and refunds per order.
 //!
 //! Handles `payment.ChargePayment` (the customer `declined` is always declined,
-//! with `payment.declined`) and `payment.RefundPayment`, and refunds a paid
-//! order that is cancelled (`orders.OrderCancelled`). Idempotent by message id.
+//! with `payment.declined`) and `payment.RefundPayment`, refunds a paid order
+//! that is cancelled (`orders.OrderCancelled`), and records a receipt for every
+//! paid order (`orders.OrderPaid`, once per order: the receipt commits with the
+//! event's idempotency record). Idempotent by message id; the payment store
+//! charges an order at most once and refuses a charge after its refund.
 
 use std::sync::Arc;
 
-use catga::{CatgaBuilder, Error, Result};
+use catga::{CatgaBuilder, Context, Error, Result};
 use shop_common::Infra;
-use shop_common::messages::{ChargePayment, OrderCancelled, RefundPayment};
-use shop_common::store::PaymentStore;
+use shop_common::messages::{ChargePayment, OrderCancelled, OrderPaid, RefundPayment};
+use shop_common::store::{OrderStore, PaymentStore};
 
 /// Adds the payment handlers to `builder`.
 pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
@@ -18,7 +21,13 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
     let builder = infra.idempotent::<ChargePayment>(builder);
     let builder = infra.idempotent::<RefundPayment>(builder);
     let builder = infra.idempotent::<OrderCancelled>(builder);
+    let builder = infra.idempotent::<OrderPaid>(builder);
+    let receipts: Arc<dyn OrderStore> = infra.orders.clone();
     builder
+        .event_fn_named("receipt", move |e: OrderPaid, ctx: Context| {
+            let receipts = receipts.clone();
+            async move { receipts.receipt(&ctx, e.order_id).await }
+        })
         .request_fn(move |cmd: ChargePayment, _| {
             let payments = p1.clone();
             async move {

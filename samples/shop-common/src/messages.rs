@@ -75,7 +75,7 @@ pub struct PayOrder {
 
 /// Ship a paid order.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.ShipOrder", response = Order)]
+#[catga(name = "orders.ShipOrder", response = Order, partition = order_id)]
 pub struct ShipOrder {
     /// The order.
     pub order_id: Uuid,
@@ -83,7 +83,7 @@ pub struct ShipOrder {
 
 /// Cancel an order that has not shipped.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.CancelOrder", response = Order)]
+#[catga(name = "orders.CancelOrder", response = Order, partition = order_id)]
 pub struct CancelOrder {
     /// The order.
     pub order_id: Uuid,
@@ -107,7 +107,7 @@ pub struct ListOrders {
 
 /// Saga step: set the final status of an order's payment (paid or rejected).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.SettleOrder", response = ())]
+#[catga(name = "orders.SettleOrder", response = (), partition = order_id)]
 pub struct SettleOrder {
     /// The order.
     pub order_id: Uuid,
@@ -169,7 +169,7 @@ pub struct RefundPayment {
 
 /// An order was paid.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderPaid")]
+#[catga(name = "orders.OrderPaid", partition = order_id)]
 pub struct OrderPaid {
     /// The order.
     pub order_id: Uuid,

@@ -70,13 +70,19 @@ impl std::fmt::Debug for Probe {
     }
 }
 
-/// `/health/live`, `/health/ready` and `/metrics`.
+/// `/health/live`, `/health/ready`, `/metrics`, and `/ops/leading` (the
+/// leader-only tasks this copy runs now, one name per line).
 pub fn router(probe: Probe) -> Router {
     Router::new()
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
         .route("/metrics", get(render))
+        .route("/ops/leading", get(leading))
         .with_state(probe)
+}
+
+async fn leading(State(p): State<Probe>) -> String {
+    p.mediator.leading().join("\n")
 }
 
 async fn ready(State(p): State<Probe>) -> (StatusCode, String) {

@@ -13,7 +13,7 @@ use catga::store::MemoryIdempotencyStore;
 use catga::{Catga, CatgaBuilder, Error, Mediator, Message, Result};
 
 use crate::config::Config;
-use crate::messages::{OrderCancelled, OrderShipped};
+use crate::messages::{OrderCancelled, OrderPaid, OrderShipped};
 use crate::ops::{self, Metrics, Probe};
 use crate::store::{MemoryStores, OrderStore, PaymentStore, RedisStores, StockStore};
 
@@ -71,7 +71,8 @@ impl Infra {
                     NatsOptions::new(urls.clone())
                         .name(config.service.clone())
                         .reliable_event::<OrderShipped>()
-                        .reliable_event::<OrderCancelled>(),
+                        .reliable_event::<OrderCancelled>()
+                        .reliable_event::<OrderPaid>(),
                 )
                 .await?,
             ),

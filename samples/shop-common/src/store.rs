@@ -1,39 +1,100 @@
 //! Where the shop keeps orders, stock and payments: a trait per store, in
 //! memory for one process, Redis when the services run as a cluster.
 //!
-//! Each store also counts how often an effect was *applied* (a reservation, a
-//! charge) per order, so the chaos run can prove that every effect happened
-//! exactly once. The stores do not deduplicate by themselves: that is the job of
-//! Catga's idempotency behavior in front of the handlers.
+//! The stores show the two ways a Catga handler makes its effect happen once
+//! together with its events, whatever crashes, timeouts and paused peers do:
+//!
+//! - **Unit of work** (orders, receipts): the handler reads the order, and
+//!   stages the new state with the value it read as a condition
+//!   ([`OrderStore::transition_staged`]); the idempotency behavior's completion
+//!   applies it in the same Redis script that stores the response and appends
+//!   the events (`OrderPaid`, `OrderCancelled`) to the outbox. State changed but
+//!   events lost cannot happen, nor can two attempts both apply it.
+//! - **Inbox** (payments, stock): the store itself records, per order, what was
+//!   done and refuses to do it twice: a second charge of an order returns the
+//!   first payment; a refund or release before the charge or reservation leaves
+//!   a tombstone, so a charge that arrives late (a paused payment copy resumed)
+//!   is refused instead of keeping money a compensated saga gave back.
+//!
+//! Every change of money or stock is appended to a ledger, never overwritten,
+//! so the chaos run can audit conservation: per order, charged − refunded is
+//! the price when paid and 0 otherwise, reserved − released the quantity when
+//! paid and 0 otherwise.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use catga::{Error, ErrorKind, Result};
+use catga::redis::RedisStore;
+use catga::store::UnitOfWork;
+use catga::{Context, Error, ErrorKind, Result};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
 
 use crate::messages::{Order, OrderStatus};
 
+/// One line of a ledger: what happened to an order's money or stock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    /// `charge`, `refund`, `reserve`, `release`, or `void` (an undo that found
+    /// nothing to undo and blocks a late do).
+    pub kind: String,
+    /// The order.
+    pub order: Uuid,
+    /// Cents or units.
+    pub amount: i64,
+}
+
+impl LedgerEntry {
+    fn parse(line: &str) -> Option<LedgerEntry> {
+        let mut parts = line.split(' ');
+        Some(LedgerEntry {
+            kind: parts.next()?.to_owned(),
+            order: parts.next()?.parse().ok()?,
+            amount: parts.next()?.parse().ok()?,
+        })
+    }
+
+    #[cfg(test)]
+    fn line(kind: &str, order: Uuid, amount: i64) -> String {
+        format!("{kind} {order} {amount}")
+    }
+}
+
 /// Orders.
 #[async_trait]
 pub trait OrderStore: Send + Sync + 'static {
-    /// Stores a new order.
+    /// Stores a new order unless one with its id exists (a retried create).
     async fn insert(&self, order: &Order) -> Result<()>;
     /// One order.
     async fn get(&self, id: Uuid) -> Result<Option<Order>>;
     /// Orders, newest first.
     async fn list(&self, limit: usize) -> Result<Vec<Order>>;
-    /// Applies `change` if the order's status is one of `from`: compare-and-set,
-    /// safe across copies. Fails with `orders.not_found` or `orders.invalid_state`.
+    /// Applies `change` now if the order's status is one of `from`
+    /// (compare-and-set, safe across copies). Fails with `orders.not_found` or
+    /// `orders.invalid_state`.
     async fn transition(
         &self,
         id: Uuid,
         from: &[OrderStatus],
         change: &(dyn for<'o> Fn(&'o mut Order) + Sync),
     ) -> Result<Order>;
+    /// Like [`OrderStore::transition`], but the write commits with the
+    /// handler's completion (a unit of work staged in `ctx`; applied at once in
+    /// memory). The message must be partitioned by the order id.
+    async fn transition_staged(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        from: &[OrderStatus],
+        change: &(dyn for<'o> Fn(&'o mut Order) + Sync),
+    ) -> Result<Order>;
+    /// Records a receipt of `OrderPaid` for `order` with the handler's
+    /// completion (unit of work).
+    async fn receipt(&self, ctx: &Context, order: Uuid) -> Result<()>;
+    /// Receipts recorded per order (for the audit).
+    async fn receipts(&self) -> Result<HashMap<Uuid, u64>>;
 }
 
 /// Stock per SKU and reservations per order.
@@ -43,23 +104,28 @@ pub trait StockStore: Send + Sync + 'static {
     async fn seed(&self, sku: &str, qty: u64) -> Result<()>;
     /// Units available.
     async fn available(&self, sku: &str) -> Result<u64>;
-    /// Takes `qty` units for `order`; `false` when there are not enough.
+    /// Takes `qty` units for `order`, once: a repeat is a no-op. `false` when
+    /// there are not enough; `inventory.cancelled` when the order's stock was
+    /// released (or voided) already.
     async fn reserve(&self, order: Uuid, sku: &str, qty: u32) -> Result<bool>;
-    /// Gives an order's held units back (no-op when none are held).
+    /// Gives an order's held units back, once; with nothing held, leaves a
+    /// tombstone so a late reservation is refused.
     async fn release(&self, order: Uuid, sku: &str) -> Result<()>;
-    /// Reservations applied per order (for the audit).
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>>;
+    /// Every reservation and release, in order (for the audit).
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>>;
 }
 
 /// Payments per order.
 #[async_trait]
 pub trait PaymentStore: Send + Sync + 'static {
-    /// Records a charge and returns the payment id.
+    /// Charges `order` once and returns the payment id (a repeat returns the
+    /// first one); `payment.cancelled` when it was refunded or voided already.
     async fn charge(&self, order: Uuid, amount_cents: u64) -> Result<Uuid>;
-    /// Refunds an order's charge (no-op when none or already refunded).
+    /// Refunds an order's charge, once; with no charge, leaves a tombstone so
+    /// a late charge is refused.
     async fn refund(&self, order: Uuid) -> Result<()>;
-    /// Charges applied per order (for the audit).
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>>;
+    /// Every charge and refund, in order (for the audit).
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>>;
 }
 
 /// The error of an order that does not exist (`orders.not_found`, HTTP 404).
@@ -78,6 +144,14 @@ fn invalid_state(order: &Order, from: &[OrderStatus]) -> Error {
     .with_code("orders.invalid_state")
 }
 
+fn cancelled(what: &str, order: Uuid) -> Error {
+    Error::handler(
+        format!("{what}.cancelled"),
+        format!("order {order} was compensated already; nothing is taken"),
+    )
+    .with_retryable(false)
+}
+
 fn redis_error(e: redis::RedisError) -> Error {
     Error::store(format!("shop store: {e}"))
 }
@@ -86,21 +160,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Where an order's money or stock stands in the inbox of a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    /// Charged or reserved (with the amount).
+    Taken(i64),
+    /// Refunded or released (with the amount).
+    GivenBack(i64),
+    /// Undone before anything was taken: a late take is refused.
+    Voided,
+}
+
 /// In-memory stores for one process.
 #[derive(Debug, Default)]
 pub struct MemoryStores {
     orders: Mutex<HashMap<Uuid, Order>>,
     stock: Mutex<HashMap<String, u64>>,
-    held: Mutex<HashMap<Uuid, (String, u32)>>,
-    reserved: Mutex<HashMap<Uuid, u64>>,
-    payments: Mutex<HashMap<Uuid, (Uuid, bool)>>,
-    charged: Mutex<HashMap<Uuid, u64>>,
+    reservations: Mutex<HashMap<Uuid, (String, Done)>>,
+    payments: Mutex<HashMap<Uuid, (Uuid, Done)>>,
+    stock_ledger: Mutex<Vec<LedgerEntry>>,
+    payment_ledger: Mutex<Vec<LedgerEntry>>,
+    receipts: Mutex<HashMap<Uuid, u64>>,
+}
+
+fn entry(kind: &str, order: Uuid, amount: i64) -> LedgerEntry {
+    LedgerEntry {
+        kind: kind.to_owned(),
+        order,
+        amount,
+    }
 }
 
 #[async_trait]
 impl OrderStore for MemoryStores {
     async fn insert(&self, order: &Order) -> Result<()> {
-        lock(&self.orders).insert(order.id, order.clone());
+        lock(&self.orders)
+            .entry(order.id)
+            .or_insert_with(|| order.clone());
         Ok(())
     }
 
@@ -129,6 +225,26 @@ impl OrderStore for MemoryStores {
         change(order);
         Ok(order.clone())
     }
+
+    async fn transition_staged(
+        &self,
+        _ctx: &Context,
+        id: Uuid,
+        from: &[OrderStatus],
+        change: &(dyn for<'o> Fn(&'o mut Order) + Sync),
+    ) -> Result<Order> {
+        // One process: nothing survives a crash to be inconsistent with.
+        self.transition(id, from, change).await
+    }
+
+    async fn receipt(&self, _ctx: &Context, order: Uuid) -> Result<()> {
+        *lock(&self.receipts).entry(order).or_default() += 1;
+        Ok(())
+    }
+
+    async fn receipts(&self) -> Result<HashMap<Uuid, u64>> {
+        Ok(lock(&self.receipts).clone())
+    }
 }
 
 #[async_trait]
@@ -144,47 +260,79 @@ impl StockStore for MemoryStores {
 
     async fn reserve(&self, order: Uuid, sku: &str, qty: u32) -> Result<bool> {
         let mut stock = lock(&self.stock);
+        let mut reservations = lock(&self.reservations);
+        match reservations.get(&order) {
+            Some((_, Done::Taken(_))) => return Ok(true),
+            Some(_) => return Err(cancelled("inventory", order)),
+            None => {}
+        }
         let left = stock.entry(sku.to_owned()).or_insert(0);
         if *left < u64::from(qty) {
             return Ok(false);
         }
         *left -= u64::from(qty);
-        lock(&self.held).insert(order, (sku.to_owned(), qty));
-        *lock(&self.reserved).entry(order).or_default() += 1;
+        reservations.insert(order, (sku.to_owned(), Done::Taken(i64::from(qty))));
+        lock(&self.stock_ledger).push(entry("reserve", order, i64::from(qty)));
         Ok(true)
     }
 
-    async fn release(&self, order: Uuid, _sku: &str) -> Result<()> {
+    async fn release(&self, order: Uuid, sku: &str) -> Result<()> {
         let mut stock = lock(&self.stock);
-        if let Some((sku, qty)) = lock(&self.held).remove(&order) {
-            *stock.entry(sku).or_default() += u64::from(qty);
+        let mut reservations = lock(&self.reservations);
+        match reservations.get(&order).cloned() {
+            None => {
+                reservations.insert(order, (sku.to_owned(), Done::Voided));
+                lock(&self.stock_ledger).push(entry("void", order, 0));
+            }
+            Some((sku, Done::Taken(qty))) => {
+                *stock.entry(sku.clone()).or_default() += qty.unsigned_abs();
+                reservations.insert(order, (sku, Done::GivenBack(qty)));
+                lock(&self.stock_ledger).push(entry("release", order, qty));
+            }
+            Some(_) => {}
         }
         Ok(())
     }
 
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>> {
-        Ok(lock(&self.reserved).clone())
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>> {
+        Ok(lock(&self.stock_ledger).clone())
     }
 }
 
 #[async_trait]
 impl PaymentStore for MemoryStores {
-    async fn charge(&self, order: Uuid, _amount_cents: u64) -> Result<Uuid> {
+    async fn charge(&self, order: Uuid, amount_cents: u64) -> Result<Uuid> {
+        let mut payments = lock(&self.payments);
+        match payments.get(&order) {
+            Some((id, Done::Taken(_))) => return Ok(*id),
+            Some(_) => return Err(cancelled("payment", order)),
+            None => {}
+        }
         let id = catga::new_id();
-        lock(&self.payments).insert(order, (id, false));
-        *lock(&self.charged).entry(order).or_default() += 1;
+        let amount = i64::try_from(amount_cents).unwrap_or(i64::MAX);
+        payments.insert(order, (id, Done::Taken(amount)));
+        lock(&self.payment_ledger).push(entry("charge", order, amount));
         Ok(id)
     }
 
     async fn refund(&self, order: Uuid) -> Result<()> {
-        if let Some(p) = lock(&self.payments).get_mut(&order) {
-            p.1 = true;
+        let mut payments = lock(&self.payments);
+        match payments.get(&order).copied() {
+            None => {
+                payments.insert(order, (Uuid::nil(), Done::Voided));
+                lock(&self.payment_ledger).push(entry("void", order, 0));
+            }
+            Some((id, Done::Taken(amount))) => {
+                payments.insert(order, (id, Done::GivenBack(amount)));
+                lock(&self.payment_ledger).push(entry("refund", order, amount));
+            }
+            Some(_) => {}
         }
         Ok(())
     }
 
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>> {
-        Ok(lock(&self.charged).clone())
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>> {
+        Ok(lock(&self.payment_ledger).clone())
     }
 }
 
@@ -192,6 +340,8 @@ impl PaymentStore for MemoryStores {
 #[derive(Clone)]
 pub struct RedisStores {
     conn: ConnectionManager,
+    /// Catga's store: where partitioned keys of a unit of work go.
+    catga: RedisStore,
 }
 
 impl std::fmt::Debug for RedisStores {
@@ -200,11 +350,16 @@ impl std::fmt::Debug for RedisStores {
     }
 }
 
+/// Orders: a hash per shard (field = order id, value = JSON), in the shard of
+/// the order's partition, so a unit of work of a message about the order
+/// commits with the handler's completion.
 const ORDERS: &str = "shop:orders";
-const RESERVATIONS: &str = "shop:reservations";
-const RESERVED: &str = "shop:reservations:applied";
-const PAYMENTS: &str = "shop:payments";
-const CHARGED: &str = "shop:payments:applied";
+/// Receipts of `OrderPaid` per order, per shard, likewise.
+const RECEIPTS: &str = "shop:receipts";
+const RESERVATIONS: &str = "{shop:stock}:reservations";
+const STOCK_LEDGER: &str = "{shop:stock}:ledger";
+const PAYMENTS: &str = "{shop:payments}:state";
+const PAYMENT_LEDGER: &str = "{shop:payments}:ledger";
 
 const CAS: &str = r"
 -- KEYS[1] orders hash; ARGV[1] order id; ARGV[2] expected JSON; ARGV[3] new JSON
@@ -215,22 +370,62 @@ end
 return 0";
 
 const RESERVE: &str = r"
--- KEYS[1] stock key; KEYS[2] reservations hash; KEYS[3] applied counts
+-- KEYS[1] stock of the sku; KEYS[2] reservations hash; KEYS[3] ledger
 -- ARGV[1] order id; ARGV[2] qty; ARGV[3] sku
+-- Returns 1 reserved (now or before), 0 not enough stock, -1 released already.
+local done = redis.call('HGET', KEYS[2], ARGV[1])
+if done then
+  if string.sub(done, 1, 9) == 'reserved ' then return 1 end
+  return -1
+end
 local left = tonumber(redis.call('GET', KEYS[1]) or '0')
 if left < tonumber(ARGV[2]) then return 0 end
 redis.call('DECRBY', KEYS[1], ARGV[2])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3] .. ' ' .. ARGV[2])
-redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('HSET', KEYS[2], ARGV[1], 'reserved ' .. ARGV[3] .. ' ' .. ARGV[2])
+redis.call('RPUSH', KEYS[3], 'reserve ' .. ARGV[1] .. ' ' .. ARGV[2])
 return 1";
 
 const RELEASE: &str = r"
--- KEYS[1] stock key; KEYS[2] reservations hash; ARGV[1] order id
-local held = redis.call('HGET', KEYS[2], ARGV[1])
-if not held then return 0 end
-local qty = string.match(held, ' (%d+)$')
+-- KEYS[1] stock of the sku; KEYS[2] reservations hash; KEYS[3] ledger
+-- ARGV[1] order id; ARGV[2] sku
+local done = redis.call('HGET', KEYS[2], ARGV[1])
+if not done then
+  redis.call('HSET', KEYS[2], ARGV[1], 'voided ' .. ARGV[2] .. ' 0')
+  redis.call('RPUSH', KEYS[3], 'void ' .. ARGV[1] .. ' 0')
+  return 0
+end
+local kind, sku, qty = string.match(done, '^(%a+) (%S+) (%d+)$')
+if kind ~= 'reserved' then return 0 end
 redis.call('INCRBY', KEYS[1], qty)
-redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], 'released ' .. sku .. ' ' .. qty)
+redis.call('RPUSH', KEYS[3], 'release ' .. ARGV[1] .. ' ' .. qty)
+return 1";
+
+const CHARGE: &str = r"
+-- KEYS[1] payments hash; KEYS[2] ledger; ARGV[1] order id; ARGV[2] cents;
+-- ARGV[3] a new payment id. Returns the payment id, or 'cancelled'.
+local done = redis.call('HGET', KEYS[1], ARGV[1])
+if not done then
+  redis.call('HSET', KEYS[1], ARGV[1], 'charged ' .. ARGV[3] .. ' ' .. ARGV[2])
+  redis.call('RPUSH', KEYS[2], 'charge ' .. ARGV[1] .. ' ' .. ARGV[2])
+  return ARGV[3]
+end
+local kind, id = string.match(done, '^(%a+) (%S+)')
+if kind == 'charged' then return id end
+return 'cancelled'";
+
+const REFUND: &str = r"
+-- KEYS[1] payments hash; KEYS[2] ledger; ARGV[1] order id
+local done = redis.call('HGET', KEYS[1], ARGV[1])
+if not done then
+  redis.call('HSET', KEYS[1], ARGV[1], 'voided - 0')
+  redis.call('RPUSH', KEYS[2], 'void ' .. ARGV[1] .. ' 0')
+  return 0
+end
+local kind, id, cents = string.match(done, '^(%a+) (%S+) (%d+)$')
+if kind ~= 'charged' then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], 'refunded ' .. id .. ' ' .. cents)
+redis.call('RPUSH', KEYS[2], 'refund ' .. ARGV[1] .. ' ' .. cents)
 return 1";
 
 impl RedisStores {
@@ -238,20 +433,31 @@ impl RedisStores {
     pub async fn connect(url: &str) -> Result<RedisStores> {
         let client = redis::Client::open(url).map_err(redis_error)?;
         let conn = ConnectionManager::new(client).await.map_err(redis_error)?;
-        Ok(RedisStores { conn })
+        let catga = RedisStore::connect(catga::redis::RedisOptions::new(url)).await?;
+        Ok(RedisStores { conn, catga })
     }
 
     fn stock_key(sku: &str) -> String {
-        format!("shop:stock:{sku}")
+        format!("{{shop:stock}}:sku:{sku}")
     }
 
-    async fn counts(&self, key: &str) -> Result<HashMap<Uuid, u64>> {
+    fn orders_key(&self, id: Uuid) -> String {
+        self.catga.partition_key(&id.to_string(), ORDERS)
+    }
+
+    async fn ledger_of(&self, key: &str) -> Result<Vec<LedgerEntry>> {
         let mut conn = self.conn.clone();
-        let raw: HashMap<String, u64> = conn.hgetall(key).await.map_err(redis_error)?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
-            .collect())
+        let lines: Vec<String> = conn.lrange(key, 0, -1).await.map_err(redis_error)?;
+        Ok(lines.iter().filter_map(|l| LedgerEntry::parse(l)).collect())
+    }
+
+    async fn read_order(&self, id: Uuid) -> Result<Option<(String, Order)>> {
+        let mut conn = self.conn.clone();
+        let json: Option<String> = conn
+            .hget(self.orders_key(id), id.to_string())
+            .await
+            .map_err(redis_error)?;
+        json.map(|j| decode(&j).map(|o| (j, o))).transpose()
     }
 }
 
@@ -267,29 +473,30 @@ fn encode(order: &Order) -> Result<String> {
 impl OrderStore for RedisStores {
     async fn insert(&self, order: &Order) -> Result<()> {
         let mut conn = self.conn.clone();
-        let _: () = conn
-            .hset(ORDERS, order.id.to_string(), encode(order)?)
+        let _: bool = conn
+            .hset_nx(
+                self.orders_key(order.id),
+                order.id.to_string(),
+                encode(order)?,
+            )
             .await
             .map_err(redis_error)?;
         Ok(())
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Order>> {
-        let mut conn = self.conn.clone();
-        let json: Option<String> = conn
-            .hget(ORDERS, id.to_string())
-            .await
-            .map_err(redis_error)?;
-        json.as_deref().map(decode).transpose()
+        Ok(self.read_order(id).await?.map(|(_, o)| o))
     }
 
     async fn list(&self, limit: usize) -> Result<Vec<Order>> {
         let mut conn = self.conn.clone();
-        let all: HashMap<String, String> = conn.hgetall(ORDERS).await.map_err(redis_error)?;
-        let mut orders = all
-            .values()
-            .map(|j| decode(j))
-            .collect::<Result<Vec<_>>>()?;
+        let mut orders = Vec::new();
+        for key in self.catga.shard_keys(ORDERS) {
+            let all: HashMap<String, String> = conn.hgetall(key).await.map_err(redis_error)?;
+            for json in all.values() {
+                orders.push(decode(json)?);
+            }
+        }
         orders.sort_by_key(|o| std::cmp::Reverse(o.id));
         orders.truncate(limit);
         Ok(orders)
@@ -304,18 +511,13 @@ impl OrderStore for RedisStores {
         let mut conn = self.conn.clone();
         let script = redis::Script::new(CAS);
         for _ in 0..32 {
-            let json: Option<String> = conn
-                .hget(ORDERS, id.to_string())
-                .await
-                .map_err(redis_error)?;
-            let json = json.ok_or_else(|| not_found(id))?;
-            let mut order = decode(&json)?;
+            let (json, mut order) = self.read_order(id).await?.ok_or_else(|| not_found(id))?;
             if !from.contains(&order.status) {
                 return Err(invalid_state(&order, from));
             }
             change(&mut order);
             let set: i64 = script
-                .key(ORDERS)
+                .key(self.orders_key(id))
                 .arg(id.to_string())
                 .arg(&json)
                 .arg(encode(&order)?)
@@ -330,6 +532,45 @@ impl OrderStore for RedisStores {
             ErrorKind::Conflict,
             format!("order {id} keeps changing; try again"),
         ))
+    }
+
+    async fn transition_staged(
+        &self,
+        ctx: &Context,
+        id: Uuid,
+        from: &[OrderStatus],
+        change: &(dyn for<'o> Fn(&'o mut Order) + Sync),
+    ) -> Result<Order> {
+        let (json, mut order) = self.read_order(id).await?.ok_or_else(|| not_found(id))?;
+        if !from.contains(&order.status) {
+            return Err(invalid_state(&order, from));
+        }
+        change(&mut order);
+        let key = self.orders_key(id);
+        ctx.stage(
+            UnitOfWork::new()
+                .expect_field(key.clone(), id.to_string(), Some(json))
+                .hash_set(key, id.to_string(), encode(&order)?),
+        )?;
+        Ok(order)
+    }
+
+    async fn receipt(&self, ctx: &Context, order: Uuid) -> Result<()> {
+        let key = self.catga.partition_key(&order.to_string(), RECEIPTS);
+        ctx.stage(UnitOfWork::new().hash_increment(key, order.to_string(), 1))
+    }
+
+    async fn receipts(&self) -> Result<HashMap<Uuid, u64>> {
+        let mut conn = self.conn.clone();
+        let mut out = HashMap::new();
+        for key in self.catga.shard_keys(RECEIPTS) {
+            let raw: HashMap<String, u64> = conn.hgetall(key).await.map_err(redis_error)?;
+            out.extend(
+                raw.into_iter()
+                    .filter_map(|(k, v)| Some((k.parse().ok()?, v))),
+            );
+        }
+        Ok(out)
     }
 }
 
@@ -355,14 +596,18 @@ impl StockStore for RedisStores {
         let done: i64 = redis::Script::new(RESERVE)
             .key(Self::stock_key(sku))
             .key(RESERVATIONS)
-            .key(RESERVED)
+            .key(STOCK_LEDGER)
             .arg(order.to_string())
             .arg(qty)
             .arg(sku)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(done == 1)
+        match done {
+            1 => Ok(true),
+            0 => Ok(false),
+            _ => Err(cancelled("inventory", order)),
+        }
     }
 
     async fn release(&self, order: Uuid, sku: &str) -> Result<()> {
@@ -370,15 +615,17 @@ impl StockStore for RedisStores {
         let _: i64 = redis::Script::new(RELEASE)
             .key(Self::stock_key(sku))
             .key(RESERVATIONS)
+            .key(STOCK_LEDGER)
             .arg(order.to_string())
+            .arg(sku)
             .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
         Ok(())
     }
 
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>> {
-        self.counts(RESERVED).await
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>> {
+        self.ledger_of(STOCK_LEDGER).await
     }
 }
 
@@ -386,37 +633,93 @@ impl StockStore for RedisStores {
 impl PaymentStore for RedisStores {
     async fn charge(&self, order: Uuid, amount_cents: u64) -> Result<Uuid> {
         let mut conn = self.conn.clone();
-        let id = catga::new_id();
-        let record = format!("{id} {amount_cents} charged");
-        let _: () = redis::pipe()
-            .atomic()
-            .hset(PAYMENTS, order.to_string(), record)
-            .ignore()
-            .hincr(CHARGED, order.to_string(), 1)
-            .ignore()
-            .query_async(&mut conn)
+        let id: String = redis::Script::new(CHARGE)
+            .key(PAYMENTS)
+            .key(PAYMENT_LEDGER)
+            .arg(order.to_string())
+            .arg(amount_cents)
+            .arg(catga::new_id().to_string())
+            .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        Ok(id)
+        id.parse().map_err(|_| cancelled("payment", order))
     }
 
     async fn refund(&self, order: Uuid) -> Result<()> {
         let mut conn = self.conn.clone();
-        let record: Option<String> = conn
-            .hget(PAYMENTS, order.to_string())
+        let _: i64 = redis::Script::new(REFUND)
+            .key(PAYMENTS)
+            .key(PAYMENT_LEDGER)
+            .arg(order.to_string())
+            .invoke_async(&mut conn)
             .await
             .map_err(redis_error)?;
-        if let Some(record) = record {
-            let refunded = record.replace(" charged", " refunded");
-            let _: () = conn
-                .hset(PAYMENTS, order.to_string(), refunded)
-                .await
-                .map_err(redis_error)?;
-        }
         Ok(())
     }
 
-    async fn applied(&self) -> Result<HashMap<Uuid, u64>> {
-        self.counts(CHARGED).await
+    async fn ledger(&self) -> Result<Vec<LedgerEntry>> {
+        self.ledger_of(PAYMENT_LEDGER).await
+    }
+}
+
+/// Per order: the sum of the ledger's entries of kind `plus` minus those of
+/// kind `minus`.
+pub fn net(ledger: &[LedgerEntry], plus: &str, minus: &str) -> HashMap<Uuid, i64> {
+    let mut out: HashMap<Uuid, i64> = HashMap::new();
+    for e in ledger {
+        let sign = if e.kind == plus {
+            1
+        } else if e.kind == minus {
+            -1
+        } else {
+            continue;
+        };
+        *out.entry(e.order).or_default() += sign * e.amount;
+    }
+    out
+}
+
+/// Per order: how many entries of kind `kind` the ledger holds.
+pub fn count(ledger: &[LedgerEntry], kind: &str) -> HashMap<Uuid, u64> {
+    let mut out: HashMap<Uuid, u64> = HashMap::new();
+    for e in ledger.iter().filter(|e| e.kind == kind) {
+        *out.entry(e.order).or_default() += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_lines_round_trip_and_sum_per_order() {
+        let order = Uuid::now_v7();
+        let lines = [
+            LedgerEntry::line("charge", order, 1500),
+            LedgerEntry::line("refund", order, 1500),
+            "garbage".to_owned(),
+        ];
+        let ledger: Vec<_> = lines.iter().filter_map(|l| LedgerEntry::parse(l)).collect();
+        assert_eq!(ledger.len(), 2);
+        assert_eq!(net(&ledger, "charge", "refund")[&order], 0);
+        assert_eq!(count(&ledger, "charge")[&order], 1);
+    }
+
+    #[tokio::test]
+    async fn a_late_charge_after_a_refund_is_refused_in_memory() {
+        let s = MemoryStores::default();
+        let order = Uuid::now_v7();
+        s.refund(order).await.unwrap();
+        let e = s.charge(order, 100).await.unwrap_err();
+        assert_eq!(e.code(), Some("payment.cancelled"));
+        let other = Uuid::now_v7();
+        let first = s.charge(other, 100).await.unwrap();
+        assert_eq!(s.charge(other, 100).await.unwrap(), first, "charged once");
+        s.refund(other).await.unwrap();
+        s.refund(other).await.unwrap();
+        let ledger = PaymentStore::ledger(&s).await.unwrap();
+        assert_eq!(net(&ledger, "charge", "refund")[&other], 0);
+        assert_eq!(ledger.len(), 3, "void, charge, one refund");
     }
 }
