@@ -18,11 +18,14 @@
 //!   bus with the semantics of NATS queue groups; `catga-nats` carries the same
 //!   across machines.
 //! - [`store`]: idempotency, outbox and lock traits with in-memory implementations;
-//!   `catga-redis` backs them for a cluster.
+//!   `catga-redis` backs them for a cluster. A handler under idempotency stages
+//!   its state changes as a [`UnitOfWork`](store::UnitOfWork)
+//!   ([`Context::stage`]): they commit with its response and events, or not at all.
 //! - [`relay`]: the outbox relay, publishing events stored with handler results.
 //! - [`saga`]: persisted sagas with compensation, coordinated by a leader.
 //! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
-//!   fenced lock.
+//!   fenced lock; what a leader sends carries its [`Fence`], refused once a newer
+//!   term began.
 //! - [`backoff`]: exponential backoff with full jitter, the one way Catga waits
 //!   before trying again.
 //! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.

@@ -556,7 +556,7 @@ pub(crate) fn inbound_request<R: Request>(
             .map_err(|e| undecodable(R::NAME, &e))?;
         let route = mediator.request_route::<R>()?;
         let ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
-        let response = route.dispatch_owned(request, ctx).await?;
+        let response = route.dispatch_inbound(&request, &ctx).await?;
         let payload = message
             .format
             .encode_bytes(&response)
@@ -582,6 +582,6 @@ pub(crate) fn inbound_event<E: Event>(
             return Ok(());
         };
         let ctx = Context::new(mediator.clone(), message.metadata(), E::NAME);
-        Error::combine(E::NAME, route.dispatch_shared(Arc::new(event), ctx).await)
+        Error::combine(E::NAME, route.dispatch_inbound(&event, &ctx).await)
     })
 }

@@ -115,6 +115,14 @@ pub(crate) fn detaches(pipeline: &[SharedBehavior]) -> bool {
     pipeline.iter().any(|b| b.detaches())
 }
 
+/// The runtime a pipeline that must run to completion is spawned on: `None`
+/// when it need not, or outside a runtime (then the caller's task runs it).
+fn detached_runtime(detached: bool) -> Option<tokio::runtime::Handle> {
+    detached
+        .then(tokio::runtime::Handle::try_current)
+        .and_then(std::result::Result::ok)
+}
+
 /// Waits for a detached dispatch until the caller's deadline; the task runs on
 /// after the caller stops waiting.
 async fn wait_detached<T>(
@@ -145,8 +153,17 @@ async fn wait_detached<T>(
 }
 
 /// Rejects a message sent by a leader whose term is over: its fence (header
-/// `Catga-Fence`) is below the lock's current one.
+/// `Catga-Fence`) is below the lock's current one. The lookup's future is
+/// boxed, and made only for a message that carries a fence, so dispatches
+/// without one carry no room for it.
 pub(crate) async fn check_fence(name: &'static str, ctx: &Context) -> Result<()> {
+    if ctx.headers().get(crate::metadata::FENCE_HEADER).is_none() {
+        return Ok(());
+    }
+    Box::pin(check_fence_now(name, ctx)).await
+}
+
+async fn check_fence_now(name: &'static str, ctx: &Context) -> Result<()> {
     let Some(header) = ctx.headers().get(crate::metadata::FENCE_HEADER) else {
         return Ok(());
     };
@@ -209,12 +226,23 @@ impl<R: Request> RequestRoute<R> {
         within_deadline(R::NAME, ctx, run).await
     }
 
+    /// Runs the handler for a caller that waits for itself (a remote peer, with
+    /// its own deadline): a route that must run to completion runs on this
+    /// task without being cut off at the deadline, so it stays within the
+    /// transport's in-flight limit; any other like [`RequestRoute::dispatch`].
+    pub(crate) async fn dispatch_inbound(&self, request: &R, ctx: &Context) -> Result<R::Response> {
+        if !self.detached {
+            return self.dispatch(request, ctx).await;
+        }
+        check_fence(R::NAME, ctx).await?;
+        self.through_pipeline(request, ctx).await
+    }
+
     /// Runs the handler of a request this dispatch owns: on a task of its own
     /// when the route must run to completion (the caller waits until its
     /// deadline at most), otherwise like [`RequestRoute::dispatch`].
     pub(crate) async fn dispatch_owned(&self, request: R, ctx: Context) -> Result<R::Response> {
-        let runtime = tokio::runtime::Handle::try_current();
-        let (true, Ok(runtime)) = (self.detached, runtime) else {
+        let Some(runtime) = detached_runtime(self.detached) else {
             return self.dispatch(&request, &ctx).await;
         };
         let deadline = ctx.deadline();
@@ -347,11 +375,21 @@ impl<E: Event> EventRoute<E> {
         }
     }
 
+    /// Runs the handlers for a transport (see [`RequestRoute::dispatch_inbound`]).
+    pub(crate) async fn dispatch_inbound(&self, event: &E, ctx: &Context) -> Vec<Error> {
+        if !self.detached {
+            return self.dispatch(event, ctx).await;
+        }
+        match check_fence(E::NAME, ctx).await {
+            Ok(()) => self.run_all(event, ctx).await,
+            Err(e) => vec![e],
+        }
+    }
+
     /// Like [`EventRoute::dispatch`] for an event this dispatch shares: on a task
     /// of its own when a handler must run to completion.
     pub(crate) async fn dispatch_shared(&self, event: Arc<E>, ctx: Context) -> Vec<Error> {
-        let runtime = tokio::runtime::Handle::try_current();
-        let (true, Ok(runtime)) = (self.detached, runtime) else {
+        let Some(runtime) = detached_runtime(self.detached) else {
             return self.dispatch(&event, &ctx).await;
         };
         let deadline = ctx.deadline();

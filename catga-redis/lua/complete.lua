@@ -7,21 +7,23 @@
 -- ARGV[1]  token of the attempt
 -- ARGV[2]  encoded response
 -- ARGV[3]  retention in milliseconds
--- ARGV[4]  number of events n
+-- ARGV[4]  number of events n (absent: 0, and nothing follows)
 -- then     n events, 7 fields each: name, payload, content_type, message_id,
 --          correlation_id, causation_id ('' when none), headers (MessagePack)
--- then     number of conditions c, and c conditions of 4 fields each:
---          key index (into KEYS), field ('' for a plain key), whether a value
---          is expected ('1') or the key must be absent ('0'), the value
--- then     number of writes w, and w writes of 4 fields each: operation
---          (set, del, hset, hdel, incr, hincr, rpush), key index, two arguments
+-- then     number of conditions c (absent: 0, and nothing follows), and c
+--          conditions of 4 fields each: key index (into KEYS), field ('' for a
+--          plain key), whether a value is expected ('1') or the key must be
+--          absent ('0'), the value
+-- then     number of writes w (absent: 0), and w writes of 4 fields each:
+--          operation (set, del, hset, hdel, incr, hincr, rpush), key index, two
+--          arguments
 -- Returns 'ok', 'lost' (the claim is not this attempt's) or 'cond:<key index>'.
 if redis.call('GET', KEYS[1]) ~= 'p:' .. ARGV[1] then
   return 'lost'
 end
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[4] or '0')
 local at = 5 + n * 7
-local c = tonumber(ARGV[at])
+local c = tonumber(ARGV[at] or '0')
 at = at + 1
 for i = 0, c - 1 do
   local b = at + i * 4
@@ -43,7 +45,7 @@ for i = 0, c - 1 do
   end
 end
 at = at + c * 4
-local w = tonumber(ARGV[at])
+local w = tonumber(ARGV[at] or '0')
 at = at + 1
 for i = 0, w - 1 do
   local b = at + i * 4

@@ -15,13 +15,25 @@
 pub(crate) struct Keys {
     prefix: String,
     shards: u32,
+    /// Per shard: its hash tag `{<prefix>:o<shard>}` and its outbox stream,
+    /// built once (every claim and completion names them).
+    tags: std::sync::Arc<[(String, String)]>,
 }
 
 impl Keys {
     pub(crate) fn new(prefix: &str, shards: u32) -> Keys {
+        let shards = shards.max(1);
+        let tags = (0..shards)
+            .map(|shard| {
+                let tag = format!("{{{prefix}:o{shard}}}");
+                let outbox = format!("{tag}:outbox");
+                (tag, outbox)
+            })
+            .collect();
         Keys {
             prefix: prefix.to_owned(),
-            shards: shards.max(1),
+            shards,
+            tags,
         }
     }
 
@@ -47,13 +59,18 @@ impl Keys {
         h % self.shards
     }
 
-    fn tag(&self, shard: u32) -> String {
-        format!("{{{}:o{shard}}}", self.prefix)
+    fn tag(&self, shard: u32) -> &str {
+        &self.tags[(shard % self.shards) as usize].0
     }
 
-    pub(crate) fn idempotency(&self, key: &str) -> (String, String) {
-        let tag = self.tag(self.shard_of_key(key));
-        (format!("{tag}:idem:{key}"), format!("{tag}:outbox"))
+    /// The record of idempotency key `key` and the outbox stream of its shard.
+    pub(crate) fn idempotency(&self, key: &str) -> (String, &str) {
+        let (tag, outbox) = &self.tags[self.shard_of_key(key) as usize];
+        let mut idem = String::with_capacity(tag.len() + 6 + key.len());
+        idem.push_str(tag);
+        idem.push_str(":idem:");
+        idem.push_str(key);
+        (idem, outbox)
     }
 
     /// A key for a unit of work of messages of `partition`: in the shard their
@@ -68,7 +85,7 @@ impl Keys {
     }
 
     pub(crate) fn outbox(&self, shard: u32) -> String {
-        format!("{}:outbox", self.tag(shard))
+        self.tags[(shard % self.shards) as usize].1.clone()
     }
 
     pub(crate) fn dead_letters(&self, shard: u32) -> String {
@@ -123,7 +140,7 @@ mod tests {
         let k = Keys::new("catga", 8);
         let (idem, outbox) = k.idempotency("orders.Create/h:0193");
         let tag = |s: &str| s[s.find('{').unwrap()..=s.find('}').unwrap()].to_owned();
-        assert_eq!(tag(&idem), tag(&outbox));
+        assert_eq!(tag(&idem), tag(outbox));
         let (lock, fence) = k.lock("scheduler");
         assert_eq!(tag(&lock), tag(&fence));
         assert_eq!(tag(&k.outbox(3)), tag(&k.dead_letters(3)));

@@ -10,15 +10,21 @@
 //!   once; a completion whose lease expired cannot overwrite a newer attempt.
 //! - **Outbox**: events a handler publishes are written with its completion in
 //!   one script, to a Redis Stream; the relay on every peer shares the streams
-//!   through a consumer group, reclaims entries of a crashed relay (XAUTOCLAIM)
-//!   and dead-letters poison entries.
+//!   through a consumer group, reclaims entries of a crashed relay (XAUTOCLAIM),
+//!   dead-letters poison entries and removes the consumers of dead peers.
+//! - **Unit of work**: the writes a handler staged (`Context::stage`) are
+//!   applied by the same completion script, after checking the conditions
+//!   staged with them. Their keys must share the completion's hash slot: build
+//!   them with [`RedisStore::partition_key`] from the message's partition.
 //! - **Lock**: `SET NX PX` with a random token and, only when it succeeds, a
 //!   fencing counter `INCR`, in one script (so the counter holds the latest
 //!   term's fence and a message with a lower one is refused); compare-and-act
 //!   renew and release scripts. Leader-only tasks (`CatgaBuilder::leader_task`)
 //!   use it through `.lock_store(..)`.
 //! - **Sagas**: saga state with optimistic versioning and the coordinator's
-//!   fencing token checked in one script (`.saga_store(..)`).
+//!   fencing token checked in one script (`.saga_store(..)`); a saga is listed
+//!   as unfinished in the script that creates it and unlisted (and given its
+//!   retention) in the one that finishes it.
 //!
 //! Needs Redis 7.0 or later (the claim is one `SET … NX … GET`); on an older
 //! server a claim fails with a non-retryable error that says so.

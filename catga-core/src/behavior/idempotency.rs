@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use super::{Behavior, Envelope, Next, Reply};
@@ -52,6 +53,14 @@ use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 /// context are held back and written with the response in one atomic step, so
 /// they are published if and only if the handler's result is stored: none on
 /// failure, none lost on a crash after success.
+///
+/// **Unit of work.** State changes the handler stages with
+/// [`Context::stage`](crate::Context::stage) commit in that same step, only
+/// while the conditions staged with them hold; when one does not, nothing is
+/// written, the claim is released and the attempt fails with a retryable
+/// [`Conflict`](ErrorKind::Conflict) (code `catga.condition_failed`). A message
+/// that names its [`partition`](crate::Message::partition) keeps its claim, its
+/// events and its unit of work in that partition's shard.
 #[derive(Clone)]
 pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
@@ -133,12 +142,25 @@ impl Idempotency {
     /// `<scope>:<message id>`, behind a `{<partition>}` hash tag when the
     /// message names its partition (see [`IdempotencyStore`]).
     fn key(&self, env: &Envelope<'_>) -> String {
-        let id = env.context().message_id();
+        let mut id = [0u8; 36];
+        let id = env
+            .context()
+            .message_id()
+            .hyphenated()
+            .encode_lower(&mut id);
         let scope = self.scope.as_deref().unwrap_or(env.handler_id());
-        match env.partition() {
-            Some(partition) => format!("{{{partition}}}{scope}:{id}"),
-            None => format!("{scope}:{id}"),
+        let partition = env.partition();
+        let p = partition.as_deref().unwrap_or("");
+        let mut key = String::with_capacity(p.len() + 2 + scope.len() + 1 + id.len());
+        if partition.is_some() {
+            key.push('{');
+            key.push_str(p);
+            key.push('}');
         }
+        key.push_str(scope);
+        key.push(':');
+        key.push_str(id);
+        key
     }
 }
 
@@ -210,9 +232,12 @@ impl Idempotency {
         let held = ctx.mediator().has_outbox().then(|| ctx.hold_events());
         let staged = ctx.hold_work();
         let lost = AtomicBool::new(false);
-        let result = tokio::select! {
-            result = next.run(env) => result,
-            never = self.keep_claim(key, token, &lost) => match never {},
+        let mut handler = next.run(env);
+        // A handler that finishes at once needs no renewal (and no timer).
+        let result = match (&mut handler).now_or_never() {
+            Some(result) => result,
+            // Boxed: the renewal's timer is room only handlers that wait need.
+            None => Box::pin(self.renewing(handler, key, token, &lost)).await,
         };
         unfinished.finished = true;
         if lost.load(Ordering::Relaxed) {
@@ -222,8 +247,8 @@ impl Idempotency {
         }
         let outcome = match &result {
             Ok(reply) => {
-                let mut bytes = vec![OK];
-                bytes.extend(env.encode_reply(reply, Format::MsgPack)?);
+                let mut bytes = env.encode_reply(reply, Format::MsgPack)?;
+                bytes.insert(0, OK);
                 Some(bytes)
             }
             Err(e) if self.store_failures && !e.is_retryable() => {
@@ -278,6 +303,20 @@ impl Idempotency {
         .with_code("catga.condition_failed")
         .with_retryable(true)
         .with_message_name(env.name()))
+    }
+
+    /// Runs `handler` while renewing its claim.
+    async fn renewing(
+        &self,
+        handler: futures_util::future::BoxFuture<'_, Result<Reply>>,
+        key: &str,
+        token: &str,
+        lost: &AtomicBool,
+    ) -> Result<Reply> {
+        tokio::select! {
+            result = handler => result,
+            never = self.keep_claim(key, token, lost) => match never {},
+        }
     }
 
     /// Renews the claim every third of the lease until dropped; notes in `lost`

@@ -21,5 +21,10 @@ pub use unit_of_work::{Condition, UnitOfWork, Write};
 /// generator seeded once from the OS (64 bits of state) rather than a system
 /// call each time.
 pub fn random_token() -> String {
-    format!("{:032x}", crate::rng::u128())
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = crate::rng::u128();
+    (0..32)
+        .rev()
+        .map(|i| char::from(HEX[((bits >> (i * 4)) & 0xf) as usize]))
+        .collect()
 }

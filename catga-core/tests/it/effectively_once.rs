@@ -10,13 +10,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use catga_core::behavior::idempotency::Idempotency;
-use catga_core::saga::{Saga, SagaState, SagaStatus, Step};
+use catga_core::saga::{Saga, SagaStatus, Step};
 use catga_core::store::{MemoryIdempotencyStore, UnitOfWork};
 use catga_core::transport::memory::MemoryBus;
 use catga_core::{Catga, Context, ErrorKind, Mediator, Message, Metadata, Request, Uuid};
 use serde::{Deserialize, Serialize};
 
 use crate::messages::*;
+use crate::saga::finished;
 
 /// Case 1: an idempotent handler cut off by its caller's deadline after it
 /// applied its effect runs to its end; the retry gets its stored outcome.
@@ -357,21 +358,6 @@ fn shop(journal: &Journal, step_deadline: Duration) -> Mediator {
         .unwrap()
 }
 
-async fn finished(m: &Mediator, id: Uuid) -> SagaState {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let state = m.saga(id).await.unwrap().expect("the saga exists");
-        if state.status.is_finished() {
-            return state;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "saga never finished: {state:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// Case 3: a charge that answers after the step timeout is asked again with the
 /// same id and its one outcome comes back: charged once, saga completed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -651,4 +637,46 @@ async fn staging_without_idempotency_is_an_error() {
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+}
+
+/// Case 7: handler ids are the message name (requests) and the message name
+/// with the registered name or position (events), never a Rust type name, so
+/// every copy of a service computes the same idempotency keys whatever
+/// compiler built it.
+#[tokio::test]
+async fn handler_ids_are_stable_names_not_type_names() {
+    use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+    struct Ids(Arc<Mutex<Vec<String>>>);
+    impl Behavior for Ids {
+        async fn handle<'a>(
+            &'a self,
+            env: Envelope<'a>,
+            next: Next<'a>,
+        ) -> catga_core::Result<Reply> {
+            self.0.lock().unwrap().push(env.handler_id().to_owned());
+            next.run(env).await
+        }
+    }
+    let ids = Arc::new(Mutex::new(Vec::new()));
+    let m = Catga::builder()
+        .behavior(Ids(ids.clone()))
+        .request_fn(|a: Add, _| async move { Ok(a.a) })
+        .event_fn(|_: Happened, _| async { Ok(()) })
+        .event_fn_named("audit", |_: Happened, _| async { Ok(()) })
+        .event_fn(|_: Happened, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    m.send(Add { a: 1, b: 0 }).await.unwrap();
+    m.publish(Happened { n: 1 }).await.unwrap();
+    let mut ids = ids.lock().unwrap().clone();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "test.Add",
+            "test.Happened#0",
+            "test.Happened#1",
+            "test.Happened#audit"
+        ]
+    );
 }

@@ -140,8 +140,9 @@ fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Mediator {
         .unwrap()
 }
 
-async fn finished(m: &Mediator, id: Uuid) -> SagaState {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+/// Waits until saga `id` finishes (60 s at most) and returns its state.
+pub(crate) async fn finished(m: &Mediator, id: Uuid) -> SagaState {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let state = m.saga(id).await.unwrap().expect("the saga exists");
         if state.status.is_finished() {

@@ -263,3 +263,37 @@ async fn redis_going_away_is_a_retryable_store_error_and_it_reconnects() {
         }
     }
 }
+
+/// A server that lost its scripts (restarted, `SCRIPT FLUSH`) gets them again:
+/// the completion still stores.
+#[tokio::test]
+async fn a_completion_reloads_its_script_after_a_flush() {
+    let backend = Backend::single();
+    let s = backend.store().await;
+    let Backend::Single(server) = &backend else {
+        unreachable!("a single node")
+    };
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    for round in 0..2 {
+        let key = format!("flushed-{round}");
+        let Claim::Acquired { token } = s.claim(&key, Duration::from_secs(10)).await.unwrap()
+        else {
+            panic!("first claim")
+        };
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        let done = s
+            .complete(
+                &key,
+                &token,
+                Completion::new("r".into(), Duration::from_secs(60)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(done, Completed::Stored);
+    }
+}
