@@ -143,3 +143,15 @@ async fn a_missing_resource_is_a_clear_error() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("Mutex"), "{err}");
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, Request)]
+#[catga(name = "orders.Settle", response = (), partition = order)]
+struct Settle {
+    order: u64,
+}
+
+#[test]
+fn derive_partition_names_the_entity_a_message_is_about() {
+    assert_eq!(Settle { order: 42 }.partition().as_deref(), Some("42"));
+    assert_eq!(CreateOrder { qty: 1 }.partition(), None);
+}
