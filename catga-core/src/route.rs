@@ -178,7 +178,8 @@ async fn check_fence_now(name: &'static str, ctx: &Context) -> Result<()> {
         return Err(Error::new(
             ErrorKind::Conflict,
             format!(
-                "`{name}` was sent by the leader of `{}` with fence {}, but fence {current}                  leads now: the sender's term is over, so the message is refused",
+                "`{name}` was sent by the leader of `{}` with fence {}, but fence {current} \
+                 leads now: the sender's term is over, so the message is refused",
                 fence.name, fence.token
             ),
         )

@@ -52,6 +52,11 @@ pub struct JetStreamOptions {
     pub max_backoff: Duration,
     /// How long the server waits for an ack before redelivering. Default 30 s.
     pub ack_wait: Duration,
+    /// Copies of each stream's data on the cluster's nodes. Default `None`:
+    /// as many as the cluster has nodes, at most 3 (so a stream survives the
+    /// loss of one node of three), 1 on a single server. Streams that exist
+    /// keep their setting (`nats stream edit --replicas 3` changes it).
+    pub replicas: Option<usize>,
 }
 
 impl Default for JetStreamOptions {
@@ -64,6 +69,7 @@ impl Default for JetStreamOptions {
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
+            replicas: None,
         }
     }
 }

@@ -196,6 +196,11 @@ impl Shared {
             .get_or_try_init(|| async {
                 let o = &self.options;
                 let js = &o.jetstream;
+                let replicas = js.replicas.unwrap_or_else(|| {
+                    // The server lists the other nodes' client URLs with its own.
+                    let nodes = self.client.server_info().connect_urls.len();
+                    nodes.clamp(1, 3)
+                });
                 for (name, subject) in [
                     (o.stream_name(), format!("{}.evt.>", o.prefix)),
                     (o.dead_letter_stream_name(), format!("{}.dlq.>", o.prefix)),
@@ -206,6 +211,7 @@ impl Shared {
                             subjects: vec![subject],
                             max_age: js.max_age,
                             duplicate_window: js.duplicate_window,
+                            num_replicas: replicas,
                             ..Default::default()
                         })
                         .await

@@ -197,3 +197,36 @@ async fn a_failing_reliable_event_is_dead_lettered_after_max_deliveries() {
         "no delivery after dead-lettering"
     );
 }
+
+/// The event and dead-letter streams keep one copy per node, up to three: a
+/// stream on a 3-node cluster survives the loss of a node; on a single server
+/// it has the one copy there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_replicated_across_the_cluster() {
+    async fn replicas(urls: &[String]) -> Vec<usize> {
+        let m = Catga::builder()
+            .service("audit")
+            .transport(
+                NatsTransport::connect(options(urls).reliable_event::<Stored>())
+                    .await
+                    .unwrap(),
+            )
+            .event_fn(|_: Stored, _| async { Ok(()) })
+            .build()
+            .unwrap();
+        m.start().await.unwrap();
+        let client = async_nats::connect(urls[0].as_str()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let mut out = Vec::new();
+        for name in ["CATGA_EVENTS", "CATGA_DLQ"] {
+            let mut stream = js.get_stream(name).await.unwrap();
+            out.push(stream.info().await.unwrap().config.num_replicas);
+        }
+        m.shutdown().await.unwrap();
+        out
+    }
+    let cluster = catga_test_support::NatsCluster::start();
+    assert_eq!(replicas(&cluster.urls()).await, [3, 3]);
+    let single = NatsServer::start();
+    assert_eq!(replicas(&[single.url()]).await, [1, 1]);
+}

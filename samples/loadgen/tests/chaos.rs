@@ -9,8 +9,14 @@
 use loadgen::Chaos;
 use loadgen::drive::Load;
 
+/// Each test runs a whole topology (3 NATS nodes, Redis, 9 service copies):
+/// one at a time, so two do not starve each other of the two cores (and of
+/// free ports) and time out while starting.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_copies_each_one_killed_mid_run_lose_and_duplicate_nothing() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let load = Load {
         orders: 300,
         rate: 60.0,
@@ -55,6 +61,7 @@ async fn three_copies_each_one_killed_mid_run_lose_and_duplicate_nothing() {
 /// once per paid order, and every saga finished.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_copies_and_a_redis_restart_keep_money_and_stock_conserved() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let load = Load {
         orders: 240,
         rate: 8.0,
