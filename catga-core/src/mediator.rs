@@ -526,6 +526,23 @@ impl Inbound for MediatorInbound {
     }
 }
 
+/// Runs user code that is not a handler (a `Deserialize` or `Serialize`
+/// impl) and turns a panic in it into a codec error: the peer answers and
+/// keeps serving.
+fn unwinding<T>(name: &'static str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let why = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        tracing::error!(message = name, what, panic = %why, "serde code panicked");
+        Err(Error::codec(format!("{what} panicked: {why}"))
+            .with_message_name(name)
+            .with_retryable(false))
+    })
+}
+
 fn undecodable(name: &'static str, e: &Error) -> Error {
     Error::codec(format!(
         "the payload of `{name}` could not be decoded: {}; the sender must encode the \
@@ -550,17 +567,17 @@ pub(crate) fn inbound_request<R: Request>(
     message: WireMessage,
 ) -> BoxFuture<'static, Result<WireReply>> {
     Box::pin(async move {
-        let request: R = message
-            .format
-            .decode(&message.payload)
-            .map_err(|e| undecodable(R::NAME, &e))?;
+        let request: R = unwinding(R::NAME, "decoding", || {
+            message.format.decode(&message.payload)
+        })
+        .map_err(|e| undecodable(R::NAME, &e))?;
         let route = mediator.request_route::<R>()?;
         let ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
         let response = route.dispatch_inbound(&request, &ctx).await?;
-        let payload = message
-            .format
-            .encode_bytes(&response)
-            .map_err(|e| e.with_message_name(R::NAME))?;
+        let payload = unwinding(R::NAME, "encoding the response", || {
+            message.format.encode_bytes(&response)
+        })
+        .map_err(|e| e.with_message_name(R::NAME))?;
         Ok(WireReply {
             payload,
             format: message.format,
@@ -574,10 +591,10 @@ pub(crate) fn inbound_event<E: Event>(
     message: WireMessage,
 ) -> BoxFuture<'static, Result<()>> {
     Box::pin(async move {
-        let event: E = message
-            .format
-            .decode(&message.payload)
-            .map_err(|e| undecodable(E::NAME, &e))?;
+        let event: E = unwinding(E::NAME, "decoding", || {
+            message.format.decode(&message.payload)
+        })
+        .map_err(|e| undecodable(E::NAME, &e))?;
         let Some(route) = mediator.event_route::<E>().transpose()? else {
             return Ok(());
         };

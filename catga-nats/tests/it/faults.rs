@@ -169,3 +169,63 @@ async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
     }
     assert!(calls.load(Ordering::SeqCst) > before);
 }
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Touchy {
+    #[serde(deserialize_with = "panics_on_boom")]
+    word: String,
+}
+impl catga_core::Message for Touchy {
+    const NAME: &'static str = "test.Touchy";
+}
+impl catga_core::Request for Touchy {
+    type Response = usize;
+}
+
+/// A user's `Deserialize` that panics on one input.
+fn panics_on_boom<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let word = <String as serde::Deserialize>::deserialize(d)?;
+    assert!(word != "boom", "Deserialize panicked on `boom`");
+    Ok(word)
+}
+
+/// A panic in a user's `Deserialize` becomes an error reply; the subscription
+/// keeps serving the next requests (before, the panic ended its loop, and
+/// every later request waited for its timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_deserialize_is_an_error_reply_and_serving_goes_on() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .service("words")
+        .transport(connect(&[server.url()]).await)
+        .request_fn(|t: Touchy, _| async move { Ok(t.word.len()) })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let caller = client(&[server.url()]).await;
+    let timeout = || Metadata::new().with_timeout(Duration::from_secs(5));
+    for _ in 0..3 {
+        let e = caller
+            .send_with(
+                Touchy {
+                    word: "boom".into(),
+                },
+                timeout(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Codec, "{e}");
+        assert!(e.to_string().contains("panicked"), "{e}");
+        let n = caller
+            .send_with(
+                Touchy {
+                    word: "fine".into(),
+                },
+                timeout(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 4);
+    }
+    peer.shutdown().await.unwrap();
+}
