@@ -60,7 +60,7 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// Starts forwarding 127.0.0.1:<new port> to 127.0.0.1:`upstream`. The proxy
+    /// Starts forwarding `127.0.0.1:<new port>` to `127.0.0.1:<upstream>`. The proxy
     /// runs on a thread of its own, so a test runtime that stalls does not
     /// stall it.
     pub fn start(upstream: u16) -> FaultProxy {
