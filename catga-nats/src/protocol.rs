@@ -218,7 +218,7 @@ pub(crate) fn from_nats(
         let Some(v) = values.first().map(HeaderValue::as_str) else {
             continue;
         };
-        match k.as_ref() {
+        match canonical(k.as_ref()) {
             header::CONTENT_TYPE => content_type = Some(v),
             header::MESSAGE_ID => message_id = Some(v),
             header::CORRELATION_ID => correlation_id = Some(v),
@@ -262,6 +262,30 @@ pub(crate) fn from_nats(
         wire.timeout = (ms > 0).then(|| Duration::from_millis(ms));
     }
     Ok(wire)
+}
+
+/// The headers Catga reads by name, in the spelling it writes.
+const KNOWN: [&str; 6] = [
+    header::CONTENT_TYPE,
+    header::MESSAGE_ID,
+    header::CORRELATION_ID,
+    header::CAUSATION_ID,
+    header::TIMEOUT_MS,
+    header::HANDLED_BY,
+];
+
+/// A header name as Catga reads it: names are matched ignoring ASCII case, as
+/// NATS users expect (`catga-message-id` is `Catga-Message-Id`); the spelling
+/// Catga writes is matched first, without folding.
+fn canonical(name: &str) -> &str {
+    if KNOWN.contains(&name) {
+        return name;
+    }
+    KNOWN
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(name))
+        .copied()
+        .unwrap_or(name)
 }
 
 fn parse_uuid(header: &str, text: &str) -> Result<Uuid> {
@@ -474,6 +498,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::CONTENT_TYPE, "text/xml");
         assert!(from_nats("x.Y", Some(&h), Bytes::new()).is_err());
+    }
+
+    #[test]
+    fn header_names_are_matched_ignoring_case() {
+        let id = Uuid::now_v7();
+        let mut h = HeaderMap::new();
+        h.insert("catga-message-id", id.to_string().as_str());
+        h.insert("CONTENT-TYPE", "application/json");
+        h.insert("catga-timeout-ms", "1500");
+        let m = from_nats("x.Y", Some(&h), Bytes::new()).unwrap();
+        assert_eq!(
+            m.message_id, id,
+            "idempotency keeps working for such a client"
+        );
+        assert_eq!(m.format, Format::Json);
+        assert_eq!(m.timeout, Some(Duration::from_millis(1500)));
+        assert!(
+            m.headers.is_empty(),
+            "known headers are not passed on as free ones"
+        );
     }
 
     #[test]
