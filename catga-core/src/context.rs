@@ -16,7 +16,7 @@ use crate::store::{OutboxRecord, UnitOfWork};
 ///
 /// Messages sent or published through a context continue its conversation: the
 /// same correlation id, causation set to the current message id, the same
-/// deadline and headers.
+/// headers, and for requests the same deadline (events carry none).
 ///
 /// Under the idempotency behavior with an outbox, events published through the
 /// context are not sent at once: they are kept and written to the outbox
@@ -192,17 +192,22 @@ impl Context {
     }
 
     /// Publishes an event as a consequence of the current message.
+    ///
+    /// The event does not inherit what is left of this message's deadline: an
+    /// event is a fact, and its handlers (and a stream that stores it for
+    /// redelivery) must not time out because its publisher was in a hurry.
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        let meta = self.meta.child();
+        let meta = self.meta.child().without_deadline();
         match self.outbox.get() {
             Some(buffer) => self.hold(buffer, &event, &meta),
             None => self.mediator.publish_with(event, meta).await,
         }
     }
 
-    /// Like [`Context::publish`], with per-call metadata (values set there win).
+    /// Like [`Context::publish`], with per-call metadata (values set there win,
+    /// a deadline included).
     pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
-        let meta = self.meta.child().overridden_by(meta);
+        let meta = self.meta.child().without_deadline().overridden_by(meta);
         match self.outbox.get() {
             Some(buffer) => self.hold(buffer, &event, &meta),
             None => self.mediator.publish_with(event, meta).await,

@@ -276,6 +276,12 @@ impl Metadata {
         }
     }
 
+    /// The same metadata without a deadline.
+    pub(crate) fn without_deadline(mut self) -> Metadata {
+        self.deadline = None;
+        self
+    }
+
     /// Merges per-call options into child metadata: values set in `overrides` win.
     pub(crate) fn overridden_by(mut self, overrides: Metadata) -> Metadata {
         if let Some(id) = overrides.message_id.get() {

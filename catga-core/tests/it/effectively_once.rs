@@ -680,3 +680,34 @@ async fn handler_ids_are_stable_names_not_type_names() {
         ]
     );
 }
+
+/// An event published by a handler does not inherit the handler's deadline:
+/// its handlers (and a stream that keeps it for redelivery) must not time out
+/// because the publisher's caller was in a hurry.
+#[tokio::test]
+async fn events_published_by_a_handler_carry_no_deadline() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let m = Catga::builder()
+        .request_fn(|a: Add, ctx: Context| async move {
+            assert!(ctx.deadline().is_some());
+            ctx.publish(Happened { n: a.a as u32 }).await?;
+            Ok(a.a)
+        })
+        .event_fn(move |_: Happened, ctx: Context| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(ctx.deadline().is_none());
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.send_with(
+        Add { a: 1, b: 0 },
+        Metadata::new().with_timeout(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(*seen.lock().unwrap(), [true]);
+}
