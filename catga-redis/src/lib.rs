@@ -31,7 +31,9 @@
 //!
 //! Each atomic operation that must compare before it acts is one Lua script in
 //! `catga-redis/lua/`. Keys of one operation share a hash tag, so the same code
-//! runs on Redis Cluster.
+//! runs on Redis Cluster. The files follow the stores: `options.rs`, `store.rs`
+//! (connection, keys, scripts), `idempotency.rs`, `outbox.rs`, `lock.rs`,
+//! `saga.rs`.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
@@ -52,8 +54,13 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+mod idempotency;
 mod keys;
+mod lock;
+mod options;
+mod outbox;
 mod saga;
 mod store;
 
-pub use store::{RedisOptions, RedisStore};
+pub use options::RedisOptions;
+pub use store::RedisStore;

@@ -1,0 +1,80 @@
+//! [`RedisOptions`]: where and how the Redis stores connect.
+
+use std::time::Duration;
+
+/// Where and how to connect.
+///
+/// ```
+/// use std::time::Duration;
+/// use catga_redis::RedisOptions;
+///
+/// let single = RedisOptions::new("redis://127.0.0.1:6379/");
+/// let cluster = RedisOptions::cluster(["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"])
+///     .prefix("shop")
+///     .timeout(Duration::from_secs(1));
+/// # drop((single, cluster));
+/// ```
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct RedisOptions {
+    pub(crate) urls: Vec<String>,
+    pub(crate) cluster: bool,
+    pub(crate) prefix: String,
+    pub(crate) outbox_shards: u32,
+    pub(crate) timeout: Duration,
+    pub(crate) saga_retention: Duration,
+}
+
+impl RedisOptions {
+    /// One Redis node.
+    pub fn new(url: impl Into<String>) -> Self {
+        RedisOptions {
+            urls: vec![url.into()],
+            cluster: false,
+            prefix: "catga".to_owned(),
+            outbox_shards: 8,
+            timeout: Duration::from_secs(2),
+            saga_retention: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+
+    /// A Redis Cluster, given some of its nodes.
+    pub fn cluster<I, S>(urls: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        RedisOptions {
+            urls: urls.into_iter().map(Into::into).collect(),
+            cluster: true,
+            ..RedisOptions::new("")
+        }
+    }
+
+    /// Key prefix (default `catga`); peers of one deployment must agree on it.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Number of outbox streams (default 8). Idempotency keys and outbox entries
+    /// spread over them, and so over a cluster's nodes. Peers must agree on it.
+    pub fn outbox_shards(mut self, shards: u32) -> Self {
+        self.outbox_shards = shards.max(1);
+        self
+    }
+
+    /// How long a finished saga's state is kept for reading (default 7 days);
+    /// then it expires.
+    pub fn saga_retention(mut self, retention: Duration) -> Self {
+        self.saga_retention = retention;
+        self
+    }
+
+    /// Connect and response timeout (default 2 s): past it, an operation fails
+    /// with a retryable store error instead of waiting for Redis.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+}
