@@ -80,14 +80,6 @@ impl Context {
         Ok(())
     }
 
-    /// A message id derived from this message's id and `what`: the same each
-    /// time this message is handled. Give it to a message a handler sends or
-    /// publishes when a replay of the handler must send the same message again
-    /// (the inbox pattern): consumers' idempotency then sees one message.
-    pub fn derived_id(&self, what: &str) -> Uuid {
-        Uuid::new_v5(&self.message_id(), what.as_bytes())
-    }
-
     /// Starts holding back events published through this context for an
     /// attempt: anything an earlier attempt on this context held (and did not
     /// commit) is dropped.

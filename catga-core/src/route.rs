@@ -157,16 +157,13 @@ async fn wait_detached<T>(
 /// boxed, and made only for a message that carries a fence, so dispatches
 /// without one carry no room for it.
 pub(crate) async fn check_fence(name: &'static str, ctx: &Context) -> Result<()> {
-    if ctx.headers().get(crate::metadata::FENCE_HEADER).is_none() {
-        return Ok(());
+    match ctx.headers().get(crate::metadata::FENCE_HEADER) {
+        None => Ok(()),
+        Some(header) => Box::pin(check_fence_now(name, ctx, header)).await,
     }
-    Box::pin(check_fence_now(name, ctx)).await
 }
 
-async fn check_fence_now(name: &'static str, ctx: &Context) -> Result<()> {
-    let Some(header) = ctx.headers().get(crate::metadata::FENCE_HEADER) else {
-        return Ok(());
-    };
+async fn check_fence_now(name: &'static str, ctx: &Context, header: &str) -> Result<()> {
     let fence =
         crate::metadata::Fence::from_header(header).map_err(|e| e.with_message_name(name))?;
     let current = ctx
@@ -235,6 +232,12 @@ impl<R: Request> RequestRoute<R> {
         if !self.detached {
             return self.dispatch(request, ctx).await;
         }
+        self.run_to_end(request, ctx).await
+    }
+
+    /// The fence check and the pipeline, with no deadline: how a route that
+    /// must run to completion runs, on whichever task.
+    async fn run_to_end(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         check_fence(R::NAME, ctx).await?;
         self.through_pipeline(request, ctx).await
     }
@@ -249,9 +252,10 @@ impl<R: Request> RequestRoute<R> {
         let deadline = ctx.deadline();
         let task = runtime.spawn(async move {
             let mediator = ctx.mediator().clone();
-            let route = mediator.request_route::<R>()?;
-            check_fence(R::NAME, &ctx).await?;
-            route.through_pipeline(&request, &ctx).await
+            mediator
+                .request_route::<R>()?
+                .run_to_end(&request, &ctx)
+                .await
         });
         wait_detached(R::NAME, self.id.type_name, deadline, task).await?
     }
@@ -381,6 +385,12 @@ impl<E: Event> EventRoute<E> {
         if !self.detached {
             return self.dispatch(event, ctx).await;
         }
+        self.run_to_end(event, ctx).await
+    }
+
+    /// The fence check and the handlers, with no deadline (see
+    /// [`RequestRoute::run_to_end`]).
+    async fn run_to_end(&self, event: &E, ctx: &Context) -> Vec<Error> {
         match check_fence(E::NAME, ctx).await {
             Ok(()) => self.run_all(event, ctx).await,
             Err(e) => vec![e],
@@ -396,17 +406,15 @@ impl<E: Event> EventRoute<E> {
         let deadline = ctx.deadline();
         let task = runtime.spawn(async move {
             let mediator = ctx.mediator().clone();
-            let route = match mediator.event_route::<E>() {
-                Some(route) => route,
-                None => return Ok(Vec::new()),
-            };
-            check_fence(E::NAME, &ctx).await?;
-            Ok(route?.run_all(&event, &ctx).await)
+            match mediator.event_route::<E>() {
+                Some(Ok(route)) => route.run_to_end(&event, &ctx).await,
+                Some(Err(e)) => vec![e],
+                None => Vec::new(),
+            }
         });
-        match wait_detached(E::NAME, "event handlers", deadline, task).await {
-            Ok(Ok(failures)) => failures,
-            Ok(Err(e)) | Err(e) => vec![e],
-        }
+        wait_detached(E::NAME, "event handlers", deadline, task)
+            .await
+            .unwrap_or_else(|e| vec![e])
     }
 
     async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {

@@ -60,6 +60,7 @@ impl Completion {
     }
 
     /// With a unit of work to apply.
+    #[must_use]
     pub fn work(mut self, work: UnitOfWork) -> Self {
         self.work = work;
         self

@@ -67,23 +67,18 @@ pub async fn chaos(copies: usize, load: Load, chaos: Chaos) -> Result<Report, St
     let urls = topo.order_urls();
     let redis = topo.redis.url();
     let submit = Duration::from_secs_f64(load.orders as f64 / load.rate);
-    let payment_pids: Vec<u32> = topo
-        .copies
-        .iter()
-        .filter(|c| c.role == Role::Payment)
-        .skip(usize::from(!chaos.pause_every_payment_copy))
-        .filter_map(topology::Copy::pid)
-        .collect();
     let Topology {
         copies,
         nats,
         redis: redis_server,
         ..
     } = &mut topo;
-    let orders: Vec<(u16, Option<u32>)> = copies
+    let copies: &[topology::Copy] = copies;
+    let payment_pids: Vec<u32> = copies
         .iter()
-        .filter(|c| c.role == Role::Order)
-        .map(|c| (c.port, c.pid()))
+        .filter(|c| c.role == Role::Payment)
+        .skip(usize::from(!chaos.pause_every_payment_copy))
+        .filter_map(topology::Copy::pid)
         .collect();
     let order_copies: Vec<&topology::Copy> =
         copies.iter().filter(|c| c.role == Role::Order).collect();
@@ -96,9 +91,11 @@ pub async fn chaos(copies: usize, load: Load, chaos: Chaos) -> Result<Report, St
     let killing = async {
         if chaos.kill_copy {
             tokio::time::sleep(submit / 3).await;
-            if let Some((port, Some(pid))) = orders.first() {
-                catga_test_support::signal(*pid, "KILL");
-                eprintln!("chaos: SIGKILLed order-service on port {port}");
+            if let Some(copy) = order_copies.first()
+                && let Some(pid) = copy.pid()
+            {
+                catga_test_support::signal(pid, "KILL");
+                eprintln!("chaos: SIGKILLed order-service on port {}", copy.port);
             }
         }
         if chaos.kill_nats {
