@@ -21,6 +21,13 @@ struct NodeSpec {
 
 impl NodeSpec {
     fn spawn(&self, dir: &std::path::Path) -> Proc {
+        self.try_spawn(dir).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the node and waits until it accepts connections; an error (with
+    /// its log) when it exits first, e.g. because another test took a port
+    /// between `free_port` and the bind.
+    fn try_spawn(&self, dir: &std::path::Path) -> Result<Proc, String> {
         let mut cmd = Command::new(binary("nats-server", HINT));
         cmd.args(["-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
@@ -39,8 +46,8 @@ impl NodeSpec {
         }
         let mut proc = Proc::spawn(&mut cmd, &dir.join(format!("{}.log", self.name)));
         let port = self.port;
-        proc.wait_until(&format!("nats-server {}", self.name), || accepts(port));
-        proc
+        proc.try_wait_until(&format!("nats-server {}", self.name), || accepts(port))?;
+        Ok(proc)
     }
 
     fn healthy(&self) -> bool {
@@ -116,8 +123,24 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
-    /// Starts three nodes and waits until every one is routed and healthy.
+    /// Starts three nodes and waits until every one is routed and healthy. A
+    /// node that exits while starting (a port taken by a test running beside
+    /// this one) makes it start again on other ports, up to five times.
     pub fn start() -> NatsCluster {
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            match NatsCluster::try_start() {
+                Ok(cluster) => return cluster,
+                Err(e) => failures.push(e),
+            }
+        }
+        panic!(
+            "a NATS cluster did not start in five tries:\n{}",
+            failures.join("\n---\n")
+        );
+    }
+
+    fn try_start() -> Result<NatsCluster, String> {
         let dir = tempfile::tempdir().expect("temporary directory");
         let cluster_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let specs: Vec<NodeSpec> = (0..3)
@@ -137,21 +160,19 @@ impl NatsCluster {
                 store: dir.path().join(format!("js-{}", i + 1)),
             })
             .collect();
-        let mut nodes: Vec<(NodeSpec, Proc)> = specs
-            .into_iter()
-            .map(|s| {
-                let p = s.spawn(dir.path());
-                (s, p)
-            })
-            .collect();
+        let mut nodes: Vec<(NodeSpec, Proc)> = Vec::new();
+        for spec in specs {
+            let proc = spec.try_spawn(dir.path())?;
+            nodes.push((spec, proc));
+        }
         for (spec, proc) in &mut nodes {
             let monitor = spec.monitor;
-            proc.wait_until(&format!("{} routes", spec.name), || {
+            proc.try_wait_until(&format!("{} routes", spec.name), || {
                 http_get(monitor, "/routez").is_some_and(|(_, b)| routes(&b) >= 2)
-            });
-            proc.wait_until(&format!("{} health", spec.name), || spec.healthy());
+            })?;
+            proc.try_wait_until(&format!("{} health", spec.name), || spec.healthy())?;
         }
-        NatsCluster { nodes, dir }
+        Ok(NatsCluster { nodes, dir })
     }
 
     /// Client URLs of every node, in order.

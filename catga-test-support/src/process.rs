@@ -75,20 +75,35 @@ impl Proc {
 
     /// Waits until `ready` holds, panicking with the log when the process dies
     /// or the time runs out.
-    pub(crate) fn wait_until(&mut self, what: &str, mut ready: impl FnMut() -> bool) {
+    pub(crate) fn wait_until(&mut self, what: &str, ready: impl FnMut() -> bool) {
+        if let Err(e) = self.try_wait_until(what, ready) {
+            panic!("{e}");
+        }
+    }
+
+    /// Like [`Proc::wait_until`], returning what went wrong (with the log)
+    /// instead of panicking, so a caller can start again on other ports.
+    pub(crate) fn try_wait_until(
+        &mut self,
+        what: &str,
+        mut ready: impl FnMut() -> bool,
+    ) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if ready() {
-                return;
+                return Ok(());
             }
             if !self.is_running() {
-                panic!("{what}: the process exited; its log:\n{}", self.log_tail());
+                return Err(format!(
+                    "{what}: the process exited; its log:\n{}",
+                    self.log_tail()
+                ));
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "{what}: not ready after {START_TIMEOUT:?}; log:\n{}",
                     self.log_tail()
-                );
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
