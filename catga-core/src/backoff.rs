@@ -1,6 +1,8 @@
-//! Exponential backoff with full jitter: the one way Catga waits before trying
-//! again (retry behavior, duplicates waiting for an attempt, saga steps, leader
-//! elections).
+//! Trying again without amplifying load: exponential backoff with full
+//! jitter, the one way Catga waits before trying again (retry behavior,
+//! duplicates waiting for an attempt, saga steps, leader elections, relay and
+//! reconnects), and a [`RetryBudget`] per peer that bounds how many retries
+//! there are at all.
 //!
 //! The wait before attempt *n + 1* is drawn uniformly from
 //! `[0, min(max, initial · 2ⁿ⁻¹)]` ("full jitter", as in the AWS architecture
@@ -17,7 +19,11 @@
 //! assert_eq!(b.attempts(), 10);
 //! ```
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use tower::retry::budget::{Budget, TpsBudget};
 
 /// Delays for successive attempts: exponential, capped, fully jittered.
 #[derive(Debug, Clone)]
@@ -57,6 +63,99 @@ impl Backoff {
     /// Starts over from the first delay (after a success).
     pub fn reset(&mut self) {
         self.attempts = 0;
+    }
+}
+
+/// How many retries a peer may make, as a share of its first attempts (the
+/// retry budget of Finagle and gRPC, tower's `TpsBudget`): when a dependency
+/// fails, retries add at most that share of load instead of multiplying it
+/// at every layer.
+///
+/// Every first attempt that may be retried deposits; every retry withdraws,
+/// and is not made when the budget is empty (the last error is returned). A
+/// minimum number of retries per second is always allowed, for peers that
+/// send little. One budget serves the whole peer: the [`Retry`] behavior, a
+/// remote send answered `overloaded`, and saga steps (which, having to reach
+/// an answer, wait a full backoff instead of giving up).
+///
+/// [`Retry`]: crate::behavior::Retry
+///
+/// ```
+/// use catga_core::RetryBudget;
+///
+/// let budget = RetryBudget::new(0.1, 0);
+/// for _ in 0..20 {
+///     budget.deposit();
+/// }
+/// assert!(budget.withdraw() && budget.withdraw());
+/// assert!(!budget.withdraw(), "20 first attempts buy 2 retries at 10 %");
+/// assert_eq!(budget.denied(), 1);
+/// ```
+#[derive(Clone)]
+pub struct RetryBudget {
+    inner: Arc<BudgetInner>,
+}
+
+struct BudgetInner {
+    budget: TpsBudget,
+    ratio: f32,
+    min_per_sec: u32,
+    denied: AtomicU64,
+}
+
+impl RetryBudget {
+    /// Retries of up to `ratio` of first attempts over the last 10 s (0.2:
+    /// one retry per five first attempts), plus `min_per_sec` retries per
+    /// second in any case.
+    pub fn new(ratio: f32, min_per_sec: u32) -> Self {
+        RetryBudget {
+            inner: Arc::new(BudgetInner {
+                budget: TpsBudget::new(
+                    Duration::from_secs(10),
+                    min_per_sec,
+                    ratio.clamp(0.0, 1000.0),
+                ),
+                ratio,
+                min_per_sec,
+                denied: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Counts a first attempt.
+    pub fn deposit(&self) {
+        self.inner.budget.deposit();
+    }
+
+    /// Takes a retry from the budget: `false` (and counted) when it is empty.
+    pub fn withdraw(&self) -> bool {
+        let granted = self.inner.budget.withdraw();
+        if !granted {
+            self.inner.denied.fetch_add(1, Ordering::Relaxed);
+        }
+        granted
+    }
+
+    /// Retries refused since the peer started (export it as a metric).
+    pub fn denied(&self) -> u64 {
+        self.inner.denied.load(Ordering::Relaxed)
+    }
+}
+
+impl Default for RetryBudget {
+    /// 20 % of first attempts, at least 10 retries per second.
+    fn default() -> Self {
+        RetryBudget::new(0.2, 10)
+    }
+}
+
+impl std::fmt::Debug for RetryBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetryBudget")
+            .field("ratio", &self.inner.ratio)
+            .field("min_per_sec", &self.inner.min_per_sec)
+            .field("denied", &self.denied())
+            .finish()
     }
 }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use crate::backoff::RetryBudget;
 use crate::behavior::validation::{Validate, Validation};
 use crate::behavior::{Behavior, HandlerId, MessageInfo, SharedBehavior};
 use crate::codec::Format;
@@ -98,6 +99,8 @@ pub struct CatgaBuilder {
     format: Format,
     service: String,
     request_timeout: Duration,
+    max_inbound_timeout: Duration,
+    retry_budget: RetryBudget,
     leader_tasks: Vec<LeaderTask>,
     lock_store: Option<Arc<dyn LockStore>>,
     resources: TypeMap<Arc<dyn Any + Send + Sync>>,
@@ -117,6 +120,8 @@ impl Default for CatgaBuilder {
             format: Format::default(),
             service: "catga".to_owned(),
             request_timeout: crate::transport::DEFAULT_REQUEST_TIMEOUT,
+            max_inbound_timeout: Duration::from_secs(60),
+            retry_budget: RetryBudget::default(),
             leader_tasks: Vec::new(),
             lock_store: None,
             resources: TypeMap::default(),
@@ -375,6 +380,25 @@ impl CatgaBuilder {
         self
     }
 
+    /// The longest a handler of a message from another peer may take, whatever
+    /// deadline its sender set (default 60 s): a client cannot hold this
+    /// peer's capacity for longer. A message that arrives past its deadline
+    /// is answered with a timeout (code `catga.expired`) and not handled.
+    pub fn max_inbound_timeout(mut self, timeout: Duration) -> Self {
+        self.max_inbound_timeout = timeout;
+        self
+    }
+
+    /// The budget every retry of this peer draws from: the [`Retry`]
+    /// behavior, remote sends answered `overloaded`, saga steps. Default: 20 %
+    /// of first attempts, at least 10 retries per second.
+    ///
+    /// [`Retry`]: crate::behavior::Retry
+    pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
+        self.retry_budget = budget;
+        self
+    }
+
     /// Runs `task` on exactly one peer at a time (see [`leader`](crate::leader));
     /// the lease is 10 s, use [`CatgaBuilder::leader`] for another.
     pub fn leader_task<F, Fut>(self, name: impl Into<Arc<str>>, task: F) -> Self
@@ -524,6 +548,8 @@ impl CatgaBuilder {
                 service: self.service,
                 peer_id: new_id(),
                 request_timeout: self.request_timeout,
+                max_inbound_timeout: self.max_inbound_timeout,
+                retry_budget: self.retry_budget,
                 started: AtomicBool::new(false),
                 leader_tasks,
                 lock_store: self

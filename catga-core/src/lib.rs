@@ -81,6 +81,7 @@ pub mod saga;
 pub mod store;
 pub mod transport;
 
+pub use backoff::RetryBudget;
 pub use builder::{Catga, CatgaBuilder};
 pub use codec::{Codec, Format};
 pub use context::Context;

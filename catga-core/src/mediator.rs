@@ -9,10 +9,12 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+use crate::backoff::RetryBudget;
 use crate::codec::Format;
 use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
@@ -23,7 +25,9 @@ use crate::relay::{self, RelayOptions};
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
 use crate::saga::{Saga, SagaData, SagaRunner, SagaState, SagaStore};
 use crate::store::{LockStore, OutboxRecord, OutboxStore};
-use crate::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
+use crate::transport::{
+    DEFAULT_REQUEST_TIMEOUT, Inbound, PeerSpec, Transport, WireMessage, WireReply,
+};
 
 pub(crate) type InboundRequestFn =
     fn(Mediator, WireMessage) -> BoxFuture<'static, Result<WireReply>>;
@@ -40,6 +44,10 @@ pub(crate) struct Inner {
     pub(crate) service: String,
     pub(crate) peer_id: Uuid,
     pub(crate) request_timeout: Duration,
+    /// The longest budget an incoming message gets, whatever its sender asked.
+    pub(crate) max_inbound_timeout: Duration,
+    /// What every retry of this peer draws from.
+    pub(crate) retry_budget: RetryBudget,
     pub(crate) started: AtomicBool,
     pub(crate) leader_tasks: Vec<LeaderTask>,
     pub(crate) lock_store: Arc<dyn LockStore>,
@@ -155,13 +163,51 @@ impl Mediator {
             .encode_bytes(request)
             .map_err(|e| e.with_message_name(R::NAME))?;
         let timeout = meta.remaining().unwrap_or(self.inner.request_timeout);
+        if timeout.is_zero() {
+            // The deadline passed already: the receiver would not run it.
+            return Err(Error::timeout(R::NAME, Duration::ZERO));
+        }
         let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
         wire.timeout = Some(timeout);
-        let reply = transport.request(wire, timeout).await?;
+        self.inner.retry_budget.deposit();
+        let reply = match transport.request(wire.clone(), timeout).await {
+            Err(e) if e.kind() == ErrorKind::Overloaded => {
+                Box::pin(self.try_other_copies(&**transport, wire, meta.deadline(), e)).await?
+            }
+            reply => reply?,
+        };
         reply
             .format
             .decode::<R::Response>(&reply.payload)
             .map_err(|e| e.with_message_name(R::NAME))
+    }
+
+    /// A request the peer that took it answered `overloaded`: sent again at
+    /// once, at most twice, while the retry budget and the deadline allow (a
+    /// transport such as NATS hands it to another copy, which may have room).
+    #[cold]
+    async fn try_other_copies(
+        &self,
+        transport: &dyn Transport,
+        mut wire: WireMessage,
+        deadline: Option<Instant>,
+        mut error: Error,
+    ) -> Result<WireReply> {
+        let budget = &self.inner.retry_budget;
+        let deadline =
+            deadline.unwrap_or_else(|| Instant::now() + wire.timeout.unwrap_or_default());
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !budget.withdraw() {
+                break;
+            }
+            wire.timeout = Some(left);
+            match transport.request(wire.clone(), left).await {
+                Err(e) if e.kind() == ErrorKind::Overloaded => error = e,
+                other => return other,
+            }
+        }
+        Err(error)
     }
 
     /// Publishes `event` to every local handler and, through the transport, to
@@ -422,6 +468,23 @@ impl Mediator {
         self.inner.saga_store.load(id).await
     }
 
+    /// Whether this peer can serve: `Ok` when it has no transport or its
+    /// transport is connected and every subscription is serving; otherwise
+    /// the reason (for a readiness probe).
+    pub fn ready(&self) -> Result<()> {
+        match &self.inner.transport {
+            Some(transport) => transport.ready(),
+            None => Ok(()),
+        }
+    }
+
+    /// The retry budget every retry of this peer draws from (see
+    /// [`RetryBudget`]); its [`denied`](RetryBudget::denied) count is worth
+    /// exporting.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.inner.retry_budget
+    }
+
     /// Names of the leader-only tasks this peer runs right now.
     pub fn leading(&self) -> Vec<String> {
         self.inner
@@ -493,12 +556,39 @@ impl MediatorInbound {
     }
 }
 
+/// Checks the deadline of an incoming message: past it, the message is not
+/// handled (its caller has stopped waiting); a budget over the peer's cap is
+/// cut to the cap (a client cannot pin this peer's capacity for longer).
+fn admit_deadline(message: &mut WireMessage, cap: Duration) -> Result<()> {
+    match &mut message.timeout {
+        Some(left) if left.is_zero() => Err(Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "`{}` arrived after its deadline (its caller has stopped waiting); it was \
+                 not handled",
+                message.name
+            ),
+        )
+        .with_code("catga.expired")
+        .with_message_name(message.name.clone())),
+        Some(left) => {
+            *left = (*left).min(cap);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 impl Inbound for MediatorInbound {
-    fn request(&self, message: WireMessage) -> BoxFuture<'static, Result<WireReply>> {
+    fn request(&self, mut message: WireMessage) -> BoxFuture<'static, Result<WireReply>> {
         let mediator = match self.mediator() {
             Ok(m) => m,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        message.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
+        if let Err(e) = admit_deadline(&mut message, mediator.inner.max_inbound_timeout) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         match mediator.inner.inbound_requests.get(&*message.name) {
             Some(handle) => handle(mediator.clone(), message),
             None => Box::pin(std::future::ready(Err(unknown_name(
@@ -508,11 +598,14 @@ impl Inbound for MediatorInbound {
         }
     }
 
-    fn event(&self, message: WireMessage) -> BoxFuture<'static, Result<()>> {
+    fn event(&self, mut message: WireMessage) -> BoxFuture<'static, Result<()>> {
         let mediator = match self.mediator() {
             Ok(m) => m,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
+        if let Err(e) = admit_deadline(&mut message, mediator.inner.max_inbound_timeout) {
+            return Box::pin(std::future::ready(Err(e)));
+        }
         if message.handled_by.as_deref() == Some(mediator.service()) {
             return Box::pin(std::future::ready(Ok(())));
         }

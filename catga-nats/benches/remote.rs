@@ -12,7 +12,11 @@
 //! - `publish`: fire-and-forget event publishes from one task, a flush after
 //!   every 100.
 //!
-//! `CATGA_BENCH_CASE=send|publish` runs one case only (for profiling).
+//! - `cpu`: ONE message type whose handler burns 200 µs of CPU, served by a
+//!   peer on a runtime of 1 thread, then of 2: requests per second of each
+//!   and their ratio (handlers of one type run on every core).
+//!
+//! `CATGA_BENCH_CASE=send|publish|cpu` runs one case only (for profiling).
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +61,17 @@ impl Message for Tick {
 }
 impl Event for Tick {}
 
+#[derive(Clone, Serialize, Deserialize)]
+struct Burn {
+    micros: u64,
+}
+impl Message for Burn {
+    const NAME: &'static str = "bench.Burn";
+}
+impl Request for Burn {
+    type Response = u64;
+}
+
 fn body() -> String {
     "x".repeat(56) // 64 bytes of MessagePack with the map header and field name
 }
@@ -97,6 +112,11 @@ async fn bare_responder(client: Client, subject: &'static str, headers: bool) {
                 let h = msg.headers.as_ref().unwrap();
                 let id: uuid::Uuid = h.get("Catga-Message-Id").unwrap().as_str().parse().unwrap();
                 assert!(!id.is_nil());
+                let deadline: u64 = h.get("Catga-Deadline").unwrap().as_str().parse().unwrap();
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                assert!(deadline > now.as_millis() as u64);
             }
             let echo: Echo = rmp_serde::from_slice(&msg.payload).unwrap();
             let reply = rmp_serde::to_vec_named(&echo.body.len()).unwrap();
@@ -107,15 +127,78 @@ async fn bare_responder(client: Client, subject: &'static str, headers: bool) {
     });
 }
 
-/// The headers Catga sends with a request of the default timeout when the
-/// caller has no trace context of its own: the message id.
-fn catga_like_headers() -> async_nats::HeaderMap {
+/// The headers Catga sends with an event when the caller has no trace context
+/// of its own: the message id.
+fn catga_like_event_headers() -> async_nats::HeaderMap {
     let mut h = async_nats::HeaderMap::new();
     h.insert(
         "Catga-Message-Id",
         catga_core::new_id().to_string().as_str(),
     );
     h
+}
+
+/// The headers Catga sends with a request: an event's, and the absolute
+/// deadline.
+fn catga_like_headers() -> async_nats::HeaderMap {
+    let mut h = catga_like_event_headers();
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        + Duration::from_secs(30);
+    h.insert("Catga-Deadline", deadline.as_millis().to_string().as_str());
+    h
+}
+
+/// Requests per second of one message type whose handler burns 200 µs of
+/// CPU, served by a peer on a runtime of its own with `workers` threads.
+async fn cpu_bound(url: &str, client: &Mediator, workers: usize) -> f64 {
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let url = url.to_owned();
+    let peer = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let nats = NatsTransport::connect(NatsOptions::new([url.as_str()]))
+                .await
+                .unwrap();
+            let m = Catga::builder()
+                .service("bench-cpu")
+                .transport(nats)
+                .request_fn(|e: Burn, _| {
+                    let end = Instant::now() + Duration::from_micros(e.micros);
+                    let mut spins = 0u64;
+                    while Instant::now() < end {
+                        spins = spins.wrapping_add(1);
+                    }
+                    async move { Ok(spins) }
+                })
+                .build()
+                .unwrap();
+            m.start().await.unwrap();
+            ready_tx.send(()).unwrap();
+            let _ = stop_rx.await;
+            m.shutdown().await.unwrap();
+        });
+    });
+    ready_rx.await.unwrap();
+    let c = client.clone();
+    let stats = bench::drive(IN_FLIGHT, WARM_UP, MEASURE, move || {
+        let c = c.clone();
+        async move {
+            c.send(Burn { micros: 200 }).await.unwrap();
+        }
+    })
+    .await;
+    stop_tx.send(()).unwrap();
+    tokio::task::spawn_blocking(move || peer.join().unwrap())
+        .await
+        .unwrap();
+    stats.per_sec
 }
 
 async fn catga_peer(url: &str) -> Mediator {
@@ -209,6 +292,18 @@ fn main() {
                 );
             }
         }
+        if wants("cpu") {
+            let (mut one, mut two) = (vec![], vec![]);
+            for _ in 0..3 {
+                one.push(cpu_bound(&url, &client, 1).await);
+                two.push(cpu_bound(&url, &client, 2).await);
+            }
+            let (one, two) = (bench::middle(one), bench::middle(two));
+            println!(
+                "{{\"case\":\"cpu_bound_one_type\",\"handler_cpu_us\":200,\"one_thread_per_sec\":{one:.0},\"two_threads_per_sec\":{two:.0},\"ratio\":{:.3}}}",
+                two / one
+            );
+        }
         if !wants("publish") {
             return;
         }
@@ -227,7 +322,7 @@ fn main() {
                                 let p: bytes::Bytes =
                                     rmp_serde::to_vec_named(&Tick { body: body() }).unwrap().into();
                                 if with_headers {
-                                    c.publish_with_headers("bare.evt.Tick", catga_like_headers(), p)
+                                    c.publish_with_headers("bare.evt.Tick", catga_like_event_headers(), p)
                                         .await
                                         .unwrap();
                                 } else {

@@ -42,11 +42,15 @@
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
+mod admission;
+mod jetstream;
 mod options;
 #[cfg(feature = "otel")]
 mod otel;
 pub mod protocol;
+mod serve;
 mod transport;
 
+pub use admission::ServeStats;
 pub use options::{Auth, JetStreamOptions, NatsOptions, Tls};
 pub use transport::NatsTransport;

@@ -93,6 +93,10 @@ pub struct NatsOptions {
     pub(crate) tls: Tls,
     pub(crate) prefix: String,
     pub(crate) max_in_flight: usize,
+    pub(crate) max_in_flight_bytes: usize,
+    pub(crate) peer_max_in_flight: usize,
+    pub(crate) peer_max_in_flight_bytes: usize,
+    pub(crate) serving_tasks: Option<usize>,
     pub(crate) subscription_capacity: usize,
     pub(crate) max_reconnect_delay: Duration,
     pub(crate) connect_timeout: Duration,
@@ -114,6 +118,10 @@ impl NatsOptions {
             tls: Tls::default(),
             prefix: "catga".to_owned(),
             max_in_flight: 256,
+            max_in_flight_bytes: 64 << 20,
+            peer_max_in_flight: 1024,
+            peer_max_in_flight_bytes: 256 << 20,
+            serving_tasks: None,
             subscription_capacity: 8192,
             max_reconnect_delay: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
@@ -164,15 +172,50 @@ impl NatsOptions {
         self
     }
 
-    /// Most messages one subscription handles at once (default 256). Beyond
-    /// that, messages wait in the subscription buffer.
+    /// Most messages of one name this peer handles at once (default 256).
+    /// A request beyond that is answered at once with a retryable
+    /// `overloaded` error (its caller may try another copy); an event waits in
+    /// its subscription. Reliable events take at most this many at once too.
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.max_in_flight = n.max(1);
         self
     }
 
+    /// Most payload bytes of one name this peer handles at once (default
+    /// 64 MiB); as [`NatsOptions::max_in_flight`], in bytes. One message is
+    /// always let in when none is in flight, whatever its size.
+    pub fn max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
+    /// Most messages this peer handles at once, all names together (default
+    /// 1024); beyond it, requests are answered `overloaded`.
+    pub fn peer_max_in_flight(mut self, n: usize) -> Self {
+        self.peer_max_in_flight = n.max(1);
+        self
+    }
+
+    /// Most payload bytes this peer handles at once, all names together
+    /// (default 256 MiB).
+    pub fn peer_max_in_flight_bytes(mut self, bytes: usize) -> Self {
+        self.peer_max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
+    /// Subscriptions (and tasks reading them) per request or core event name.
+    /// Default: the runtime's worker threads, so one hot message type uses
+    /// every core. The NATS server spreads a name's messages over all
+    /// subscriptions of its queue group, this peer's and other copies'.
+    pub fn serving_tasks(mut self, n: usize) -> Self {
+        self.serving_tasks = Some(n.max(1));
+        self
+    }
+
     /// Messages buffered per subscription before NATS drops them as a slow
-    /// consumer (default 8192). Drops are counted and logged.
+    /// consumer (default 8192). Drops are counted and logged. With admission
+    /// control, a request subscription's buffer only fills when reading
+    /// itself falls behind.
     pub fn subscription_capacity(mut self, n: usize) -> Self {
         self.subscription_capacity = n.max(1);
         self

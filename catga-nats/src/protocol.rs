@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_nats::{HeaderMap, HeaderName, HeaderValue};
 use bytes::Bytes;
-use catga_core::transport::{DEFAULT_REQUEST_TIMEOUT, WireMessage, WireReply};
+use catga_core::transport::{WireMessage, WireReply};
 use catga_core::{Error, ErrorKind, Format, Headers, Result, Uuid};
 
 /// Header names Catga writes and reads.
@@ -22,7 +22,12 @@ pub mod header {
     pub const CAUSATION_ID: &str = "Catga-Causation-Id";
     /// Payload encoding: `application/msgpack` (default) or `application/json`.
     pub const CONTENT_TYPE: &str = "Content-Type";
-    /// Milliseconds the sender of a request waits for the reply.
+    /// The absolute deadline of a request (or an event): Unix time in
+    /// milliseconds, on the sender's clock. The receiver answers a request that
+    /// arrives past it with a timeout error, without running the handler.
+    pub const DEADLINE: &str = "Catga-Deadline";
+    /// Milliseconds the sender of a request waits for the reply, counted from
+    /// receipt. Written by senders before `Catga-Deadline` existed; still read.
     pub const TIMEOUT_MS: &str = "Catga-Timeout-Ms";
     /// For events: the service that already handled the event when publishing.
     pub const HANDLED_BY: &str = "Catga-Handled-By";
@@ -134,18 +139,18 @@ pub(crate) fn uuid_value(id: Uuid) -> HeaderValue {
 const MESSAGE_ID: HeaderName = HeaderName::from_static(header::MESSAGE_ID);
 const CORRELATION_ID: HeaderName = HeaderName::from_static(header::CORRELATION_ID);
 const CAUSATION_ID: HeaderName = HeaderName::from_static(header::CAUSATION_ID);
-const TIMEOUT_MS: HeaderName = HeaderName::from_static(header::TIMEOUT_MS);
+const DEADLINE: HeaderName = HeaderName::from_static(header::DEADLINE);
 const HANDLED_BY: HeaderName = HeaderName::from_static(header::HANDLED_BY);
 const TRACEPARENT: HeaderName = HeaderName::from_static(header::TRACEPARENT);
 const FENCE: HeaderName = HeaderName::from_static(header::FENCE);
 
 /// Headers for an outgoing request or event. Only what differs from the
 /// documented defaults is written: the correlation id when it is not the message
-/// id, the content type when it is not MessagePack (a request with the default
-/// timeout arrives here without one, see `Shared::request`), the `traceparent`
-/// when the
+/// id, the content type when it is not MessagePack, the `traceparent` when the
 /// caller has one (the receiver derives the default from the ids). Every header
-/// costs: async-nats stores them in a hash map and parses them on receipt.
+/// costs: async-nats stores them in a hash map and parses them on receipt. The
+/// deadline is written whenever there is one: it is how a receiver tells work
+/// whose caller gave up from work worth doing.
 pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
     let mut h = HeaderMap::new();
     h.insert(MESSAGE_ID, uuid_value(msg.message_id));
@@ -159,10 +164,7 @@ pub(crate) fn to_headers(msg: &WireMessage) -> Result<HeaderMap> {
         h.insert(header::CONTENT_TYPE, msg.format.content_type());
     }
     if let Some(t) = msg.timeout {
-        h.insert(
-            TIMEOUT_MS,
-            HeaderValue::from(t.as_millis().max(1).to_string()),
-        );
+        h.insert(DEADLINE, HeaderValue::from(deadline_millis(t).to_string()));
     }
     if let Some(service) = &msg.handled_by {
         h.insert(HANDLED_BY, value(service, header::HANDLED_BY)?);
@@ -213,7 +215,7 @@ pub(crate) fn from_nats(
     // Collect first, then parse in a fixed order, so the error reported for a
     // message with several malformed headers does not depend on map order.
     let (mut content_type, mut message_id, mut correlation_id) = (None, None, None);
-    let (mut causation_id, mut timeout) = (None, None);
+    let (mut causation_id, mut timeout, mut deadline) = (None, None, None);
     for (k, values) in h.into_iter().flat_map(HeaderMap::iter) {
         let Some(v) = values.first().map(HeaderValue::as_str) else {
             continue;
@@ -223,6 +225,7 @@ pub(crate) fn from_nats(
             header::MESSAGE_ID => message_id = Some(v),
             header::CORRELATION_ID => correlation_id = Some(v),
             header::CAUSATION_ID => causation_id = Some(v),
+            header::DEADLINE => deadline = Some(v),
             header::TIMEOUT_MS => timeout = Some(v),
             header::HANDLED_BY => wire.handled_by = Some(v.to_owned()),
             other
@@ -252,21 +255,47 @@ pub(crate) fn from_nats(
     wire.message_id = uuid(header::MESSAGE_ID, message_id)?.unwrap_or_else(catga_core::new_id);
     wire.correlation_id = uuid(header::CORRELATION_ID, correlation_id)?.unwrap_or(wire.message_id);
     wire.causation_id = uuid(header::CAUSATION_ID, causation_id)?;
-    if let Some(ms) = timeout {
-        let ms = ms.trim().parse::<u64>().map_err(|_| {
+    let millis = |header: &str, text: &str| {
+        text.trim().parse::<u64>().map_err(|_| {
             fail(Error::codec(format!(
-                "header `{}` is `{ms}`, not a number of milliseconds",
-                header::TIMEOUT_MS
+                "header `{header}` is `{text}`, not a number of milliseconds"
             )))
-        })?;
+        })
+    };
+    if let Some(ms) = timeout {
+        let ms = millis(header::TIMEOUT_MS, ms)?;
         wire.timeout = (ms > 0).then(|| Duration::from_millis(ms));
+    }
+    if let Some(at) = deadline {
+        let left = remaining_until(millis(header::DEADLINE, at)?);
+        wire.timeout = Some(wire.timeout.map_or(left, |t| t.min(left)));
     }
     Ok(wire)
 }
 
+/// Milliseconds since the Unix epoch on this machine's clock.
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The `Catga-Deadline` of a message sent now that may take `timeout`: rounded
+/// up, so a budget under a millisecond is not sent as already past.
+pub(crate) fn deadline_millis(timeout: Duration) -> u64 {
+    unix_millis().saturating_add(timeout.as_micros().div_ceil(1000) as u64)
+}
+
+/// What is left until a `Catga-Deadline` (zero once it passed: the message
+/// expired on its way or in this peer's buffer).
+pub(crate) fn remaining_until(deadline_millis: u64) -> Duration {
+    Duration::from_millis(deadline_millis.saturating_sub(unix_millis()))
+}
+
 /// The headers Catga reads by name, in the spelling it writes.
-const KNOWN: [&str; 6] = [
+const KNOWN: [&str; 7] = [
     header::CONTENT_TYPE,
+    header::DEADLINE,
     header::MESSAGE_ID,
     header::CORRELATION_ID,
     header::CAUSATION_ID,
@@ -304,13 +333,6 @@ pub(crate) fn reply_ok(reply: WireReply) -> (Option<HeaderMap>, Bytes) {
         h
     });
     (headers, reply.payload)
-}
-
-/// The timeout a request carries on the wire: none when it is the default,
-/// which the receiver applies to a request without one. (Events keep theirs:
-/// the receiver applies no default to an event.)
-pub(crate) fn request_timeout_on_wire(timeout: Option<Duration>) -> Option<Duration> {
-    timeout.filter(|t| *t != DEFAULT_REQUEST_TIMEOUT)
 }
 
 /// Bytes `headers` take on the wire (`NATS/1.0` line, `name: value` lines, end).
@@ -421,23 +443,58 @@ mod tests {
     }
 
     #[test]
-    fn a_request_with_the_default_timeout_carries_only_its_id() {
+    fn a_request_carries_its_id_and_its_absolute_deadline() {
         let mut msg = WireMessage::new("orders.Create", vec![], Format::MsgPack, &Metadata::new());
-        msg.timeout = request_timeout_on_wire(Some(DEFAULT_REQUEST_TIMEOUT));
+        msg.timeout = Some(Duration::from_secs(29));
+        let before = unix_millis();
         let h = to_headers(&msg).unwrap();
         let names: Vec<&str> = h.iter().map(|(k, _)| AsRef::<str>::as_ref(k)).collect();
-        assert_eq!(names, [header::MESSAGE_ID]);
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(names.contains(&header::MESSAGE_ID) && names.contains(&header::DEADLINE));
+        let at: u64 = get(Some(&h), header::DEADLINE).unwrap().parse().unwrap();
+        assert!(
+            (before + 29_000..=unix_millis() + 29_000).contains(&at),
+            "{at}"
+        );
+        // Without a deadline, only the id.
+        msg.timeout = None;
+        let h = to_headers(&msg).unwrap();
         assert_eq!(
             header_bytes(&h),
             "NATS/1.0\r\nCatga-Message-Id: \r\n\r\n".len() + 36
         );
-        msg.timeout = request_timeout_on_wire(Some(Duration::from_secs(29)));
-        let h = to_headers(&msg).unwrap();
-        assert_eq!(get(Some(&h), header::TIMEOUT_MS), Some("29000"));
-        // An event keeps even a 30 s deadline: nothing restores it on receipt.
-        msg.timeout = Some(DEFAULT_REQUEST_TIMEOUT);
-        let h = to_headers(&msg).unwrap();
-        assert_eq!(get(Some(&h), header::TIMEOUT_MS), Some("30000"));
+    }
+
+    #[test]
+    fn a_deadline_that_passed_on_the_way_arrives_as_zero_time_left() {
+        let mut h = HeaderMap::new();
+        h.insert(header::DEADLINE, (unix_millis() - 5).to_string().as_str());
+        let m = from_nats("x.Y", Some(&h), Bytes::new()).unwrap();
+        assert_eq!(m.timeout, Some(Duration::ZERO));
+        // What is left counts from the sender's deadline, not from receipt, and
+        // an old sender's relative timeout caps it.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::DEADLINE,
+            (unix_millis() + 10_000).to_string().as_str(),
+        );
+        let left = from_nats("x.Y", Some(&h), Bytes::new())
+            .unwrap()
+            .timeout
+            .unwrap();
+        assert!(
+            left <= Duration::from_secs(10) && left > Duration::from_secs(8),
+            "{left:?}"
+        );
+        h.insert(header::TIMEOUT_MS, "2000");
+        let left = from_nats("x.Y", Some(&h), Bytes::new())
+            .unwrap()
+            .timeout
+            .unwrap();
+        assert_eq!(left, Duration::from_secs(2));
+        h.insert(header::DEADLINE, "tomorrow");
+        let e = from_nats("x.Y", Some(&h), Bytes::new()).unwrap_err();
+        assert!(e.to_string().contains("Catga-Deadline"), "{e}");
     }
 
     #[test]

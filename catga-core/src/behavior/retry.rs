@@ -10,7 +10,9 @@ use crate::error::Result;
 /// [retryable](crate::Error::is_retryable) error, up to `max_attempts` attempts in
 /// all. The wait before attempt *n + 1* is drawn uniformly from
 /// `[0, min(max_delay, initial_delay · 2ⁿ⁻¹)]` ("full jitter"), and never runs past
-/// the dispatch deadline. Non-retryable errors return at once.
+/// the dispatch deadline. Non-retryable errors return at once, and so does a
+/// retryable one when the peer's [`RetryBudget`](crate::RetryBudget) is
+/// spent: retries add a bounded share of load, never a multiple of it.
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     max_attempts: u32,
@@ -51,9 +53,15 @@ impl Behavior for Retry {
     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
         let mut attempt = 1;
         let mut backoff = self.schedule();
+        let budget = env.context().mediator().retry_budget();
+        budget.deposit();
         loop {
             match next.run(env).await {
                 Err(e) if e.is_retryable() && attempt < self.max_attempts => {
+                    if !budget.withdraw() {
+                        tracing::debug!(message = env.name(), attempt, error = %e, "retry budget spent; not retrying");
+                        return Err(e);
+                    }
                     let mut wait = backoff.next_delay();
                     if let Some(left) = env.context().remaining() {
                         if left.is_zero() {

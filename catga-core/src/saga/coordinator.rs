@@ -276,6 +276,8 @@ impl<D: SagaData> Driver<'_, D> {
         let give_up = Instant::now() + step.deadline();
         let mut backoff = Backoff::new(self.saga.backoff, Duration::from_secs(10));
         let mut attempt = 0;
+        let budget = self.leader.mediator().retry_budget().clone();
+        budget.deposit();
         loop {
             let meta = self.meta(state, i, "do", step.timeout)?;
             let result = (step.action)(self.leader.mediator().clone(), data.clone(), meta).await;
@@ -296,7 +298,12 @@ impl<D: SagaData> Driver<'_, D> {
                 Err(e) => e,
             };
             attempt += 1;
-            let wait = backoff.next_delay();
+            let mut wait = backoff.next_delay();
+            if !is_definite(&e) && !budget.withdraw() {
+                // The peer is retrying too much: this step must still reach an
+                // answer, so it waits the longest backoff rather than give up.
+                wait = backoff.cap(u32::MAX);
+            }
             let more = attempt <= step.retries || Instant::now() + wait < give_up;
             if !is_definite(&e) && more {
                 tracing::debug!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "step outcome unknown; asking again");

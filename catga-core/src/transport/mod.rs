@@ -49,7 +49,11 @@ pub struct WireMessage {
     pub correlation_id: Uuid,
     /// Causation id.
     pub causation_id: Option<Uuid>,
-    /// Time the sender will wait; the receiver turns it back into a deadline.
+    /// Time the sender will still wait; the receiver turns it back into a
+    /// deadline. On receipt, a transport that carries the sender's deadline
+    /// sets what is left of it: `Some(Duration::ZERO)` when it passed before
+    /// the message was taken from the transport's buffer (the receiver then
+    /// answers with a timeout, code `catga.expired`, without handling it).
     pub timeout: Option<Duration>,
     /// Free headers.
     pub headers: Headers,
@@ -140,6 +144,13 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Stops taking new messages, waits for those in flight, and disconnects.
     fn shutdown(&self) -> BoxFuture<'_, Result<()>>;
+
+    /// Whether this transport can carry and serve messages now; the reason
+    /// when not (disconnected, a subscription that stopped serving). For
+    /// readiness probes; the default is always ready.
+    fn ready(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl fmt::Debug for dyn Transport {

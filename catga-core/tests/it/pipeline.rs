@@ -190,6 +190,40 @@ async fn retry_does_not_retry_non_retryable_errors() {
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
+/// When a dependency fails for everyone, the peer's retry budget lets retries
+/// add a bounded share of load: with 5 attempts allowed per send, 100 failing
+/// sends make 100 first attempts and about 10 % retries (plus the budget's
+/// per-second minimum), not 500 calls.
+#[tokio::test(start_paused = true)]
+async fn the_retry_budget_bounds_retries_across_sends() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let c = calls.clone();
+    let m = Catga::builder()
+        .retry_budget(catga_core::RetryBudget::new(0.1, 1))
+        .behavior(Retry::new(5).backoff(Duration::from_millis(1), Duration::from_millis(2)))
+        .request_fn(move |f: Fail, _| {
+            c.fetch_add(1, Ordering::SeqCst);
+            async move { Err::<(), _>(Error::handler(f.code, "down").with_retryable(true)) }
+        })
+        .build()
+        .unwrap();
+    for _ in 0..100 {
+        let e = m
+            .send(Fail {
+                code: "down".into(),
+                retryable: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("down"));
+    }
+    let calls = calls.load(Ordering::SeqCst);
+    // 100 firsts, 10 % of them as retries, and the reserve of 1 per second
+    // over the budget's 10 s window.
+    assert!((100..=100 + 10 + 10).contains(&calls), "{calls} calls");
+    assert!(m.retry_budget().denied() > 0);
+}
+
 #[tokio::test(start_paused = true)]
 async fn timeout_behavior_fires_and_retry_sees_timeouts_as_retryable() {
     let calls = Arc::new(AtomicUsize::new(0));

@@ -3,4 +3,5 @@
 mod common;
 mod events;
 mod faults;
+mod overload;
 mod requests;

@@ -60,8 +60,8 @@ pub struct Probe {
     pub mediator: Mediator,
     /// A store to ping.
     pub store: Arc<dyn StockStore>,
-    /// The NATS client, when clustered.
-    pub nats: Option<async_nats::Client>,
+    /// The NATS transport, when clustered.
+    pub nats: Option<catga::nats::NatsTransport>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -86,13 +86,9 @@ async fn leading(State(p): State<Probe>) -> String {
 }
 
 async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
-    if let Some(client) = &p.nats
-        && client.connection_state() != async_nats::connection::State::Connected
-    {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "nats: not connected".into(),
-        );
+    // NATS connected and every subscription serving.
+    if let Err(e) = p.mediator.ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("nats: {e}"));
     }
     match tokio::time::timeout(Duration::from_secs(2), p.store.available("__health")).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
@@ -110,6 +106,17 @@ async fn render(State(p): State<Probe>) -> String {
     for task in p.mediator.leading() {
         metrics::gauge!("catga_leader", "task" => task).set(1.0);
     }
+    if let Some(nats) = &p.nats {
+        let s = nats.stats();
+        metrics::gauge!("catga_in_flight").set(s.in_flight as f64);
+        metrics::gauge!("catga_in_flight_bytes").set(s.in_flight_bytes as f64);
+        metrics::counter!("catga_admitted_total").absolute(s.admitted);
+        metrics::counter!("catga_shed_total").absolute(s.shed);
+        metrics::counter!("catga_expired_total").absolute(s.expired);
+        metrics::counter!("catga_panicked_total").absolute(s.panicked);
+        metrics::counter!("catga_slow_consumer_drops_total").absolute(s.slow_consumer_drops);
+    }
+    metrics::counter!("catga_retry_denied_total").absolute(p.mediator.retry_budget().denied());
     metrics().render()
 }
 

@@ -150,7 +150,7 @@ impl Infra {
         let probe = Probe {
             mediator: mediator.clone(),
             store: self.stock.clone(),
-            nats: self.nats.as_ref().map(|n| n.client().clone()),
+            nats: self.nats.clone(),
         };
         let app = api.merge(ops::router(probe));
         let listener = tokio::net::TcpListener::bind(self.config.http)

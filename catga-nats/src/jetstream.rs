@@ -1,0 +1,300 @@
+//! JetStream: the streams of reliable events and dead letters, and serving
+//! reliable events (at least once, redelivered with backoff, dead-lettered
+//! after too many failures).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use async_nats::jetstream::consumer::{AckPolicy, pull};
+use async_nats::jetstream::{self, AckKind, stream};
+use bytes::Bytes;
+use catga_core::backoff::Backoff;
+use catga_core::transport::{Inbound, WireMessage};
+use catga_core::{Error, Result};
+use futures_util::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::protocol::{self, header};
+use crate::serve::receive_span;
+use crate::transport::{Shared, transport_error};
+
+impl Shared {
+    /// Creates the event and dead-letter streams if missing.
+    pub(crate) async fn ensure_streams(&self) -> Result<()> {
+        self.streams
+            .get_or_try_init(|| async {
+                let o = &self.options;
+                let js = &o.jetstream;
+                let replicas = js.replicas.unwrap_or_else(|| {
+                    // The server lists the other nodes' client URLs with its own.
+                    let nodes = self.client.server_info().connect_urls.len();
+                    nodes.clamp(1, 3)
+                });
+                for (name, subject) in [
+                    (o.stream_name(), format!("{}.evt.>", o.prefix)),
+                    (o.dead_letter_stream_name(), format!("{}.dlq.>", o.prefix)),
+                ] {
+                    self.js
+                        .get_or_create_stream(stream::Config {
+                            name: name.clone(),
+                            subjects: vec![subject],
+                            max_age: js.max_age,
+                            duplicate_window: js.duplicate_window,
+                            num_replicas: replicas,
+                            ..Default::default()
+                        })
+                        .await
+                        .map_err(|e| {
+                            transport_error(format!("cannot create JetStream stream `{name}`: {e}"))
+                        })?;
+                }
+                Ok(())
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Publishes through JetStream and waits for the stream's ack; the message id
+    /// doubles as `Nats-Msg-Id`, so the stream drops a republished duplicate.
+    pub(crate) async fn publish_reliable(
+        &self,
+        msg: WireMessage,
+        subject: Subject,
+        mut headers: async_nats::HeaderMap,
+    ) -> Result<()> {
+        self.ensure_streams().await?;
+        headers.insert(header::NATS_MSG_ID, protocol::uuid_value(msg.message_id));
+        let acked = match self
+            .js
+            .publish_with_headers(subject, headers, msg.payload)
+            .await
+        {
+            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        acked.map_err(|why| self.publish_error(msg.name, why))
+    }
+}
+
+/// Retries a setup step while JetStream is still forming (a cluster electing its
+/// meta leader answers nothing for a moment), for up to a minute.
+pub(crate) async fn with_retries<T, F, Fut>(what: &str, mut step: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(2));
+    loop {
+        match step().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, ?wait, "{what} failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn durable_name(service: &str, name: &str) -> String {
+    format!("{service}__{name}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+pub(crate) async fn reliable_consumer(
+    shared: &Shared,
+    service: &str,
+    name: &str,
+) -> Result<jetstream::consumer::PullConsumer> {
+    let o = &shared.options;
+    let stream = o.stream_name();
+    let durable = durable_name(service, name);
+    let stream_handle =
+        shared.js.get_stream(&stream).await.map_err(|e| {
+            transport_error(format!("cannot open JetStream stream `{stream}`: {e}"))
+        })?;
+    stream_handle
+        .get_or_create_consumer(
+            &durable,
+            pull::Config {
+                durable_name: Some(durable.clone()),
+                filter_subject: protocol::event_subject(&o.prefix, name),
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: o.jetstream.ack_wait,
+                // Catga dead-letters after `max_deliveries`; the server limit is a
+                // safety net for peers that crash on every delivery.
+                max_deliver: i64::from(o.jetstream.max_deliveries) + 2,
+                max_ack_pending: o.max_in_flight as i64,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| transport_error(format!("cannot create JetStream consumer `{durable}`: {e}")))
+}
+
+pub(crate) async fn serve_reliable(
+    shared: Arc<Shared>,
+    inbound: Arc<dyn Inbound>,
+    name: &'static str,
+    consumer: jetstream::consumer::PullConsumer,
+    shutdown: CancellationToken,
+    work: TaskTracker,
+) {
+    let limit = Arc::new(Semaphore::new(shared.options.max_in_flight));
+    while !shutdown.is_cancelled() {
+        let batch = shared.options.max_in_flight.min(256);
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(event = name, error = %e, "cannot pull from JetStream; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let Ok(permit) = limit.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (shared, inbound) = (shared.clone(), inbound.clone());
+                    work.spawn(async move {
+                        handle_reliable(&shared, &*inbound, name, msg).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(event = name, error = %e, "JetStream pull interrupted; resuming");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn handle_reliable(
+    shared: &Shared,
+    inbound: &dyn Inbound,
+    name: &'static str,
+    msg: jetstream::Message,
+) {
+    let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone());
+    let span = receive_span(name, &wire);
+    async move {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+        let result = match wire {
+            Ok(mut wire) => {
+                // A stored event is worth handling whenever it is delivered.
+                wire.timeout = None;
+                inbound.event(wire).await
+            }
+            Err(e) => Err(e),
+        };
+        let js = &shared.options.jetstream;
+        let ack = match result {
+            Ok(()) => msg.ack().await,
+            Err(e) if e.is_retryable() && delivered < js.max_deliveries => {
+                // Full jitter: events that failed together come back apart.
+                let delay = Backoff::new(js.backoff, js.max_backoff)
+                    .cap(delivered)
+                    .mul_f64(fastrand::f64());
+                tracing::warn!(error = %e, delivered, ?delay, "event failed; redelivering later");
+                msg.ack_with(AckKind::Nak(Some(delay))).await
+            }
+            Err(e) => match dead_letter(shared, name, &msg, &e, delivered).await {
+                Ok(()) => {
+                    tracing::error!(error = %e, delivered, "event dead-lettered");
+                    msg.ack_with(AckKind::Term).await
+                }
+                Err(dl) => {
+                    tracing::error!(error = %dl, "could not dead-letter; redelivering");
+                    msg.ack_with(AckKind::Nak(Some(js.max_backoff))).await
+                }
+            },
+        };
+        if let Err(e) = ack {
+            tracing::warn!(error = %e, "could not acknowledge; JetStream will redeliver");
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+async fn dead_letter(
+    shared: &Shared,
+    name: &str,
+    msg: &jetstream::Message,
+    error: &Error,
+    delivered: u32,
+) -> Result<()> {
+    let mut headers = msg.headers.clone().unwrap_or_default();
+    headers.insert(header::NAME, name);
+    let one_line: String = error
+        .message()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    headers.insert(header::ERROR_KIND, error.kind().as_str());
+    if let Some(code) = error
+        .code()
+        .and_then(|c| c.parse::<async_nats::HeaderValue>().ok())
+    {
+        headers.insert(header::ERROR_CODE, code);
+    }
+    if let Ok(v) = one_line.parse::<async_nats::HeaderValue>() {
+        headers.insert(header::ERROR_MESSAGE, v);
+    }
+    headers.insert(header::DELIVERIES, delivered.to_string().as_str());
+    if let Some(service) = msg
+        .info()
+        .ok()
+        .map(|i| i.consumer.to_owned())
+        .and_then(|c| c.parse::<async_nats::HeaderValue>().ok())
+    {
+        headers.insert(header::FAILED_SERVICE, service);
+    }
+    // The dead-letter entry is a new message: dedup must not swallow it.
+    headers.insert(
+        header::NATS_MSG_ID,
+        format!("dlq-{}", catga_core::new_id()).as_str(),
+    );
+    let subject = protocol::dead_letter_subject(shared.prefix(), name);
+    let payload: Bytes = msg.payload.clone();
+    shared
+        .js
+        .publish_with_headers(subject.clone(), headers, payload)
+        .await
+        .map_err(|e| transport_error(format!("dead-letter publish to `{subject}`: {e}")))?
+        .await
+        .map_err(|e| transport_error(format!("dead-letter ack from `{subject}`: {e}")))?;
+    Ok(())
+}
