@@ -26,7 +26,7 @@ use crate::relay::RelayOptions;
 use crate::route::{
     EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, detaches, pipeline_for,
 };
-use crate::saga::{MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
+use crate::saga::{Backlog, MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
 use crate::store::{LockStore, MemoryLockStore, OutboxStore};
 use crate::transport::Transport;
 
@@ -535,7 +535,8 @@ impl CatgaBuilder {
         let mut sagas = HashMap::new();
         for runner in self.sagas {
             leader_tasks.push(runner.leader_task(saga_store.clone(), saga_wake.clone()));
-            sagas.insert(runner.name().to_owned(), runner);
+            let backlog = Backlog::new(runner.max_backlog());
+            sagas.insert(runner.name().to_owned(), backlog);
         }
         Ok(Mediator {
             inner: Arc::new(Inner {

@@ -23,7 +23,7 @@ use crate::message::{Event, Request};
 use crate::metadata::Metadata;
 use crate::relay::{self, RelayOptions};
 use crate::route::{EventRoute, RequestRoute, TypeMap, downcast_route, guarded};
-use crate::saga::{Saga, SagaData, SagaRunner, SagaState, SagaStore};
+use crate::saga::{Backlog, Saga, SagaData, SagaState, SagaStore};
 use crate::store::{LockStore, OutboxRecord, OutboxStore};
 use crate::transport::{
     DEFAULT_REQUEST_TIMEOUT, Inbound, PeerSpec, Transport, WireMessage, WireReply,
@@ -54,7 +54,8 @@ pub(crate) struct Inner {
     pub(crate) running: Running,
     pub(crate) resources: TypeMap<Arc<dyn Any + Send + Sync>>,
     pub(crate) outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
-    pub(crate) sagas: HashMap<String, Arc<dyn SagaRunner>>,
+    /// The sagas registered here, by name, with their backlog.
+    pub(crate) sagas: HashMap<String, Backlog>,
     pub(crate) saga_store: Arc<dyn SagaStore>,
     pub(crate) saga_wake: Arc<tokio::sync::Notify>,
     pub(crate) leading: std::sync::Mutex<std::collections::BTreeSet<Arc<str>>>,
@@ -444,23 +445,39 @@ impl Mediator {
         id: Uuid,
         data: D,
     ) -> Result<Uuid> {
-        if !self.inner.sagas.contains_key(saga.name()) {
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "saga `{}` is not registered on this peer: add `.saga(..)` to the builder",
-                    saga.name()
-                ),
-            ));
-        }
-        crate::saga::start(
+        let backlog = self.registered(saga.name())?;
+        let id = crate::saga::start(
             &*self.inner.saga_store,
             &self.inner.saga_wake,
             saga,
             id,
             &data,
         )
-        .await
+        .await?;
+        backlog.started();
+        Ok(id)
+    }
+
+    /// Whether saga `saga` may start one more now: `Ok`, or `overloaded` (code
+    /// `catga.saga_backlog`, retryable) when its backlog is at its
+    /// [`Saga::max_backlog`]. Call it before the side effects that lead to
+    /// [`Mediator::start_saga`] (which itself never refuses), and answer the
+    /// caller with the error: it may try again shortly.
+    pub async fn admit_saga<D: SagaData>(&self, saga: &Saga<D>) -> Result<()> {
+        self.registered(saga.name())?
+            .admit(&*self.inner.saga_store, saga.name())
+            .await
+    }
+
+    fn registered(&self, name: &str) -> Result<&Backlog> {
+        self.inner.sagas.get(name).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Config,
+                format!(
+                    "saga `{name}` is not registered on this peer: add `.saga(..)` to the builder"
+                ),
+            )
+        })
     }
 
     /// The state of saga `id`: status, current step, data and history.

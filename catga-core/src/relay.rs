@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::mediator::Mediator;
 use crate::store::{OutboxEntry, OutboxStore};
 
@@ -48,33 +49,43 @@ pub(crate) async fn run(
     shutdown: CancellationToken,
 ) {
     let consumer = format!("{}-{}", mediator.service(), mediator.peer_id());
+    // An outbox that cannot be read is asked again after a growing, jittered
+    // wait: relays that lost their store together do not return together.
+    let mut backoff = Backoff::new(options.poll_interval, Duration::from_secs(5));
     loop {
         let stopping = shutdown.is_cancelled();
-        let relayed = relay_once(&*store, &mediator, &consumer, &options).await;
+        let round = relay_once(&*store, &mediator, &consumer, &options).await;
         if stopping {
             return;
         }
-        if relayed == 0 {
-            tokio::select! {
-                () = tokio::time::sleep(options.poll_interval) => {}
-                () = shutdown.cancelled() => {}
+        let wait = match round {
+            Ok(0) => options.poll_interval,
+            Ok(_) => {
+                backoff.reset();
+                continue;
             }
+            Err(()) => backoff.next_delay(),
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shutdown.cancelled() => {}
         }
     }
 }
 
-/// One round: claim, publish, acknowledge. Returns how many entries it handled.
-pub(crate) async fn relay_once(
+/// One round: claim, publish, acknowledge. Returns how many entries it
+/// handled, or `Err` when the outbox could not be read (logged).
+async fn relay_once(
     store: &dyn OutboxStore,
     mediator: &Mediator,
     consumer: &str,
     options: &RelayOptions,
-) -> usize {
+) -> Result<usize, ()> {
     let entries = match store.claim(consumer, options.batch, options.min_idle).await {
         Ok(entries) => entries,
         Err(e) => {
             tracing::warn!(error = %e, "outbox relay cannot read the outbox; retrying");
-            return 0;
+            return Err(());
         }
     };
     let n = entries.len();
@@ -90,7 +101,7 @@ pub(crate) async fn relay_once(
             tracing::warn!(error = %e, "outbox relay could not acknowledge; entries will be relayed again");
         }
     }
-    n
+    Ok(n)
 }
 
 async fn fail(

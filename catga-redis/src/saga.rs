@@ -119,4 +119,19 @@ impl SagaStore for RedisStore {
             Ok(out)
         })
     }
+
+    /// One round trip: `SCARD` of every shard's list, pipelined.
+    fn count_unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move {
+            let mut pipe = redis::pipe();
+            for shard in 0..self.keys.shards() {
+                pipe.scard(self.keys.unfinished_sagas(shard, saga));
+            }
+            let counts: Vec<usize> = pipe
+                .query_async(&mut self.conn.clone())
+                .await
+                .map_err(|e| store_error(&format!("counting unfinished sagas `{saga}`"), e))?;
+            Ok(counts.into_iter().sum())
+        })
+    }
 }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::{Behavior, Envelope, Next, Reply};
 use crate::backoff::Backoff;
-use crate::error::Result;
+use crate::error::{ErrorKind, Result};
 
 /// Runs the rest of the pipeline again when it fails with a
 /// [retryable](crate::Error::is_retryable) error, up to `max_attempts` attempts in
@@ -12,7 +12,10 @@ use crate::error::Result;
 /// `[0, min(max_delay, initial_delay · 2ⁿ⁻¹)]` ("full jitter"), and never runs past
 /// the dispatch deadline. Non-retryable errors return at once, and so does a
 /// retryable one when the peer's [`RetryBudget`](crate::RetryBudget) is
-/// spent: retries add a bounded share of load, never a multiple of it.
+/// spent: retries add a bounded share of load, never a multiple of it. An
+/// [`Overloaded`](crate::ErrorKind::Overloaded) answer returns at once too:
+/// it asks whoever offered the work to back off, and retrying it here would
+/// keep the overload (a remote send already tried other copies).
 #[derive(Debug, Clone, Copy)]
 pub struct Retry {
     max_attempts: u32,
@@ -57,7 +60,11 @@ impl Behavior for Retry {
         budget.deposit();
         loop {
             match next.run(env).await {
-                Err(e) if e.is_retryable() && attempt < self.max_attempts => {
+                Err(e)
+                    if e.is_retryable()
+                        && e.kind() != ErrorKind::Overloaded
+                        && attempt < self.max_attempts =>
+                {
                     if !budget.withdraw() {
                         tracing::debug!(message = env.name(), attempt, error = %e, "retry budget spent; not retrying");
                         return Err(e);

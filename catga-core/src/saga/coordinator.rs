@@ -1,11 +1,9 @@
 //! The saga coordinator: a leader-only task that drives every unfinished saga.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::FuturesUnordered;
-use futures_util::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -70,12 +68,17 @@ impl Event for SagaFailed {}
 /// A saga definition with its data type erased, as the mediator keeps it.
 pub(crate) trait SagaRunner: Send + Sync + 'static {
     fn name(&self) -> &str;
+    fn max_backlog(&self) -> Option<usize>;
     fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask;
 }
 
 impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn max_backlog(&self) -> Option<usize> {
+        self.max_backlog
     }
 
     fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask {
@@ -117,7 +120,11 @@ async fn coordinate<D: SagaData>(
 ) -> Result<()> {
     let mut active: HashSet<Uuid> = HashSet::new();
     let mut pending: VecDeque<Uuid> = VecDeque::new();
-    let mut tasks = FuturesUnordered::new();
+    // Each saga is driven on a task of its own, so a busy coordinator uses
+    // every core; dropping the set (deposed, cancelled) aborts them, and the
+    // next leader resumes them from their state.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut driving: HashMap<tokio::task::Id, Uuid> = HashMap::new();
     // Listing the unfinished sagas costs one round trip per listing and grows
     // with the backlog: list at most once per poll interval (or when woken),
     // and feed the drivers from what the last listing returned.
@@ -137,12 +144,24 @@ async fn coordinate<D: SagaData>(
         while active.len() < saga.max_concurrent {
             let Some(id) = pending.pop_front() else { break };
             if active.insert(id) {
-                let driving = drive(saga.clone(), store.clone(), ctx.clone(), id);
-                tasks.push(driving.map(move |()| id));
+                let task = tasks.spawn(drive(saga.clone(), store.clone(), ctx.clone(), id));
+                driving.insert(task.id(), id);
             }
         }
         tokio::select! {
-            Some(id) = tasks.next(), if !tasks.is_empty() => { active.remove(&id); }
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let task = match done {
+                    Ok((task, ())) => task,
+                    // A driver panicked: its saga is retried from a later listing.
+                    Err(e) => {
+                        tracing::error!(saga = %saga.name, error = %e, "a saga driver failed");
+                        e.id()
+                    }
+                };
+                if let Some(id) = driving.remove(&task) {
+                    active.remove(&id);
+                }
+            }
             () = &mut woken => {
                 next_listing = tokio::time::Instant::now();
                 woken = Box::pin(wake.notified());

@@ -55,6 +55,7 @@
 //! # drop(fulfilment);
 //! ```
 
+mod admission;
 mod coordinator;
 mod state;
 
@@ -65,6 +66,7 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub(crate) use admission::Backlog;
 pub use coordinator::{SagaCompensated, SagaCompleted, SagaFailed};
 pub(crate) use coordinator::{SagaRunner, start};
 pub use state::{MemorySagaStore, SagaEvent, SagaState, SagaStatus, SagaStore, conflict};
@@ -251,6 +253,7 @@ pub struct Saga<D> {
     pub(crate) max_concurrent: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) lease: Duration,
+    pub(crate) max_backlog: Option<usize>,
 }
 
 impl<D> std::fmt::Debug for Saga<D> {
@@ -273,6 +276,7 @@ impl<D: SagaData> Saga<D> {
             max_concurrent: 64,
             poll_interval: Duration::from_millis(100),
             lease: Duration::from_secs(10),
+            max_backlog: None,
         }
     }
 
@@ -293,6 +297,21 @@ impl<D: SagaData> Saga<D> {
     /// Sagas of this definition driven at once by the coordinator (default 64).
     pub fn max_concurrent(mut self, n: usize) -> Self {
         self.max_concurrent = n.max(1);
+        self
+    }
+
+    /// The most sagas of this definition unfinished at once (default: no
+    /// bound). When the backlog is at the bound, [`Mediator::admit_saga`]
+    /// answers `overloaded` (code
+    /// `catga.saga_backlog`, retryable): offered more than
+    /// the coordinator drives, a service turns work away at once instead of
+    /// finishing every saga late. Call [`Mediator::admit_saga`] before the
+    /// side effects that lead to starting one (`start_saga` itself never
+    /// refuses: a retried start must reach a saga its caller's effects need). Set it to what the coordinator finishes
+    /// within the time callers wait (throughput × deadline). The count is
+    /// refreshed from the store at most every 100 ms per peer.
+    pub fn max_backlog(mut self, n: usize) -> Self {
+        self.max_backlog = Some(n.max(1));
         self
     }
 

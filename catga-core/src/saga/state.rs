@@ -160,6 +160,13 @@ pub trait SagaStore: Send + Sync + 'static {
     /// Ids of the unfinished sagas of definition `saga`.
     fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>>;
 
+    /// How many sagas of definition `saga` are unfinished (for admission, see
+    /// [`Saga::max_backlog`](super::Saga::max_backlog)); by default the length
+    /// of [`SagaStore::unfinished`], which a store should answer cheaper.
+    fn count_unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<usize>> {
+        Box::pin(async move { Ok(self.unfinished(saga).await?.len()) })
+    }
+
     /// Drops a finished (or vanished) saga from the unfinished list. Stores that
     /// keep that list apart from the state must implement it: a writer may die
     /// between saving a finished state and updating the list, and the

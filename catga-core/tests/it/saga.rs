@@ -340,3 +340,51 @@ async fn a_stale_coordinator_cannot_write() {
     );
     m.shutdown().await.unwrap();
 }
+
+/// A saga with a bounded backlog turns new starts away while the backlog is
+/// full (here: three started on a peer whose coordinator has not run yet),
+/// and admits again once the coordinator drained it.
+#[tokio::test]
+async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
+    let journal = Journal::default();
+    let saga = || fulfilment().max_backlog(3);
+    let m = Catga::builder()
+        .saga(saga())
+        .request_fn(move |a: Act, ctx: Context| {
+            let j = journal.clone();
+            async move {
+                j.lock()
+                    .unwrap()
+                    .entry(ctx.correlation_id())
+                    .or_default()
+                    .push(a.what);
+                Ok(1)
+            }
+        })
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        m.admit_saga(&saga()).await.unwrap();
+        ids.push(m.start_saga(&saga(), Order::default()).await.unwrap());
+    }
+    let e = m.admit_saga(&saga()).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
+    assert_eq!(e.code(), Some("catga.saga_backlog"));
+    assert!(e.is_retryable());
+
+    m.start().await.unwrap();
+    for id in ids {
+        assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);
+    }
+    // The count is read again from the store (at most every 100 ms).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while m.admit_saga(&saga()).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never admitted again"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.shutdown().await.unwrap();
+}

@@ -299,7 +299,10 @@ async fn an_overloaded_answer_sends_the_request_to_another_copy() {
         let caller = caller.clone();
         tokio::spawn(async move { caller.send(Add { a: 0, b: 0 }).await })
     };
-    eventually("the full copy is full", || running.load(Ordering::SeqCst) == 1).await;
+    eventually("the full copy is full", || {
+        running.load(Ordering::SeqCst) == 1
+    })
+    .await;
     let free_copy = Catga::builder()
         .service("calc")
         .transport(connect(&[server.url()]).await)

@@ -410,6 +410,33 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
     assert_eq!(store.unfinished("test.fulfilment").await.unwrap(), vec![id]);
 }
 
+/// The backlog count behind saga admission: one pipelined round trip over
+/// every shard, equal to the listing's length.
+#[tokio::test]
+async fn unfinished_sagas_are_counted_over_every_shard() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let world = Arc::new(World::default());
+    let m = Catga::builder()
+        .saga_store(Arc::new(store.clone()))
+        .saga(fulfilment(&world).max_backlog(20))
+        .build()
+        .unwrap();
+    assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 0);
+    for _ in 0..20 {
+        m.admit_saga(&fulfilment(&world)).await.unwrap();
+        m.start_saga(&fulfilment(&world), Order::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 20);
+    assert_eq!(store.unfinished("test.fulfilment").await.unwrap().len(), 20);
+    let e = m.admit_saga(&fulfilment(&world)).await.unwrap_err();
+    assert_eq!(e.code(), Some("catga.saga_backlog"), "{e}");
+}
+
 /// The unfinished set saga `id` of `test.fulfilment` is listed in: the store's
 /// documented layout, `{catga:sagas:s<shard>}:unfinished:<name>`, the shard
 /// being the FNV-1a hash of the id modulo the 8 default shards.

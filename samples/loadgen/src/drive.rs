@@ -97,7 +97,8 @@ pub struct Report {
     pub ok: bool,
 }
 
-fn client() -> reqwest::Client {
+/// The HTTP client the tool drives with.
+pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_idle_timeout(Duration::from_secs(5))
@@ -105,25 +106,47 @@ fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Places one order and pays it, retrying on other copies with the same
-/// idempotency key until accepted or `deadline`.
-async fn place(
+/// What placing one order did.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placed {
+    /// The order, once created (even when its payment was never accepted).
+    pub created: Option<Uuid>,
+    /// Whether its payment was accepted (the saga started).
+    pub accepted: bool,
+    /// HTTP attempts it took.
+    pub attempts: u32,
+    /// Attempts answered 503 (a copy shedding load, or a service behind it
+    /// overloaded).
+    pub shed: u32,
+    /// How long the attempts that succeeded took (the create and the pay the
+    /// shop accepted, without the waits before them): the latency of what
+    /// admission let in.
+    pub served: Duration,
+}
+
+/// Places one order and pays it until accepted or `deadline`. A failed
+/// attempt is tried again on the next copy with the same idempotency key,
+/// after a wait drawn from a growing range (full jitter) and, for a 503,
+/// capped by its `Retry-After`: a shedding service is not hammered.
+pub async fn place(
     http: &reqwest::Client,
     urls: &[String],
     first: usize,
     qty: u32,
     deadline: Instant,
-) -> (Option<Uuid>, u32) {
+) -> Placed {
     let key = uuid::Uuid::now_v7();
     let body = serde_json::json!({"customer": "loadgen", "sku": "book", "qty": qty, "unit_price_cents": 1000});
-    let mut attempts = 0u32;
-    let mut id = None;
+    let mut placed = Placed::default();
     let mut i = first;
+    let mut backoff =
+        catga::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     while Instant::now() < deadline {
         let url = &urls[i % urls.len()];
         i += 1;
-        attempts += 1;
-        let step = match id {
+        placed.attempts += 1;
+        let sent = Instant::now();
+        let step = match placed.created {
             None => {
                 http.post(format!("{url}/orders"))
                     .header("idempotency-key", key.to_string())
@@ -133,19 +156,40 @@ async fn place(
             }
             Some(order) => http.post(format!("{url}/orders/{order}/pay")).send().await,
         };
+        let mut wait = backoff.next_delay();
         match step {
             Ok(res) if res.status().is_success() => {
                 let json: Value = res.json().await.unwrap_or(Value::Null);
-                match id {
-                    None => id = json["id"].as_str().and_then(|s| s.parse().ok()),
-                    Some(_) => return (id, attempts),
+                placed.served += sent.elapsed();
+                match placed.created {
+                    None => placed.created = json["id"].as_str().and_then(|s| s.parse().ok()),
+                    Some(_) => {
+                        placed.accepted = true;
+                        return placed;
+                    }
                 }
+                backoff.reset();
                 continue;
             }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            Ok(res) if res.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                placed.shed += 1;
+                let after = res
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(Duration::from_secs_f64);
+                // Honour it: not before half of it, jittered up to all of it.
+                if let Some(after) = after {
+                    wait = after.mul_f64(0.5 + fastrand::f64() / 2.0);
+                }
+            }
+            _ => {}
         }
+        let left = deadline.saturating_duration_since(Instant::now());
+        tokio::time::sleep(wait.min(left)).await;
     }
-    (None, attempts)
+    placed
 }
 
 /// Places `load.orders` orders at `load.rate` across `urls`; `during` runs
@@ -167,12 +211,12 @@ pub async fn run(
             let deadline = Instant::now() + load.submit_deadline;
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                let (id, attempts) = place(&http, &urls, n, qty, deadline).await;
+                let placed = place(&http, &urls, n, qty, deadline).await;
                 Outcome {
-                    id,
+                    id: placed.created.filter(|_| placed.accepted),
                     latency: began.elapsed(),
                     accepted_at: start.elapsed(),
-                    attempts,
+                    attempts: placed.attempts,
                 }
             }));
         }
@@ -331,20 +375,20 @@ const UNIT_PRICE_CENTS: i64 = 1000;
 
 /// What the conservation audit found.
 #[derive(Debug, Default)]
-struct Conservation {
-    duplicated: usize,
-    missing: usize,
-    money: usize,
-    stock: usize,
-    receipts: usize,
-    detail: Vec<String>,
+pub(crate) struct Conservation {
+    pub(crate) duplicated: usize,
+    pub(crate) missing: usize,
+    pub(crate) money: usize,
+    pub(crate) stock: usize,
+    pub(crate) receipts: usize,
+    pub(crate) detail: Vec<String>,
 }
 
 impl Conservation {
     /// Audits every accepted order against the ledgers: money and stock
     /// balance (the price and quantity when paid, 0 otherwise), each taken at
     /// most once, and `OrderPaid` received exactly once per paid order.
-    fn of(
+    pub(crate) fn of(
         ids: &[Uuid],
         status: &HashMap<Uuid, String>,
         payments: &[LedgerEntry],
@@ -404,7 +448,7 @@ impl Conservation {
     }
 
     /// The audit of stores that could not be read.
-    fn unreadable(why: &str) -> Conservation {
+    pub(crate) fn unreadable(why: &str) -> Conservation {
         Conservation {
             missing: usize::MAX,
             detail: vec![format!("cannot read the stores: {why}")],
@@ -412,7 +456,7 @@ impl Conservation {
         }
     }
 
-    fn is_clean(&self) -> bool {
+    pub(crate) fn is_clean(&self) -> bool {
         [
             self.duplicated,
             self.missing,

@@ -6,8 +6,11 @@
 //!   an idempotency key, then an audit: orders lost, effects duplicated, sagas
 //!   unfinished, latency, throughput and the longest gap without an order.
 //! - [`chaos`]: both together, killing a service copy and a NATS node mid-run.
+//! - [`overload`]: capacity, then offers of 2× and 4× of it: goodput, latency
+//!   of what was accepted, what was shed, and the same audit.
 
 pub mod drive;
+pub mod overload;
 pub mod topology;
 
 use std::time::Duration;

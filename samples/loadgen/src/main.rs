@@ -9,6 +9,13 @@
 //!   all payment copies but one (or every one) for S seconds, SIGSTOP the saga coordinator's copy for S seconds, restart Redis;
 //!   audit (orders, conservation of money and stock, `OrderPaid` once per paid
 //!   order, sagas finished), print JSON, stop everything.
+//! - `overload [--copies N] [--measure S] [--hold S] [--deadline-ms MS]
+//!   [--start-rate R]`: start the loopback topology, measure the unloaded
+//!   latency and the capacity (orders paid within the deadline per second;
+//!   open-loop offers from R per second, a quarter more every S seconds, until
+//!   the shop falls behind), then offer 2× and 4× the capacity for `--hold`
+//!   seconds each (default 60); print goodput, p99 of accepted orders and shed
+//!   attempts per phase, and the conservation audit, as JSON.
 //! - `topology [--copies N]`: start the loopback topology and keep it up until
 //!   Ctrl-C, printing the order-service URLs.
 //! - `drive --url URL[,URL..] --redis URL [--orders K] [--rate R]`: drive and
@@ -84,6 +91,26 @@ async fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "overload" => {
+            let defaults = loadgen::overload::Overload::default();
+            let o = loadgen::overload::Overload {
+                copies: number(args, "--copies", 1usize)?,
+                measure: Duration::from_secs_f64(number(args, "--measure", 20.0f64)?),
+                hold: Duration::from_secs_f64(number(args, "--hold", 60.0f64)?),
+                deadline: Duration::from_millis(number(args, "--deadline-ms", 2000u64)?),
+                start_rate: number(args, "--start-rate", defaults.start_rate)?,
+                ..defaults
+            };
+            let report = loadgen::overload::run(&o).await?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            );
+            if !report.ok {
+                return Err("overload targets not met (see the report)".into());
+            }
+            Ok(())
+        }
         "topology" => {
             let mut topo = topology::Topology::start(&topology::bin_dir(), copies, "book=1000000")?;
             println!("order-service copies: {}", topo.order_urls().join(" "));
@@ -112,6 +139,8 @@ async fn run(args: &[String]) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(10)).await;
             Ok(())
         }
-        _ => Err("usage: loadgen chaos|topology|drive [options] (see the crate docs)".into()),
+        _ => Err(
+            "usage: loadgen chaos|overload|topology|drive [options] (see the crate docs)".into(),
+        ),
     }
 }

@@ -15,9 +15,16 @@
 //!
 //! Errors: validation 422, not found 404, conflict 409, timeout 504,
 //! unavailable 503, with a body `{"error": kind, "code": code, "message": text}`.
+//! A 503 for overload (this copy at its HTTP limit, or a service behind it
+//! answering `overloaded`) carries `Retry-After: 1`: a client should back off
+//! (with jitter) and may try another copy.
+//!
+//! [`admission`] puts a concurrency limit in front of the API: past it,
+//! requests are answered 503 at once instead of queueing until they time out.
 
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -37,6 +44,29 @@ pub fn router(mediator: Mediator) -> Router {
         .route("/orders/{id}/ship", post(ship))
         .route("/orders/{id}/cancel", post(cancel))
         .with_state(mediator)
+}
+
+/// Admission control for `router`: at most `limit` requests are handled at
+/// once; one more is answered at once with 503 and `Retry-After: 1` (load
+/// shedding), so a copy offered more than it can take keeps serving what it
+/// took at full speed instead of queueing everything past its deadline.
+pub fn admission(router: Router, limit: usize) -> Router {
+    router.layer(
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
+                ApiError(
+                    Error::new(
+                        ErrorKind::Overloaded,
+                        "this copy is at its limit of requests in flight; retry after a moment",
+                    )
+                    .with_code("http.overloaded"),
+                )
+            }))
+            .load_shed()
+            // One limit for the whole API (a plain concurrency limit would
+            // count each route apart).
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit.max(1))),
+    )
 }
 
 /// An error as the API returns it.
@@ -73,7 +103,13 @@ impl IntoResponse for ApiError {
             "code": e.code(),
             "message": e.message(),
         });
-        (status_of(&e), Json(body)).into_response()
+        let mut response = (status_of(&e), Json(body)).into_response();
+        if e.kind() == ErrorKind::Overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -103,6 +139,10 @@ async fn create(
     headers: HeaderMap,
     Json(cmd): Json<CreateOrder>,
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
+    // Admission at the door: while the payment backlog is full, a new order
+    // would only be paid late (or abandoned after its create), so it is
+    // turned away first, before anything is stored (a cached count, no I/O).
+    m.admit_saga(&crate::payment_saga()).await?;
     let order = send(&m, cmd, meta(&headers)?).await?;
     Ok((StatusCode::CREATED, Json(order)))
 }

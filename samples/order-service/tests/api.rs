@@ -17,6 +17,7 @@ async fn shop() -> (axum::Router, Mediator) {
         nats: None,
         redis: None,
         http: "127.0.0.1:0".parse().unwrap(),
+        http_concurrency: 256,
         seed_stock: vec![("book".into(), 10)],
     };
     let infra = Infra::connect(config).await.unwrap();
@@ -203,4 +204,48 @@ async fn an_idempotency_key_makes_a_retried_create_return_the_same_order() {
     let (_, list) = call(&app, "GET", "/orders", None).await;
     assert_eq!(list.as_array().unwrap().len(), 1);
     m.shutdown().await.unwrap();
+}
+
+/// Past its concurrency limit the API answers 503 with `Retry-After` at once,
+/// on any route, and serves again when there is room.
+#[tokio::test]
+async fn admission_sheds_what_is_over_the_limit_with_retry_after() {
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let router = axum::Router::new()
+        .route(
+            "/slow",
+            axum::routing::get(move || {
+                let g = g.clone();
+                async move {
+                    let _pass = g.acquire().await.unwrap();
+                    "done"
+                }
+            }),
+        )
+        .route("/fast", axum::routing::get(|| async { "fast" }));
+    let app = order_service::http::admission(router, 1);
+    let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
+    let held = tokio::spawn(app.clone().oneshot(get("/slow")));
+    // Wait until the slow request holds the one slot.
+    let mut tries = 0;
+    let shed = loop {
+        let res = app.clone().oneshot(get("/fast")).await.unwrap();
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break res;
+        }
+        tries += 1;
+        assert!(tries < 1000, "never shed while the slot was held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(shed.headers()["retry-after"], "1");
+    let body = axum::body::to_bytes(shed.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    let json: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["error"], "overloaded");
+    gate.add_permits(1);
+    assert_eq!(held.await.unwrap().unwrap().status(), StatusCode::OK);
+    let res = app.clone().oneshot(get("/fast")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }

@@ -23,6 +23,9 @@ pub struct Config {
     pub redis: Option<String>,
     /// HTTP listen address.
     pub http: SocketAddr,
+    /// HTTP requests handled at once before more are shed with 503
+    /// (`CATGA_HTTP_CONCURRENCY`, default 256).
+    pub http_concurrency: usize,
     /// Stock to seed.
     pub seed_stock: Vec<(String, u64)>,
 }
@@ -57,11 +60,18 @@ impl Config {
                     Ok((sku.trim().to_owned(), qty))
                 })
                 .collect::<Result<Vec<_>>>()?;
+        let http_concurrency = match var("CATGA_HTTP_CONCURRENCY") {
+            None => 256,
+            Some(v) => v.trim().parse().map_err(|e| {
+                config_error(format!("CATGA_HTTP_CONCURRENCY `{v}` is not a number: {e}"))
+            })?,
+        };
         Ok(Config {
             service: service.to_owned(),
             nats,
             redis: var("CATGA_REDIS_URL"),
             http,
+            http_concurrency,
             seed_stock,
         })
     }

@@ -42,6 +42,11 @@ pub struct Order {
     pub reason: Option<String>,
     /// The payment saga, once paying started.
     pub saga: Option<Uuid>,
+    /// When the payment saga settled it (paid or rejected), Unix time in
+    /// milliseconds: how the load generator tells orders paid within their
+    /// deadline.
+    #[serde(default)]
+    pub settled_at_ms: Option<u64>,
 }
 
 impl Order {

@@ -1,0 +1,397 @@
+//! Overload: what the shop does when offered more than it can take.
+//!
+//! On the loopback topology, in one sitting:
+//! 1. *unloaded*: a light open-loop rate, for the latency of an order (create +
+//!    pay accepted) when nothing waits;
+//! 2. *capacity*: open-loop offers rising by a quarter every step until the
+//!    shop falls behind, for the most goodput it sustains (orders paid within
+//!    their deadline per second);
+//! 3. *overload*: open-loop offers of 2× and 4× that capacity, for `hold` each.
+//!
+//! Each phase reports its goodput, the p99 latency of the orders accepted, how
+//! many attempts were shed (503), and how many orders were given up by the
+//! client. At the end the ledgers are audited over every order created: none
+//! lost, none charged or reserved twice, money and stock conserved.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use shop_common::messages::OrderStatus;
+use shop_common::store::{OrderStore, PaymentStore, RedisStores, StockStore};
+use uuid::Uuid;
+
+use crate::drive::{self, Conservation, Placed};
+use crate::topology::Topology;
+
+/// How to overload.
+#[derive(Debug, Clone)]
+pub struct Overload {
+    /// Copies of each service.
+    pub copies: usize,
+    /// How long the capacity is measured.
+    pub measure: Duration,
+    /// How long each overload is held.
+    pub hold: Duration,
+    /// Multiples of the capacity to offer.
+    pub factors: Vec<f64>,
+    /// An order counts for goodput when paid within this long of its first
+    /// attempt; the client gives up on it after this long too.
+    pub deadline: Duration,
+    /// The first rate of the capacity ramp, orders per second.
+    pub start_rate: f64,
+}
+
+impl Default for Overload {
+    fn default() -> Self {
+        Overload {
+            copies: 1,
+            measure: Duration::from_secs(20),
+            hold: Duration::from_secs(60),
+            factors: vec![2.0, 4.0],
+            deadline: Duration::from_secs(2),
+            start_rate: 100.0,
+        }
+    }
+}
+
+/// One phase of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Phase {
+    /// `unloaded`, `capacity` or `<factor>x`.
+    pub name: String,
+    /// Orders offered per second (0 for the closed loop).
+    pub offered_per_sec: f64,
+    /// Orders offered.
+    pub orders: usize,
+    /// Orders whose payment was accepted.
+    pub accepted: usize,
+    /// Orders the client gave up on (not accepted within the deadline).
+    pub given_up: usize,
+    /// Attempts answered 503.
+    pub shed: u64,
+    /// Orders paid within the deadline, per second of the phase.
+    pub goodput_per_sec: f64,
+    /// Median latency of accepted orders: the create and the pay the shop
+    /// accepted, without the client's waits after 503s, ms.
+    pub accepted_p50_ms: f64,
+    /// 99th percentile of the same, ms.
+    pub accepted_p99_ms: f64,
+    /// 99th percentile from an order's first attempt to its payment being
+    /// accepted, retries after 503s included, ms.
+    pub end_to_end_p99_ms: f64,
+    /// Accepted orders paid, in total (within the deadline or not).
+    pub paid: usize,
+    /// Accepted orders rejected by their saga.
+    pub rejected: usize,
+    /// Accepted orders that never settled.
+    pub lost: usize,
+}
+
+/// The JSON report of an overload run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Copies of each service.
+    pub copies: usize,
+    /// The goodput of the capacity phase.
+    pub capacity_per_sec: f64,
+    /// p99 of accepted orders when unloaded, ms.
+    pub unloaded_p99_ms: f64,
+    /// Every phase, in order.
+    pub phases: Vec<Phase>,
+    /// For each overload phase: goodput / capacity.
+    pub goodput_ratios: Vec<f64>,
+    /// For each overload phase: its accepted p99 / the unloaded p99.
+    pub p99_ratios: Vec<f64>,
+    /// Orders charged or reserved twice, over the whole run.
+    pub duplicated: usize,
+    /// Orders whose money, stock or `OrderPaid` receipts do not balance.
+    pub unbalanced: usize,
+    /// The first orders that failed the audit, and why.
+    pub detail: Vec<String>,
+    /// Goodput ≥ 0.8 × capacity and p99 ≤ 3 × unloaded in every overload
+    /// phase, nothing lost, duplicated or unbalanced.
+    pub ok: bool,
+}
+
+/// One order's story, client side.
+#[derive(Debug, Clone, Copy)]
+struct Tried {
+    placed: Placed,
+    /// Unix ms of its first attempt.
+    started_ms: u64,
+    latency: Duration,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Offers orders at `rate` per second for `hold` (open loop: a slow shop does
+/// not slow the offer).
+async fn open_loop(
+    urls: &Arc<Vec<String>>,
+    rate: f64,
+    hold: Duration,
+    deadline: Duration,
+) -> Vec<Tried> {
+    let http = drive::client();
+    let start = Instant::now();
+    let total = (rate * hold.as_secs_f64()) as usize;
+    let mut tasks = Vec::with_capacity(total);
+    for n in 0..total {
+        let at = start + Duration::from_secs_f64(n as f64 / rate);
+        tokio::time::sleep_until(at.into()).await;
+        let (http, urls) = (http.clone(), urls.clone());
+        tasks.push(tokio::spawn(
+            async move { one(&http, &urls, n, deadline).await },
+        ));
+    }
+    let mut tried = Vec::with_capacity(total);
+    for t in tasks {
+        if let Ok(t) = t.await {
+            tried.push(t);
+        }
+    }
+    tried
+}
+
+async fn one(http: &reqwest::Client, urls: &[String], n: usize, deadline: Duration) -> Tried {
+    let started_ms = unix_ms();
+    let began = Instant::now();
+    let placed = drive::place(http, urls, n, 1, began + deadline).await;
+    Tried {
+        placed,
+        started_ms,
+        latency: began.elapsed(),
+    }
+}
+
+/// Waits (up to `within`) for the sagas of accepted orders to settle, then
+/// reads every created order: `(status, settled_at_ms)`.
+async fn settle(
+    stores: &RedisStores,
+    tried: &[Tried],
+    within: Duration,
+) -> Vec<(Uuid, Option<OrderStatus>, Option<u64>)> {
+    let until = Instant::now() + within;
+    let ids: Vec<Uuid> = tried.iter().filter_map(|t| t.placed.created).collect();
+    let read = async |id: Uuid| {
+        let o = OrderStore::get(stores, id).await.ok().flatten();
+        (
+            id,
+            o.as_ref().map(|o| o.status),
+            o.and_then(|o| o.settled_at_ms),
+        )
+    };
+    let accepted = accepted_ids(tried);
+    loop {
+        let mut all = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(256) {
+            all.extend(futures_util::future::join_all(chunk.iter().map(|id| read(*id))).await);
+        }
+        let unsettled = all
+            .iter()
+            .filter(|(id, s, _)| {
+                matches!(s, Some(OrderStatus::Paying)) || (s.is_none() && accepted.contains(id))
+            })
+            .count();
+        if unsettled == 0 || Instant::now() > until {
+            return all;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn accepted_ids(tried: &[Tried]) -> std::collections::HashSet<Uuid> {
+    tried
+        .iter()
+        .filter(|t| t.placed.accepted)
+        .filter_map(|t| t.placed.created)
+        .collect()
+}
+
+/// Summarises a phase.
+fn phase(
+    name: &str,
+    offered_per_sec: f64,
+    length: Duration,
+    tried: &[Tried],
+    settled: &[(Uuid, Option<OrderStatus>, Option<u64>)],
+    deadline: Duration,
+) -> Phase {
+    let by_id: std::collections::HashMap<Uuid, (Option<OrderStatus>, Option<u64>)> =
+        settled.iter().map(|(id, s, at)| (*id, (*s, *at))).collect();
+    let ms = |f: fn(&Tried) -> Duration| {
+        let mut v: Vec<f64> = tried
+            .iter()
+            .filter(|t| t.placed.accepted)
+            .map(|t| f(t).as_secs_f64() * 1000.0)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    let (served, end_to_end) = (ms(|t| t.placed.served), ms(|t| t.latency));
+    let pct = |v: &[f64], p: f64| {
+        v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (mut paid, mut rejected, mut lost, mut good) = (0, 0, 0, 0);
+    for t in tried.iter().filter(|t| t.placed.accepted) {
+        let Some(id) = t.placed.created else { continue };
+        match by_id.get(&id).copied().unwrap_or((None, None)) {
+            (Some(OrderStatus::Paid), at) => {
+                paid += 1;
+                if at.is_some_and(|at| {
+                    at.saturating_sub(t.started_ms) <= deadline.as_millis() as u64
+                }) {
+                    good += 1;
+                }
+            }
+            (Some(OrderStatus::Rejected), _) => rejected += 1,
+            _ => lost += 1,
+        }
+    }
+    let accepted = tried.iter().filter(|t| t.placed.accepted).count();
+    Phase {
+        name: name.to_owned(),
+        offered_per_sec,
+        orders: tried.len(),
+        accepted,
+        given_up: tried.len() - accepted,
+        shed: tried.iter().map(|t| u64::from(t.placed.shed)).sum(),
+        goodput_per_sec: good as f64 / length.as_secs_f64(),
+        accepted_p50_ms: pct(&served, 0.50),
+        accepted_p99_ms: pct(&served, 0.99),
+        end_to_end_p99_ms: pct(&end_to_end, 0.99),
+        paid,
+        rejected,
+        lost,
+    }
+}
+
+/// Runs the whole overload experiment on a fresh loopback topology.
+pub async fn run(o: &Overload) -> Result<Report, String> {
+    let bins = crate::topology::bin_dir();
+    let mut topo =
+        tokio::task::block_in_place(|| Topology::start(&bins, o.copies, "book=100000000"))?;
+    let urls = Arc::new(topo.order_urls());
+    let stores = RedisStores::connect(&topo.redis.url())
+        .await
+        .map_err(|e| e.to_string())?;
+    let settle_within = Duration::from_secs(120);
+    let mut phases = Vec::new();
+    let mut everything: Vec<Tried> = Vec::new();
+
+    eprintln!("overload: unloaded, 20 orders/s for 10 s");
+    let length = Duration::from_secs(10);
+    let tried = open_loop(&urls, 20.0, length, o.deadline).await;
+    let settled = settle(&stores, &tried, settle_within).await;
+    let unloaded = phase("unloaded", 20.0, length, &tried, &settled, o.deadline);
+    everything.extend(tried);
+
+    // Capacity: open-loop offers rising by a quarter each step, until the
+    // goodput falls behind what was offered; the best goodput seen.
+    let mut rate = o.start_rate;
+    let mut capacity: Option<Phase> = None;
+    loop {
+        eprintln!(
+            "overload: capacity ramp, {rate:.0} orders/s for {:?}",
+            o.measure
+        );
+        let tried = open_loop(&urls, rate, o.measure, o.deadline).await;
+        let settled = settle(&stores, &tried, settle_within).await;
+        let step = phase("capacity", rate, o.measure, &tried, &settled, o.deadline);
+        everything.extend(tried);
+        let keeps_up = step.goodput_per_sec >= 0.95 * rate;
+        if capacity
+            .as_ref()
+            .is_none_or(|best| step.goodput_per_sec > best.goodput_per_sec)
+        {
+            capacity = Some(step);
+        }
+        if !keeps_up {
+            break;
+        }
+        rate *= 1.25;
+    }
+    let Some(capacity) = capacity else {
+        return Err("the capacity ramp did not run".into());
+    };
+    let capacity_per_sec = capacity.goodput_per_sec;
+    let unloaded_p99 = unloaded.accepted_p99_ms;
+    phases.push(unloaded);
+    phases.push(capacity);
+
+    let (mut goodput_ratios, mut p99_ratios) = (Vec::new(), Vec::new());
+    for factor in &o.factors {
+        let rate = capacity_per_sec * factor;
+        eprintln!(
+            "overload: {factor}x capacity, {rate:.0} orders/s for {:?}",
+            o.hold
+        );
+        let tried = open_loop(&urls, rate, o.hold, o.deadline).await;
+        let settled = settle(&stores, &tried, settle_within).await;
+        let p = phase(
+            &format!("{factor}x"),
+            rate,
+            o.hold,
+            &tried,
+            &settled,
+            o.deadline,
+        );
+        goodput_ratios.push(p.goodput_per_sec / capacity_per_sec.max(f64::MIN_POSITIVE));
+        p99_ratios.push(p.accepted_p99_ms / unloaded_p99.max(f64::MIN_POSITIVE));
+        everything.extend(tried);
+        phases.push(p);
+    }
+
+    // The audit over every order created in the run.
+    let settled = settle(&stores, &everything, settle_within).await;
+    let status: std::collections::HashMap<Uuid, String> = settled
+        .iter()
+        .map(|(id, s, _)| {
+            let s = match s {
+                Some(OrderStatus::Paid) => "paid",
+                Some(OrderStatus::Rejected) => "rejected",
+                Some(_) => "unpaid",
+                None => "missing",
+            };
+            (*id, s.to_owned())
+        })
+        .collect();
+    let ids: Vec<Uuid> = settled.iter().map(|(id, _, _)| *id).collect();
+    let until = Instant::now() + settle_within;
+    let audit = loop {
+        let payments = PaymentStore::ledger(&stores).await.unwrap_or_default();
+        let stock = StockStore::ledger(&stores).await.unwrap_or_default();
+        let receipts = OrderStore::receipts(&stores).await.unwrap_or_default();
+        let audit = Conservation::of(&ids, &status, &payments, &stock, &receipts, 1);
+        if audit.is_clean() || Instant::now() > until {
+            break audit;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let clean = tokio::task::block_in_place(|| topo.stop());
+    let lost: usize = phases.iter().map(|p| p.lost).sum();
+    let ok = goodput_ratios.iter().all(|r| *r >= 0.8)
+        && p99_ratios.iter().all(|r| *r <= 3.0)
+        && lost == 0
+        && audit.is_clean()
+        && clean == topo.copies.len();
+    Ok(Report {
+        copies: o.copies,
+        capacity_per_sec,
+        unloaded_p99_ms: unloaded_p99,
+        phases,
+        goodput_ratios,
+        p99_ratios,
+        duplicated: audit.duplicated,
+        unbalanced: audit.money + audit.stock + audit.receipts + audit.missing,
+        detail: audit.detail,
+        ok,
+    })
+}
