@@ -106,15 +106,19 @@ struct BudgetInner {
 impl RetryBudget {
     /// Retries of up to `ratio` of first attempts over the last 10 s (0.2:
     /// one retry per five first attempts), plus `min_per_sec` retries per
-    /// second in any case.
+    /// second in any case. A ratio up to 1 counts as one retry per whole
+    /// number of first attempts (0.3 as 1 per 3); it is kept within 0 to
+    /// 1000, and `min_per_sec` within a million.
     pub fn new(ratio: f32, min_per_sec: u32) -> Self {
+        let ratio = if ratio.is_finite() {
+            ratio.clamp(0.0, 1000.0)
+        } else {
+            0.0
+        };
+        let min_per_sec = min_per_sec.min(1_000_000);
         RetryBudget {
             inner: Arc::new(BudgetInner {
-                budget: TpsBudget::new(
-                    Duration::from_secs(10),
-                    min_per_sec,
-                    ratio.clamp(0.0, 1000.0),
-                ),
+                budget: TpsBudget::new(Duration::from_secs(10), min_per_sec, ratio),
                 ratio,
                 min_per_sec,
                 denied: AtomicU64::new(0),

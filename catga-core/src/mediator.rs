@@ -172,7 +172,7 @@ impl Mediator {
         wire.timeout = Some(timeout);
         self.inner.retry_budget.deposit();
         let reply = match transport.request(wire.clone(), timeout).await {
-            Err(e) if e.kind() == ErrorKind::Overloaded => {
+            Err(e) if is_shed(&e) => {
                 Box::pin(self.try_other_copies(&**transport, wire, meta.deadline(), e)).await?
             }
             reply => reply?,
@@ -183,7 +183,8 @@ impl Mediator {
             .map_err(|e| e.with_message_name(R::NAME))
     }
 
-    /// A request the peer that took it answered `overloaded`: sent again at
+    /// A request the peer that took it turned away (`catga.overloaded`, its
+    /// transport at a limit): sent again at
     /// once, at most twice, while the retry budget and the deadline allow (a
     /// transport such as NATS hands it to another copy, which may have room).
     #[cold]
@@ -195,8 +196,9 @@ impl Mediator {
         mut error: Error,
     ) -> Result<WireReply> {
         let budget = &self.inner.retry_budget;
-        let deadline =
-            deadline.unwrap_or_else(|| Instant::now() + wire.timeout.unwrap_or_default());
+        let Some(deadline) = deadline.or_else(|| Instant::now().checked_add(wire.timeout?)) else {
+            return Err(error);
+        };
         for _ in 0..2 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !budget.withdraw() {
@@ -204,7 +206,7 @@ impl Mediator {
             }
             wire.timeout = Some(left);
             match transport.request(wire.clone(), left).await {
-                Err(e) if e.kind() == ErrorKind::Overloaded => error = e,
+                Err(e) if is_shed(&e) => error = e,
                 other => return other,
             }
         }
@@ -571,6 +573,13 @@ impl MediatorInbound {
                 )
             })
     }
+}
+
+/// Whether `e` is a peer's transport turning a request away at its limit
+/// (not a handler's own `overloaded`, such as a full saga backlog, which asks
+/// the caller to back off rather than knock at another copy).
+fn is_shed(e: &Error) -> bool {
+    e.kind() == ErrorKind::Overloaded && e.code() == Some("catga.overloaded")
 }
 
 /// Checks the deadline of an incoming message: past it, the message is not

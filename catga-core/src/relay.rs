@@ -59,10 +59,12 @@ pub(crate) async fn run(
             return;
         }
         let wait = match round {
-            Ok(0) => options.poll_interval,
-            Ok(_) => {
+            Ok(n) => {
                 backoff.reset();
-                continue;
+                if n > 0 {
+                    continue;
+                }
+                options.poll_interval
             }
             Err(()) => backoff.next_delay(),
         };

@@ -5,7 +5,7 @@
 //! subscription's (one per message name) and the peer's (all names). A request
 //! that finds either full is answered at once with a retryable `overloaded`
 //! error instead of waiting in a buffer its caller will time out on; an event
-//! (which cannot be answered) waits in its subscription until there is room.
+//! (which cannot be answered) waits in its subscription until both have room.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -47,6 +47,12 @@ impl Gauge {
     fn give_back(&self, bytes: usize) {
         self.messages.fetch_sub(1, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether one more message of any size would go over a limit.
+    pub(crate) fn is_full(&self) -> bool {
+        let messages = self.messages();
+        messages >= self.max_messages || (messages > 0 && self.bytes() >= self.max_bytes)
     }
 
     /// Messages in flight now.
@@ -169,11 +175,12 @@ impl Peer {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ServeStats {
-    /// Messages being handled now.
+    /// Requests and core events being handled now (reliable events are
+    /// bounded by their JetStream consumer instead, and not counted here).
     pub in_flight: usize,
     /// Payload bytes of the messages being handled now.
     pub in_flight_bytes: usize,
-    /// Messages admitted and handled (or being handled).
+    /// Requests and core events admitted and handled (or being handled).
     pub admitted: u64,
     /// Requests answered `overloaded` at once because the peer or the
     /// message's subscription was at its limit.
@@ -214,10 +221,17 @@ mod tests {
         assert_eq!((peer.gauge.messages(), peer.gauge.bytes()), (0, 0));
         assert_eq!((sub.messages(), sub.bytes()), (0, 0));
         // One message larger than the byte limit still gets in alone.
+        assert!(!sub.is_full());
         let big = peer.admit(&sub, 5000).unwrap();
+        assert!(sub.is_full(), "over its bytes: events stop reading");
         assert!(peer.admit(&sub, 1).is_err());
         drop(big);
-        assert_eq!(peer.admitted.load(Ordering::Relaxed), 4);
-        assert_eq!(peer.shed.load(Ordering::Relaxed), 4);
+        // Events are held whatever the limits, and count.
+        let held: Vec<_> = (0..3).map(|_| peer.hold(&other, 1)).collect();
+        assert!(peer.gauge.is_full(), "the peer's 3 messages are taken");
+        assert_eq!(peer.admit(&sub, 1).unwrap_err(), Full::Peer);
+        drop(held);
+        assert_eq!(peer.admitted.load(Ordering::Relaxed), 7);
+        assert_eq!(peer.shed.load(Ordering::Relaxed), 5);
     }
 }

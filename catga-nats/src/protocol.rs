@@ -283,7 +283,8 @@ fn unix_millis() -> u64 {
 /// The `Catga-Deadline` of a message sent now that may take `timeout`: rounded
 /// up, so a budget under a millisecond is not sent as already past.
 pub(crate) fn deadline_millis(timeout: Duration) -> u64 {
-    unix_millis().saturating_add(timeout.as_micros().div_ceil(1000) as u64)
+    let millis = u64::try_from(timeout.as_micros().div_ceil(1000)).unwrap_or(u64::MAX);
+    unix_millis().saturating_add(millis)
 }
 
 /// What is left until a `Catga-Deadline` (zero once it passed: the message

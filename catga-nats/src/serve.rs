@@ -9,7 +9,8 @@
 //!
 //! What a task does with a message, in order:
 //! 1. admission (see [`admission`](crate::admission)): a request over a limit is
-//!    answered `overloaded` at once; an event waits (the task stops reading);
+//!    answered `overloaded` at once; an event waits (the task stops reading
+//!    while its name or the peer is at its limit);
 //! 2. the deadline: a message that arrived past it is answered with a timeout
 //!    (a request) or dropped (an event), without running a handler;
 //! 3. the handler, with any panic in decoding or handling turned into an error
@@ -76,8 +77,8 @@ impl Drop for Liveness {
 pub(crate) enum Reading {
     /// Always: what is over the limits is answered at once (requests).
     Always,
-    /// While fewer than this many of its messages are in flight (events).
-    Below(usize),
+    /// While its name's and the peer's gauges have room (events).
+    WhileRoom,
 }
 
 /// Reads a core subscription and handles what it delivers on this task; on
@@ -101,7 +102,7 @@ pub(crate) async fn serve_core<Fut>(
     loop {
         let room = match reading {
             Reading::Always => true,
-            Reading::Below(n) => in_flight.len() < n,
+            Reading::WhileRoom => !serving.gauge.is_full() && !serving.peer().gauge.is_full(),
         };
         tokio::select! {
             biased;
@@ -116,6 +117,8 @@ pub(crate) async fn serve_core<Fut>(
                 Some(m) => in_flight.push(handle(&serving, m)),
                 None => break,
             },
+            // Full: room may come from another task's messages; look again.
+            () = tokio::time::sleep(Duration::from_millis(5)), if !room => {}
         }
     }
     while in_flight.next().await.is_some() {}

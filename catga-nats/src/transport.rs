@@ -465,7 +465,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             };
             let subject = protocol::event_subject(&prefix, name);
             let group = peer.service.clone();
-            let reading = Reading::Below(o.max_in_flight.div_ceil(tasks));
+            let reading = Reading::WhileRoom;
             subscribe(
                 &running,
                 tasks,

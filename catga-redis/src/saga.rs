@@ -120,17 +120,20 @@ impl SagaStore for RedisStore {
         })
     }
 
-    /// One round trip: `SCARD` of every shard's list, pipelined.
+    /// `SCARD` of every shard's list, sent together (one round trip's
+    /// wait; not one pipeline, which a Redis Cluster refuses across slots).
     fn count_unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<usize>> {
         Box::pin(async move {
-            let mut pipe = redis::pipe();
-            for shard in 0..self.keys.shards() {
-                pipe.scard(self.keys.unfinished_sagas(shard, saga));
-            }
-            let counts: Vec<usize> = pipe
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| store_error(&format!("counting unfinished sagas `{saga}`"), e))?;
+            let counts = (0..self.keys.shards()).map(|shard| {
+                let set = self.keys.unfinished_sagas(shard, saga);
+                let mut conn = self.conn.clone();
+                async move {
+                    conn.scard::<_, usize>(&set)
+                        .await
+                        .map_err(|e| store_error(&format!("counting `{set}`"), e))
+                }
+            });
+            let counts = futures_util::future::try_join_all(counts).await?;
             Ok(counts.into_iter().sum())
         })
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
@@ -144,7 +145,8 @@ async fn coordinate<D: SagaData>(
         while active.len() < saga.max_concurrent {
             let Some(id) = pending.pop_front() else { break };
             if active.insert(id) {
-                let task = tasks.spawn(drive(saga.clone(), store.clone(), ctx.clone(), id));
+                let driver = drive(saga.clone(), store.clone(), ctx.clone(), id);
+                let task = tasks.spawn(driver.in_current_span());
                 driving.insert(task.id(), id);
             }
         }
@@ -318,13 +320,16 @@ impl<D: SagaData> Driver<'_, D> {
             };
             attempt += 1;
             let mut wait = backoff.next_delay();
-            if !is_definite(&e) && !budget.withdraw() {
-                // The peer is retrying too much: this step must still reach an
-                // answer, so it waits the longest backoff rather than give up.
-                wait = backoff.cap(u32::MAX);
-            }
             let more = attempt <= step.retries || Instant::now() + wait < give_up;
             if !is_definite(&e) && more {
+                if !budget.withdraw() {
+                    // The peer is retrying too much: this step must still reach
+                    // an answer, so it waits longer (jittered, within its
+                    // deadline) rather than give up.
+                    let longest = backoff.cap(u32::MAX).mul_f64(0.5 + fastrand::f64() / 2.0);
+                    let left = give_up.saturating_duration_since(Instant::now());
+                    wait = wait.max(longest.min(left));
+                }
                 tracing::debug!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "step outcome unknown; asking again");
                 if !self.pause(wait).await {
                     return Ok(());

@@ -414,10 +414,15 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
 /// every shard, equal to the listing's length.
 #[tokio::test]
 async fn unfinished_sagas_are_counted_over_every_shard() {
-    let redis = RedisServer::start();
-    let store = RedisStore::connect(RedisOptions::new(redis.url()))
-        .await
-        .unwrap();
+    for backend in [
+        crate::common::Backend::single(),
+        crate::common::Backend::cluster(),
+    ] {
+        count_unfinished_sagas(backend.store().await).await;
+    }
+}
+
+async fn count_unfinished_sagas(store: RedisStore) {
     let world = Arc::new(World::default());
     let m = Catga::builder()
         .saga_store(Arc::new(store.clone()))

@@ -179,9 +179,10 @@ pub async fn place(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<f64>().ok())
                     .map(Duration::from_secs_f64);
-                // Honour it: not before half of it, jittered up to all of it.
+                // Honour it: not before it, plus up to half of it again
+                // (jitter, so shed clients do not all come back together).
                 if let Some(after) = after {
-                    wait = after.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    wait = after.mul_f64(1.0 + fastrand::f64() / 2.0);
                 }
             }
             _ => {}

@@ -141,7 +141,8 @@ async fn create(
 ) -> Result<(StatusCode, Json<Order>), ApiError> {
     // Admission at the door: while the payment backlog is full, a new order
     // would only be paid late (or abandoned after its create), so it is
-    // turned away first, before anything is stored (a cached count, no I/O).
+    // turned away first, before anything is stored (a count cached for
+    // 100 ms: one request in that time reads it from Redis).
     m.admit_saga(&crate::payment_saga()).await?;
     let order = send(&m, cmd, meta(&headers)?).await?;
     Ok((StatusCode::CREATED, Json(order)))
