@@ -86,6 +86,94 @@ pub struct Phase {
     pub rejected: usize,
     /// Accepted orders that never settled.
     pub lost: usize,
+    /// CPU seconds spent while the orders were offered (Linux `/proc`).
+    pub cpu: Cpu,
+}
+
+/// CPU seconds spent during a phase, by whom (0 where `/proc` is missing).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Cpu {
+    /// The phase's wall-clock seconds times the machine's cores.
+    pub available_s: f64,
+    /// Every process on the machine.
+    pub machine_s: f64,
+    /// This load generator.
+    pub loadgen_s: f64,
+    /// The service copies (order, inventory, payment).
+    pub services_s: f64,
+    /// The rest: NATS, Redis, the kernel.
+    pub other_s: f64,
+}
+
+/// Clock ticks per second of `/proc` times (Linux's `USER_HZ`).
+const TICKS: f64 = 100.0;
+
+/// Busy CPU seconds of the whole machine so far.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().next() else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal
+    let f: Vec<f64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let busy: f64 = f
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, v)| v)
+        .sum();
+    busy / TICKS
+}
+
+/// CPU seconds (user + system) process `pid` used so far.
+fn process_cpu(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`, which may hold spaces: utime and stime are
+    // the 14th and 15th of the line, the 12th and 13th after it.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    (f.get(10).copied().unwrap_or(0.0) + f.get(11).copied().unwrap_or(0.0)) / TICKS
+}
+
+/// A reading of the counters `Cpu` is the difference of.
+struct CpuMark {
+    at: Instant,
+    machine: f64,
+    loadgen: f64,
+    services: f64,
+}
+
+impl CpuMark {
+    fn now(services: &[u32]) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            machine: machine_busy(),
+            loadgen: process_cpu("self"),
+            services: services.iter().map(|p| process_cpu(&p.to_string())).sum(),
+        }
+    }
+
+    fn since(&self, services: &[u32]) -> Cpu {
+        let now = CpuMark::now(services);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let machine_s = now.machine - self.machine;
+        let loadgen_s = now.loadgen - self.loadgen;
+        let services_s = now.services - self.services;
+        Cpu {
+            available_s: now.at.duration_since(self.at).as_secs_f64() * cores,
+            machine_s,
+            loadgen_s,
+            services_s,
+            other_s: (machine_s - loadgen_s - services_s).max(0.0),
+        }
+    }
 }
 
 /// The JSON report of an overload run.
@@ -221,6 +309,7 @@ fn phase(
     tried: &[Tried],
     settled: &[(Uuid, Option<OrderStatus>, Option<u64>)],
     deadline: Duration,
+    cpu: Cpu,
 ) -> Phase {
     let by_id: std::collections::HashMap<Uuid, (Option<OrderStatus>, Option<u64>)> =
         settled.iter().map(|(id, s, at)| (*id, (*s, *at))).collect();
@@ -270,6 +359,7 @@ fn phase(
         paid,
         rejected,
         lost,
+        cpu,
     }
 }
 
@@ -279,6 +369,7 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
     let mut topo =
         tokio::task::block_in_place(|| Topology::start(&bins, o.copies, "book=100000000"))?;
     let urls = Arc::new(topo.order_urls());
+    let pids: Vec<u32> = topo.copies.iter().filter_map(|c| c.pid()).collect();
     let stores = RedisStores::connect(&topo.redis.url())
         .await
         .map_err(|e| e.to_string())?;
@@ -288,9 +379,11 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
 
     eprintln!("overload: unloaded, 20 orders/s for 10 s");
     let length = Duration::from_secs(10);
+    let mark = CpuMark::now(&pids);
     let tried = open_loop(&urls, 20.0, length, o.deadline).await;
+    let cpu = mark.since(&pids);
     let settled = settle(&stores, &tried, settle_within).await;
-    let unloaded = phase("unloaded", 20.0, length, &tried, &settled, o.deadline);
+    let unloaded = phase("unloaded", 20.0, length, &tried, &settled, o.deadline, cpu);
     everything.extend(tried);
 
     // Capacity: open-loop offers rising by a quarter each step, until the
@@ -302,9 +395,13 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             "overload: capacity ramp, {rate:.0} orders/s for {:?}",
             o.measure
         );
+        let mark = CpuMark::now(&pids);
         let tried = open_loop(&urls, rate, o.measure, o.deadline).await;
+        let cpu = mark.since(&pids);
         let settled = settle(&stores, &tried, settle_within).await;
-        let step = phase("capacity", rate, o.measure, &tried, &settled, o.deadline);
+        let step = phase(
+            "capacity", rate, o.measure, &tried, &settled, o.deadline, cpu,
+        );
         everything.extend(tried);
         let keeps_up = step.goodput_per_sec >= 0.95 * rate;
         if capacity
@@ -333,16 +430,12 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             "overload: {factor}x capacity, {rate:.0} orders/s for {:?}",
             o.hold
         );
+        let mark = CpuMark::now(&pids);
         let tried = open_loop(&urls, rate, o.hold, o.deadline).await;
+        let cpu = mark.since(&pids);
         let settled = settle(&stores, &tried, settle_within).await;
-        let p = phase(
-            &format!("{factor}x"),
-            rate,
-            o.hold,
-            &tried,
-            &settled,
-            o.deadline,
-        );
+        let name = format!("{factor}x");
+        let p = phase(&name, rate, o.hold, &tried, &settled, o.deadline, cpu);
         goodput_ratios.push(p.goodput_per_sec / capacity_per_sec.max(f64::MIN_POSITIVE));
         p99_ratios.push(p.accepted_p99_ms / unloaded_p99.max(f64::MIN_POSITIVE));
         everything.extend(tried);
