@@ -101,6 +101,7 @@ pub struct CatgaBuilder {
     request_timeout: Duration,
     max_inbound_timeout: Duration,
     retry_budget: RetryBudget,
+    shutdown_grace: Duration,
     leader_tasks: Vec<LeaderTask>,
     lock_store: Option<Arc<dyn LockStore>>,
     resources: TypeMap<Arc<dyn Any + Send + Sync>>,
@@ -122,6 +123,7 @@ impl Default for CatgaBuilder {
             request_timeout: crate::transport::DEFAULT_REQUEST_TIMEOUT,
             max_inbound_timeout: Duration::from_secs(60),
             retry_budget: RetryBudget::default(),
+            shutdown_grace: Duration::from_secs(30),
             leader_tasks: Vec::new(),
             lock_store: None,
             resources: TypeMap::default(),
@@ -399,6 +401,14 @@ impl CatgaBuilder {
         self
     }
 
+    /// The longest [`Mediator::shutdown`] waits for leader tasks, the
+    /// outbox relay's last pass and the transport's drain (default 30 s),
+    /// whatever the state of NATS and Redis.
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
     /// Runs `task` on exactly one peer at a time (see [`leader`](crate::leader));
     /// the lease is 10 s, use [`CatgaBuilder::leader`] for another.
     pub fn leader_task<F, Fut>(self, name: impl Into<Arc<str>>, task: F) -> Self
@@ -551,6 +561,7 @@ impl CatgaBuilder {
                 request_timeout: self.request_timeout,
                 max_inbound_timeout: self.max_inbound_timeout,
                 retry_budget: self.retry_budget,
+                shutdown_grace: self.shutdown_grace,
                 started: AtomicBool::new(false),
                 leader_tasks,
                 lock_store: self

@@ -48,6 +48,8 @@ pub(crate) struct Inner {
     pub(crate) max_inbound_timeout: Duration,
     /// What every retry of this peer draws from.
     pub(crate) retry_budget: RetryBudget,
+    /// How long `shutdown` waits at most.
+    pub(crate) shutdown_grace: Duration,
     pub(crate) started: AtomicBool,
     pub(crate) leader_tasks: Vec<LeaderTask>,
     pub(crate) lock_store: Arc<dyn LockStore>,
@@ -366,16 +368,60 @@ impl Mediator {
     }
 
     /// Stops gracefully: cancels leader tasks and releases their locks (another
-    /// peer takes over at once), stops taking messages from the transport, lets
-    /// those in flight finish, and disconnects. Local dispatch keeps working.
+    /// peer takes over at once), makes a last outbox relay pass, stops taking
+    /// messages from the transport, lets those in flight finish, and
+    /// disconnects. Local dispatch keeps working.
+    ///
+    /// Bounded by the builder's [`shutdown_grace`](crate::CatgaBuilder::shutdown_grace)
+    /// (30 s by default) whatever the state of the servers: what has not
+    /// finished by then is left, and the error names it (a process should exit
+    /// non-zero).
     pub async fn shutdown(&self) -> Result<()> {
+        self.shutdown_within(self.inner.shutdown_grace).await
+    }
+
+    /// [`Mediator::shutdown`] within `grace` instead of the builder's.
+    pub async fn shutdown_within(&self, grace: Duration) -> Result<()> {
+        let deadline = Instant::now() + grace;
         self.inner.running.shutdown.cancel();
         self.inner.running.tasks.close();
-        self.inner.running.tasks.wait().await;
-        match &self.inner.transport {
-            Some(transport) => transport.shutdown().await,
-            None => Ok(()),
+        let mut left = Vec::new();
+        let tasks = &self.inner.running.tasks;
+        if tokio::time::timeout_at(deadline, tasks.wait())
+            .await
+            .is_err()
+        {
+            left.push(format!(
+                "{} background tasks (leader tasks, sagas, the outbox relay's last pass)",
+                tasks.len()
+            ));
         }
+        let drained = match &self.inner.transport {
+            Some(transport) => {
+                match tokio::time::timeout_at(deadline, transport.shutdown()).await {
+                    Ok(drained) => drained,
+                    Err(_) => {
+                        left.push(
+                            "the transport's drain (messages in flight, unflushed output)"
+                                .to_owned(),
+                        );
+                        Ok(())
+                    }
+                }
+            }
+            None => Ok(()),
+        };
+        if !left.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Cancelled,
+                format!(
+                    "shutdown stopped waiting after {grace:?}; not finished: {} (are the \
+                     servers reachable?)",
+                    left.join("; ")
+                ),
+            ));
+        }
+        drained
     }
 
     /// The resource of type `T` given to the builder with

@@ -305,3 +305,46 @@ async fn a_message_from_an_earlier_term_is_refused_before_its_handler_runs() {
         ErrorKind::Codec
     );
 }
+
+/// Shutdown is bounded whatever the background work does: a leader task that
+/// ignores its cancellation and a lock store whose release hangs (a Redis that
+/// went away) leave `shutdown` with an error naming what was left, at the
+/// grace, not after the lease or never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
+    let store = Arc::new(Flaky {
+        inner: MemoryLockStore::new(),
+        cut_off: AtomicBool::new(false),
+        hang: AtomicBool::new(false),
+    });
+    let running = Arc::new(AtomicBool::new(false));
+    let r = running.clone();
+    let m = Catga::builder()
+        .shared_lock_store(store.clone())
+        .shutdown_grace(Duration::from_millis(300))
+        .leader(
+            LeaderTask::new("stubborn", move |_ctx| {
+                let r = r.clone();
+                async move {
+                    r.store(true, Ordering::SeqCst);
+                    // Ignores its cancellation.
+                    std::future::pending::<()>().await;
+                    Ok(())
+                }
+            })
+            .ttl(Duration::from_secs(30)),
+        )
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    eventually("the task leads", || running.load(Ordering::SeqCst)).await;
+    store.hang.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    let e = m.shutdown().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "gave up at its grace, not after the 30 s lease: {:?}",
+        started.elapsed()
+    );
+    assert!(e.to_string().contains("background tasks"), "{e}");
+}

@@ -323,9 +323,10 @@ async fn an_overloaded_answer_sends_the_request_to_another_copy() {
     }
     let shed = full.stats().shed;
     assert!(shed > 0, "the full copy turned some away");
-    // Without a second try, exactly `20 - shed` would succeed.
+    // Without a second try, each request would be turned away at most once
+    // and exactly `20 - shed` would succeed.
     assert!(
-        succeeded > 20 - shed,
+        shed > 20 || succeeded > 20 - shed,
         "{succeeded} succeeded, {shed} were turned away"
     );
     gate.add_permits(1);

@@ -17,7 +17,8 @@
 //!   seconds each (default 60); print goodput, p99 of accepted orders and shed
 //!   attempts per phase, and the conservation audit, as JSON.
 //! - `topology [--copies N]`: start the loopback topology and keep it up until
-//!   Ctrl-C, printing the order-service URLs.
+//!   Ctrl-C or SIGTERM (then every copy is stopped), printing the
+//!   order-service URLs.
 //! - `drive --url URL[,URL..] --redis URL [--orders K] [--rate R]`: drive and
 //!   audit a deployment that is already running (e.g. docker compose).
 
@@ -117,8 +118,8 @@ async fn run(args: &[String]) -> Result<(), String> {
             println!("NATS: {}", topo.nats.urls().join(","));
             println!("Redis: {}", topo.redis.url());
             println!("service logs: {}", topo.log_dir().display());
-            println!("Ctrl-C stops everything");
-            let _ = tokio::signal::ctrl_c().await;
+            println!("Ctrl-C (or SIGTERM) stops everything");
+            shop_common::ops::shutdown_signal().await;
             let clean = topo.stop();
             println!("{clean} copies stopped cleanly");
             Ok(())

@@ -18,6 +18,7 @@ async fn shop() -> (axum::Router, Mediator) {
         redis: None,
         http: "127.0.0.1:0".parse().unwrap(),
         http_concurrency: 256,
+        shutdown_grace: Duration::from_secs(5),
         seed_stock: vec![("book".into(), 10)],
     };
     let infra = Infra::connect(config).await.unwrap();

@@ -26,6 +26,10 @@ pub struct Config {
     /// HTTP requests handled at once before more are shed with 503
     /// (`CATGA_HTTP_CONCURRENCY`, default 256).
     pub http_concurrency: usize,
+    /// How long a stopping process waits for HTTP requests, leader tasks and
+    /// the NATS drain, whatever the state of the servers
+    /// (`CATGA_SHUTDOWN_GRACE_SECS`, default 30); then it exits non-zero.
+    pub shutdown_grace: std::time::Duration,
     /// Stock to seed.
     pub seed_stock: Vec<(String, u64)>,
 }
@@ -66,8 +70,21 @@ impl Config {
                 config_error(format!("CATGA_HTTP_CONCURRENCY `{v}` is not a number: {e}"))
             })?,
         };
+        let shutdown_grace = match var("CATGA_SHUTDOWN_GRACE_SECS") {
+            None => std::time::Duration::from_secs(30),
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(std::time::Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    config_error(format!("CATGA_SHUTDOWN_GRACE_SECS `{v}` is not seconds"))
+                })?,
+        };
         Ok(Config {
             service: service.to_owned(),
+            shutdown_grace,
             nats,
             redis: var("CATGA_REDIS_URL"),
             http,

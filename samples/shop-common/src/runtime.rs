@@ -98,7 +98,8 @@ impl Infra {
             .behavior(Tracing::new())
             .behavior(Metrics)
             .behavior(Retry::new(3).backoff(Duration::from_millis(50), Duration::from_secs(1)))
-            .request_timeout(Duration::from_secs(10));
+            .request_timeout(Duration::from_secs(10))
+            .shutdown_grace(self.config.shutdown_grace);
         if let Some(nats) = &self.nats {
             b = b.transport(nats.clone());
         }
@@ -169,10 +170,28 @@ impl Infra {
             }
         );
         tracing::info!(%addr, service = %self.config.service, "serving");
-        axum::serve(listener, app)
-            .with_graceful_shutdown(ops::shutdown_signal())
-            .await
-            .map_err(|e| Error::transport(format!("HTTP server failed: {e}")))?;
-        mediator.shutdown().await
+        // One grace for the whole stop, from the signal: HTTP requests in
+        // flight first, then the mediator with what is left of it.
+        let grace = self.config.shutdown_grace;
+        let signalled = Arc::new(std::sync::OnceLock::<tokio::time::Instant>::new());
+        let stop = Arc::new(tokio::sync::Notify::new());
+        let (s, n) = (signalled.clone(), stop.clone());
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            ops::shutdown_signal().await;
+            let _ = s.set(tokio::time::Instant::now());
+            n.notify_one();
+        });
+        tokio::select! {
+            served = server => {
+                served.map_err(|e| Error::transport(format!("HTTP server failed: {e}")))?;
+            }
+            () = async {
+                stop.notified().await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "HTTP requests still in flight at the end of the grace; leaving them"),
+        }
+        let since = signalled.get().map_or(Duration::ZERO, |at| at.elapsed());
+        let left = grace.saturating_sub(since).max(Duration::from_secs(1));
+        mediator.shutdown_within(left).await
     }
 }
