@@ -533,6 +533,15 @@ impl Mediator {
         self.inner.saga_store.load(id).await
     }
 
+    /// Waits until what this peer published through its transport has
+    /// reached the server.
+    pub(crate) async fn flush_transport(&self) -> Result<()> {
+        match &self.inner.transport {
+            Some(transport) => transport.flush().await,
+            None => Ok(()),
+        }
+    }
+
     /// Whether this peer can serve: `Ok` when it has no transport or its
     /// transport is connected and every subscription is serving; otherwise
     /// the reason (for a readiness probe).

@@ -9,9 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::error::ErrorKind;
 use crate::mediator::Mediator;
 use crate::store::{OutboxEntry, OutboxStore};
 
@@ -76,7 +78,18 @@ pub(crate) async fn run(
 }
 
 /// One round: claim, publish, acknowledge. Returns how many entries it
-/// handled, or `Err` when the outbox could not be read (logged).
+/// handled, or `Err` when the outbox could not be read or the transport is
+/// away (logged; the loop backs off).
+///
+/// - An entry is acknowledged only once the transport has flushed it to the
+///   server, so a relay that dies after publishing leaves it to be relayed
+///   again, never lost.
+/// - A transport outage (a retryable transport error) ends the round without
+///   counting against the entry: it is not the entry's fault, and a NATS away
+///   for minutes must not send every entry to the dead letters.
+/// - The round stops publishing at half the reclaim idle time: what is left
+///   stays pending with this relay, so no other relay takes it over while
+///   this one is still at it.
 async fn relay_once(
     store: &dyn OutboxStore,
     mediator: &Mediator,
@@ -91,17 +104,35 @@ async fn relay_once(
         }
     };
     let n = entries.len();
+    let until = Instant::now() + options.min_idle / 2;
     let mut done = Vec::with_capacity(n);
+    let mut away = false;
     for entry in entries {
-        match mediator.publish_record(&entry.record).await {
-            Ok(()) => done.push(entry.id),
-            Err(e) => fail(store, &entry, &e, options).await,
+        let published =
+            tokio::time::timeout_at(until, mediator.publish_record(&entry.record)).await;
+        match published {
+            Ok(Ok(())) => done.push(entry.id),
+            Ok(Err(e)) if e.kind() == ErrorKind::Transport && e.is_retryable() => {
+                tracing::warn!(error = %e, "outbox relay cannot reach the transport; backing off");
+                away = true;
+                break;
+            }
+            Ok(Err(e)) => fail(store, &entry, &e, options).await,
+            // Out of time: the rest is relayed in a later round.
+            Err(_) => break,
         }
     }
     if !done.is_empty() {
+        if let Err(e) = mediator.flush_transport().await {
+            tracing::warn!(error = %e, "outbox relay could not flush; entries will be relayed again");
+            return Err(());
+        }
         if let Err(e) = store.ack(&done).await {
             tracing::warn!(error = %e, "outbox relay could not acknowledge; entries will be relayed again");
         }
+    }
+    if away {
+        return Err(());
     }
     Ok(n)
 }

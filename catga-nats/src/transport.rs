@@ -362,6 +362,16 @@ impl Transport for NatsTransport {
         Box::pin(start(self.shared.clone(), peer, inbound))
     }
 
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.shared
+                .client
+                .flush()
+                .await
+                .map_err(|e| transport_error(format!("could not flush to NATS: {e}")))
+        })
+    }
+
     fn ready(&self) -> Result<()> {
         let state = self.shared.client.connection_state();
         if state != async_nats::connection::State::Connected {

@@ -4,6 +4,7 @@
 -- ARGV[1]  consumer group
 -- ARGV[2]  entry id
 -- ARGV[3]  reason
+-- ARGV[4]  about how many entries the dead-letter stream keeps
 -- Returns 1 when moved, 0 when the entry no longer exists.
 local entries = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
 if #entries == 0 then
@@ -15,7 +16,7 @@ fields[#fields + 1] = 'reason'
 fields[#fields + 1] = ARGV[3]
 fields[#fields + 1] = 'entry_id'
 fields[#fields + 1] = ARGV[2]
-redis.call('XADD', KEYS[2], '*', unpack(fields))
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 return 1

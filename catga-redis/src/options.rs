@@ -23,6 +23,7 @@ pub struct RedisOptions {
     pub(crate) outbox_shards: u32,
     pub(crate) timeout: Duration,
     pub(crate) saga_retention: Duration,
+    pub(crate) dead_letters_max: usize,
 }
 
 impl RedisOptions {
@@ -35,6 +36,7 @@ impl RedisOptions {
             outbox_shards: 8,
             timeout: Duration::from_secs(2),
             saga_retention: Duration::from_secs(7 * 24 * 3600),
+            dead_letters_max: 100_000,
         }
     }
 
@@ -61,6 +63,14 @@ impl RedisOptions {
     /// spread over them, and so over a cluster's nodes. Peers must agree on it.
     pub fn outbox_shards(mut self, shards: u32) -> Self {
         self.outbox_shards = shards.max(1);
+        self
+    }
+
+    /// About how many entries each outbox shard's dead-letter stream keeps
+    /// (default 100,000); older ones are trimmed as new ones arrive, so a
+    /// poison flood cannot fill Redis.
+    pub fn dead_letters_max(mut self, entries: usize) -> Self {
+        self.dead_letters_max = entries.max(1);
         self
     }
 

@@ -34,6 +34,45 @@ impl RedisStore {
         Ok(n)
     }
 
+    /// Moves entry `sid` of shard `shard` to its dead-letter stream as it is
+    /// stored (it need not decode), with `reason`.
+    async fn dead_letter_raw(&self, shard: u32, sid: &str, reason: &str) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .scripts
+            .dead_letter
+            .key(self.keys.outbox(shard))
+            .key(self.keys.dead_letters(shard))
+            .arg(self.keys.group())
+            .arg(sid)
+            .arg(reason)
+            .arg(self.dead_letters_max)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| store_error("dead-lettering an outbox entry", e))?;
+        Ok(())
+    }
+
+    /// Decodes a claimed entry; one that does not decode is dead-lettered on
+    /// the spot (`None`), alone, so it never blocks the entries behind it.
+    async fn decode_or_dead_letter(
+        &self,
+        shard: u32,
+        stream: &str,
+        sid: StreamId,
+        deliveries: u32,
+    ) -> Result<Option<OutboxEntry>> {
+        let id = sid.id.clone();
+        match decode_entry(shard, stream, sid, deliveries) {
+            Ok(entry) => Ok(Some(entry)),
+            Err(e) => {
+                tracing::error!(%stream, entry = %id, error = %e, "corrupt outbox entry dead-lettered");
+                self.dead_letter_raw(shard, &id, e.message()).await?;
+                Ok(None)
+            }
+        }
+    }
+
     async fn ensure_group(&self, shard: u32) -> Result<()> {
         if self
             .groups
@@ -144,7 +183,10 @@ impl RedisStore {
                 .ids
                 .first()
                 .map_or(2, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX));
-            out.push(decode_entry(shard, &stream, sid, deliveries)?);
+            out.extend(
+                self.decode_or_dead_letter(shard, &stream, sid, deliveries)
+                    .await?,
+            );
         }
         let room = max.saturating_sub(out.len());
         if room == 0 {
@@ -165,7 +207,7 @@ impl RedisStore {
             })?;
         for key in fresh.map(|r| r.keys).unwrap_or_default() {
             for sid in key.ids {
-                out.push(decode_entry(shard, &stream, sid, 1)?);
+                out.extend(self.decode_or_dead_letter(shard, &stream, sid, 1).await?);
             }
         }
         Ok(())
@@ -205,7 +247,7 @@ fn field<'a>(sid: &'a StreamId, stream: &str, name: &str) -> Result<&'a [u8]> {
 
 fn corrupt(stream: &str, id: &str, what: &str) -> Error {
     Error::store(format!(
-        "outbox entry {id} in `{stream}` is corrupt: {what}; move it aside with XDEL after inspection"
+        "outbox entry {id} in `{stream}` is corrupt: {what}"
     ))
     .with_retryable(false)
 }
@@ -337,19 +379,7 @@ impl OutboxStore for RedisStore {
     ) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let (shard, sid) = split_id(&entry.id)?;
-            let mut conn = self.conn.clone();
-            let _: i64 = self
-                .scripts
-                .dead_letter
-                .key(self.keys.outbox(shard))
-                .key(self.keys.dead_letters(shard))
-                .arg(self.keys.group())
-                .arg(sid)
-                .arg(reason)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(|e| store_error("dead-lettering an outbox entry", e))?;
-            Ok(())
+            self.dead_letter_raw(shard, sid, reason).await
         })
     }
 

@@ -63,6 +63,7 @@ pub struct RedisStore {
     /// When this store last removed relay consumers of dead peers.
     pub(crate) pruned: Arc<Mutex<Option<std::time::Instant>>>,
     pub(crate) saga_retention: Duration,
+    pub(crate) dead_letters_max: usize,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -94,6 +95,7 @@ impl RedisStore {
             next_shard: Arc::default(),
             pruned: Arc::default(),
             saga_retention: options.saga_retention,
+            dead_letters_max: options.dead_letters_max,
         })
     }
 

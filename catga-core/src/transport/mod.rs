@@ -145,6 +145,13 @@ pub trait Transport: Send + Sync + 'static {
     /// Stops taking new messages, waits for those in flight, and disconnects.
     fn shutdown(&self) -> BoxFuture<'_, Result<()>>;
 
+    /// Waits until what was published so far has reached the server (the
+    /// outbox relay acknowledges entries only then). The default: nothing
+    /// to wait for.
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Whether this transport can carry and serve messages now; the reason
     /// when not (disconnected, a subscription that stopped serving). For
     /// readiness probes; the default is always ready.

@@ -261,3 +261,83 @@ async fn a_poison_entry_goes_to_the_dead_letter_stream() {
     m.shutdown().await.unwrap();
     assert_eq!(store.backlog().await.unwrap(), 0);
 }
+
+/// A corrupt entry (one a foreign writer or a bug left without its fields) is
+/// dead-lettered alone, as stored; the entries behind it flow. Before, it
+/// failed every claim of its shard, forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_entry_is_dead_lettered_alone_and_the_rest_flows() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()).outbox_shards(1))
+        .await
+        .unwrap();
+    let raw = redis::Client::open(redis.url()).unwrap();
+    let mut conn = raw.get_multiplexed_async_connection().await.unwrap();
+    let record = |cents: u64| OutboxRecord {
+        name: "test.Charged".into(),
+        payload: rmp_serde::to_vec_named(&Charged { cents }).unwrap().into(),
+        content_type: "application/msgpack".into(),
+        message_id: catga_core::new_id(),
+        correlation_id: catga_core::new_id(),
+        causation_id: None,
+        headers: vec![],
+    };
+    store.append(vec![record(1)]).await.unwrap();
+    // The one shard's stream, documented as `{<prefix>:o<shard>}:outbox`.
+    let _: String = redis::cmd("XADD")
+        .arg("{catga:o0}:outbox")
+        .arg("*")
+        .arg("garbage")
+        .arg("1")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    store.append(vec![record(2), record(3)]).await.unwrap();
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let m = Catga::builder()
+        .outbox_with(Arc::new(store.clone()), fast_relay())
+        .event_fn(move |c: Charged, _| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(c.cents);
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    m.start().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let relayed = seen.lock().unwrap().clone();
+        let dead = store.dead_letter_count().await.unwrap();
+        if relayed.len() >= 3 && dead > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relayed {relayed:?}, dead letters {dead}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    m.shutdown().await.unwrap();
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, [1, 2, 3]);
+    assert_eq!(store.dead_letter_count().await.unwrap(), 1);
+    assert_eq!(store.backlog().await.unwrap(), 0);
+    // Kept as stored, with why.
+    let dead: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg("{catga:o0}:outbox:dead")
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let text = format!("{dead:?}");
+    assert!(
+        text.contains("garbage") && text.contains("corrupt"),
+        "{text}"
+    );
+}
