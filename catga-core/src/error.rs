@@ -343,6 +343,16 @@ impl StdError for Error {
     }
 }
 
+/// The text of a caught panic (`catch_unwind`'s payload): its message when it
+/// is a string, as `panic!` makes it, a placeholder otherwise.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

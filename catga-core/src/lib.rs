@@ -85,7 +85,7 @@ pub use backoff::RetryBudget;
 pub use builder::{Catga, CatgaBuilder};
 pub use codec::{Codec, Format};
 pub use context::Context;
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, panic_message};
 pub use handler::{EventHandler, FnHandler, RequestHandler};
 pub use mediator::Mediator;
 pub use message::{Event, Message, MessageKind, Request, validate_name};

@@ -705,11 +705,7 @@ impl Inbound for MediatorInbound {
 /// keeps serving.
 fn unwinding<T>(name: &'static str, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
-        let why = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "non-string panic payload".to_owned());
+        let why = crate::error::panic_message(&*panic);
         tracing::error!(message = name, what, panic = %why, "serde code panicked");
         Err(Error::codec(format!("{what} panicked: {why}"))
             .with_message_name(name)

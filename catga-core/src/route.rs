@@ -59,11 +59,7 @@ pub(crate) async fn guarded<T>(
 
 /// The error a caught panic becomes.
 fn panic_error(name: &'static str, handler: &'static str, panic: &(dyn Any + Send)) -> Error {
-    let what = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    let what = crate::error::panic_message(panic);
     tracing::error!(message = name, handler, panic = %what, "handler panicked");
     Error::handler(
         "catga.panic",

@@ -190,11 +190,7 @@ fn expired(name: &str, peer: &Peer) -> Error {
 #[cold]
 fn panicked(name: &str, peer: &Peer, panic: &(dyn std::any::Any + Send)) -> Error {
     peer.panicked.fetch_add(1, Ordering::Relaxed);
-    let why = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned());
+    let why = catga_core::panic_message(panic);
     tracing::error!(message = name, panic = %why, "handling a message panicked");
     Error::handler(
         "catga.panic",
