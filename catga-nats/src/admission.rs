@@ -10,13 +10,23 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// Messages and payload bytes in flight against a limit of each.
+/// Messages and payload bytes in flight against a limit of each; for one
+/// message name, also what its handling came to (the NATS service API's
+/// endpoint stats).
 #[derive(Debug)]
 pub(crate) struct Gauge {
     messages: AtomicUsize,
     bytes: AtomicUsize,
     max_messages: usize,
     max_bytes: usize,
+    /// Messages handled (answered, for requests).
+    pub(crate) handled: AtomicU64,
+    /// Of those, the ones that ended in an error.
+    pub(crate) errors: AtomicU64,
+    /// Time spent handling them, in nanoseconds.
+    pub(crate) busy_nanos: AtomicU64,
+    /// The last error, one line.
+    pub(crate) last_error: std::sync::Mutex<String>,
 }
 
 impl Gauge {
@@ -26,6 +36,21 @@ impl Gauge {
             bytes: AtomicUsize::new(0),
             max_messages: max_messages.max(1),
             max_bytes: max_bytes.max(1),
+            handled: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            busy_nanos: AtomicU64::new(0),
+            last_error: std::sync::Mutex::new(String::new()),
+        }
+    }
+
+    /// Counts one handled message that took `took`, and its error if any.
+    pub(crate) fn record(&self, took: std::time::Duration, error: Option<&catga_core::Error>) {
+        self.handled.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+        if let Some(e) = error {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.to_string();
         }
     }
 

@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod discovery;
 mod jetstream;
 mod options;
 #[cfg(feature = "otel")]

@@ -97,6 +97,7 @@ pub struct NatsOptions {
     pub(crate) peer_max_in_flight: usize,
     pub(crate) peer_max_in_flight_bytes: usize,
     pub(crate) serving_tasks: Option<usize>,
+    pub(crate) service_version: String,
     pub(crate) subscription_capacity: usize,
     pub(crate) max_reconnect_delay: Duration,
     pub(crate) connect_timeout: Duration,
@@ -122,6 +123,7 @@ impl NatsOptions {
             peer_max_in_flight: 1024,
             peer_max_in_flight_bytes: 256 << 20,
             serving_tasks: None,
+            service_version: "0.0.0".to_owned(),
             subscription_capacity: 8192,
             max_reconnect_delay: Duration::from_secs(2),
             connect_timeout: Duration::from_secs(5),
@@ -209,6 +211,14 @@ impl NatsOptions {
     /// subscriptions of its queue group, this peer's and other copies'.
     pub fn serving_tasks(mut self, n: usize) -> Self {
         self.serving_tasks = Some(n.max(1));
+        self
+    }
+
+    /// The version this peer reports to the NATS service API (`nats micro
+    /// info`), semantic versioning (default `0.0.0`): usually the service's
+    /// own, e.g. `env!("CARGO_PKG_VERSION")`.
+    pub fn service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = version.into();
         self
     }
 

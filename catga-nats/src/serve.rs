@@ -200,24 +200,24 @@ fn panicked(name: &str, peer: &Peer, panic: &(dyn std::any::Any + Send)) -> Erro
     .with_retryable(false)
 }
 
-/// Hands `wire` to the mediator, turning a panic (when the handling starts, or
-/// while it runs) into an error.
+/// Hands a message to the mediator, turning a panic (when the handling
+/// starts, or while it runs) into an error, and records what the handling
+/// came to on the name's gauge (the service API's endpoint stats).
 fn guarded<T: Send + 'static>(
-    name: &'static str,
-    peer: &Arc<Peer>,
+    serving: &Serving,
     start: impl FnOnce() -> BoxFuture<'static, Result<T>>,
 ) -> BoxFuture<'static, Result<T>> {
-    match std::panic::catch_unwind(AssertUnwindSafe(start)) {
-        Ok(handling) => {
-            let peer = peer.clone();
-            Box::pin(
-                AssertUnwindSafe(handling)
-                    .catch_unwind()
-                    .map(move |r| r.unwrap_or_else(|p| Err(panicked(name, &peer, &*p)))),
-            )
-        }
-        Err(p) => Box::pin(std::future::ready(Err(panicked(name, peer, &*p)))),
-    }
+    let (name, peer, gauge) = (serving.name, serving.peer().clone(), serving.gauge.clone());
+    let started = std::time::Instant::now();
+    let handling = match std::panic::catch_unwind(AssertUnwindSafe(start)) {
+        Ok(handling) => handling,
+        Err(p) => Box::pin(std::future::ready(Err(panicked(name, &peer, &*p)))),
+    };
+    Box::pin(AssertUnwindSafe(handling).catch_unwind().map(move |r| {
+        let result = r.unwrap_or_else(|p| Err(panicked(name, &peer, &*p)));
+        gauge.record(started.elapsed(), result.as_ref().err());
+        result
+    }))
 }
 
 /// Handles one request and sends the reply. What can be done before the
@@ -249,7 +249,7 @@ pub(crate) fn serve_request(
                     // default one, from receipt.
                     wire.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
                     let inbound = &serving.inbound;
-                    span.in_scope(|| guarded(name, peer, || inbound.request(wire)))
+                    span.in_scope(|| guarded(serving, || inbound.request(wire)))
                 }
                 Err(e) => Box::pin(std::future::ready(Err(e))),
             };
@@ -334,7 +334,7 @@ pub(crate) fn serve_event(
         }
         Ok(wire) => {
             let inbound = &serving.inbound;
-            span.in_scope(|| guarded(name, peer, || inbound.event(wire)))
+            span.in_scope(|| guarded(serving, || inbound.event(wire)))
         }
         Err(e) => Box::pin(std::future::ready(Err(e))),
     };

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Gauge, Peer, ServeStats};
+use crate::discovery::{self, Endpoint, Identity};
 use crate::jetstream::{reliable_consumer, serve_reliable, with_retries};
 use crate::options::{Auth, NatsOptions};
 use crate::protocol;
@@ -429,6 +430,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
         .unwrap_or_else(|| tokio::runtime::Handle::current().metrics().num_workers());
     let tasks = tasks.max(1);
     let o = &shared.options;
+    let mut endpoints = Vec::new();
     for name in &peer.requests {
         let serving = Serving {
             shared: shared.clone(),
@@ -438,6 +440,13 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
         };
         let subject = protocol::request_subject(&prefix, name);
         let group = protocol::request_group(&prefix, name);
+        endpoints.push(Endpoint {
+            name,
+            kind: "request",
+            subject: subject.clone(),
+            queue_group: group.clone(),
+            gauge: serving.gauge.clone(),
+        });
         let reading = Reading::Always;
         subscribe(
             &running,
@@ -475,6 +484,13 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             };
             let subject = protocol::event_subject(&prefix, name);
             let group = peer.service.clone();
+            endpoints.push(Endpoint {
+                name,
+                kind: "event",
+                subject: subject.clone(),
+                queue_group: group.clone(),
+                gauge: serving.gauge.clone(),
+            });
             let reading = Reading::WhileRoom;
             subscribe(
                 &running,
@@ -488,6 +504,14 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             .await?;
         }
     }
+    let identity = Identity::new(&peer.service, peer.peer_id, &o.service_version);
+    let answering = discovery::serve(
+        shared.clone(),
+        identity,
+        endpoints,
+        running.shutdown.clone(),
+    );
+    running.loops.spawn(answering.await?);
     shared
         .client
         .flush()

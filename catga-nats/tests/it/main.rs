@@ -1,6 +1,7 @@
 //! catga-nats against real nats-server processes (from catga-test-support).
 
 mod common;
+mod discovery;
 mod events;
 mod faults;
 mod overload;

@@ -1,0 +1,93 @@
+//! The NATS service API (ADR-32) over a real nats-server: what `nats micro
+//! ls/info/stats` asks, asked with a raw client.
+
+use catga_core::{Catga, Error};
+use catga_test_support::NatsServer;
+use serde_json::Value;
+
+use crate::common::*;
+
+async fn ask(raw: &async_nats::Client, subject: &str) -> Value {
+    let reply = raw.request(subject.to_owned(), "".into()).await.unwrap();
+    serde_json::from_slice(&reply.payload).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_answer_ping_info_and_stats_of_the_service_api() {
+    let server = NatsServer::start();
+    let peer = Catga::builder()
+        .service("calc")
+        .transport(
+            catga_nats::NatsTransport::connect(options(&[server.url()]).service_version("1.2.3"))
+                .await
+                .unwrap(),
+        )
+        .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
+        .request_fn(|f: Fail, _| async move { Err::<(), _>(Error::handler(f.code, "refused")) })
+        .event_fn(|_: Happened, _| async { Ok(()) })
+        .build()
+        .unwrap();
+    peer.start().await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+
+    let ping = ask(&raw, "$SRV.PING.calc").await;
+    assert_eq!(ping["type"], "io.nats.micro.v1.ping_response");
+    assert_eq!(ping["name"], "calc");
+    assert_eq!(ping["version"], "1.2.3");
+    let id = ping["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, peer.peer_id().simple().to_string());
+
+    let info = ask(&raw, "$SRV.INFO").await;
+    assert_eq!(info["type"], "io.nats.micro.v1.info_response");
+    let endpoints = info["endpoints"].as_array().unwrap();
+    let add = endpoints
+        .iter()
+        .find(|e| e["metadata"]["catga.message"] == "test.Add")
+        .unwrap();
+    assert_eq!(add["name"], "test_Add");
+    assert_eq!(add["subject"], "catga.req.test.Add");
+    assert_eq!(add["queue_group"], "catga.test.Add");
+    assert!(
+        endpoints
+            .iter()
+            .any(|e| e["subject"] == "catga.evt.test.Happened" && e["queue_group"] == "calc")
+    );
+
+    let caller = client(&[server.url()]).await;
+    for i in 0..3 {
+        assert_eq!(caller.send(Add { a: i, b: 1 }).await.unwrap(), i + 1);
+    }
+    caller
+        .send(Fail {
+            code: "calc.no".into(),
+        })
+        .await
+        .unwrap_err();
+    let stats = ask(&raw, &format!("$SRV.STATS.calc.{id}")).await;
+    assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
+    assert!(stats["started"].as_str().unwrap().ends_with('Z'));
+    let of = |name: &str| {
+        stats["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(of("test_Add")["num_requests"], 3);
+    assert_eq!(of("test_Add")["num_errors"], 0);
+    assert_eq!(of("test_Fail")["num_errors"], 1);
+    assert!(
+        of("test_Fail")["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("refused")
+    );
+    // Another service's name gets no answer from this peer.
+    let other = raw
+        .request("$SRV.PING.orders".to_owned(), "".into())
+        .await
+        .unwrap_err();
+    assert_eq!(other.kind(), async_nats::RequestErrorKind::NoResponders);
+}
