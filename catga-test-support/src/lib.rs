@@ -22,11 +22,13 @@ mod nats;
 mod process;
 mod proxy;
 mod redis;
+mod tls;
 
 pub use nats::{NatsCluster, NatsServer};
 pub use process::{http_get, signal};
 pub use proxy::{Fault, FaultProxy};
 pub use redis::{RedisCluster, RedisServer};
+pub use tls::TestCa;
 
 /// Waits until `check` holds, polling every few milliseconds; panics naming
 /// `what` when it does not hold within `within`. Tests wait for conditions with

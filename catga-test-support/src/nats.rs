@@ -17,6 +17,8 @@ struct NodeSpec {
     monitor: u16,
     cluster: Option<(u16, Vec<u16>)>,
     store: PathBuf,
+    /// Server certificate and key (PEM): TLS required of every client.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl NodeSpec {
@@ -35,6 +37,13 @@ impl NodeSpec {
             .args(["-js", "-sd"])
             .arg(&self.store)
             .args(["--server_name", &self.name]);
+        if let Some((cert, key)) = &self.tls {
+            cmd.arg("--tls")
+                .arg("--tlscert")
+                .arg(cert)
+                .arg("--tlskey")
+                .arg(key);
+        }
         if let Some((cluster_port, peers)) = &self.cluster {
             let routes: Vec<String> = peers
                 .iter()
@@ -66,6 +75,18 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until it is healthy.
     pub fn start() -> NatsServer {
+        NatsServer::start_with(None)
+    }
+
+    /// Like [`NatsServer::start`], requiring TLS of every client with the
+    /// server certificate `cert` and key `key` (PEM files, e.g. from
+    /// [`TestCa`](crate::TestCa)). Clients connect to [`NatsServer::url`]
+    /// with TLS required.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> NatsServer {
+        NatsServer::start_with(Some((cert.to_owned(), key.to_owned())))
+    }
+
+    fn start_with(tls: Option<(PathBuf, PathBuf)>) -> NatsServer {
         let dir = tempfile::tempdir().expect("temporary directory");
         let spec = NodeSpec {
             name: "n1".into(),
@@ -73,6 +94,7 @@ impl NatsServer {
             monitor: free_port(),
             cluster: None,
             store: dir.path().join("js"),
+            tls,
         };
         let mut proc = spec.spawn(dir.path());
         proc.wait_until("nats-server health", || spec.healthy());
@@ -158,6 +180,7 @@ impl NatsCluster {
                         .collect(),
                 )),
                 store: dir.path().join(format!("js-{}", i + 1)),
+                tls: None,
             })
             .collect();
         let mut nodes: Vec<(NodeSpec, Proc)> = Vec::new();

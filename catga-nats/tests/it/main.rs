@@ -6,3 +6,4 @@ mod events;
 mod faults;
 mod overload;
 mod requests;
+mod tls;
