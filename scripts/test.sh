@@ -60,5 +60,7 @@ fi
 
 echo "==> $(nats-server --version 2>&1 | head -n1); $(redis-server --version | cut -d' ' -f1-3)"
 cargo test --workspace "$@"
+# Feature-gated: Redis over TLS.
+cargo test -p catga-redis --features tls --test it tls "$@"
 # Feature-gated: OpenTelemetry trace continuation across NATS.
 exec cargo test -p catga-nats --features otel --test otel "$@"

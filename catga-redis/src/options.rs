@@ -24,6 +24,16 @@ pub struct RedisOptions {
     pub(crate) timeout: Duration,
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
+    pub(crate) tls: Tls,
+}
+
+/// TLS settings for `rediss://` URLs (with the `tls` feature).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tls {
+    /// PEM file of the certificates to trust instead of the system's.
+    pub(crate) root_certificates: Option<std::path::PathBuf>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub(crate) client_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RedisOptions {
@@ -37,6 +47,7 @@ impl RedisOptions {
             timeout: Duration::from_secs(2),
             saga_retention: Duration::from_secs(7 * 24 * 3600),
             dead_letters_max: 100_000,
+            tls: Tls::default(),
         }
     }
 
@@ -63,6 +74,24 @@ impl RedisOptions {
     /// spread over them, and so over a cluster's nodes. Peers must agree on it.
     pub fn outbox_shards(mut self, shards: u32) -> Self {
         self.outbox_shards = shards.max(1);
+        self
+    }
+
+    /// Trusts the certificates in this PEM file for `rediss://` URLs, instead
+    /// of the system's (a private CA). Needs the `tls` feature.
+    pub fn tls_root_certificates(mut self, pem: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.root_certificates = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM files) to a Redis that
+    /// verifies clients (`tls-auth-clients yes`). Needs the `tls` feature.
+    pub fn tls_client_certificate(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_certificate = Some((cert.into(), key.into()));
         self
     }
 

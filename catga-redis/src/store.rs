@@ -83,9 +83,9 @@ impl RedisStore {
     /// Connects; fails with a store error when Redis does not answer.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore> {
         let conn = if options.cluster {
-            conn::cluster(&options.urls, options.timeout).await?
+            conn::cluster(&options.urls, options.timeout, &options.tls).await?
         } else {
-            conn::single(&options.urls[0], options.timeout).await?
+            conn::single(&options.urls[0], options.timeout, &options.tls).await?
         };
         Ok(RedisStore {
             conn,

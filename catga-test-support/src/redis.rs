@@ -29,6 +29,7 @@ fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
+    tls_port: Option<u16>,
     aof: bool,
     proc: Proc,
     dir: TempDir,
@@ -52,10 +53,47 @@ impl RedisServer {
         let proc = spawn_redis(port, dir.path(), &aof_args(aof));
         RedisServer {
             port,
+            tls_port: None,
             aof,
             proc,
             dir,
         }
+    }
+
+    /// Starts a server that also takes TLS connections, with the server
+    /// certificate of `ca`, on [`RedisServer::tls_url`] (clients need not
+    /// present a certificate). Its plain port stays open for readiness checks.
+    pub fn start_tls(ca: &crate::TestCa) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let (port, tls_port) = (free_port(), free_port());
+        let (cert, key, root) = (ca.server_cert(), ca.server_key(), ca.ca());
+        let tls = [
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            cert.display().to_string(),
+            "--tls-key-file".to_owned(),
+            key.display().to_string(),
+            "--tls-ca-cert-file".to_owned(),
+            root.display().to_string(),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let args: Vec<&str> = tls.iter().map(String::as_str).collect();
+        let proc = spawn_redis(port, dir.path(), &args);
+        RedisServer {
+            port,
+            tls_port: Some(tls_port),
+            aof: false,
+            proc,
+            dir,
+        }
+    }
+
+    /// `rediss://127.0.0.1:<tls port>/` of a server started with
+    /// [`RedisServer::start_tls`].
+    pub fn tls_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("rediss://127.0.0.1:{p}/"))
     }
 
     /// `redis://127.0.0.1:<port>/`.
