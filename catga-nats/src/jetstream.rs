@@ -45,6 +45,8 @@ impl Shared {
                             max_age: js.max_age,
                             duplicate_window: js.duplicate_window,
                             num_replicas: replicas,
+                            max_bytes: js.max_bytes,
+                            discard: stream::DiscardPolicy::Old,
                             ..Default::default()
                         })
                         .await

@@ -57,6 +57,12 @@ pub struct JetStreamOptions {
     /// loss of one node of three), 1 on a single server. Streams that exist
     /// keep their setting (`nats stream edit --replicas 3` changes it).
     pub replicas: Option<usize>,
+    /// Most bytes each stream keeps (the event stream and the dead-letter
+    /// stream apart); past it, the oldest messages are dropped. Default
+    /// 256 MiB (JetStream reserves it on each replica: size it to the disks).
+    /// Streams that exist keep their setting (`nats stream edit
+    /// --max-bytes` changes it).
+    pub max_bytes: i64,
 }
 
 impl Default for JetStreamOptions {
@@ -70,6 +76,7 @@ impl Default for JetStreamOptions {
             max_backoff: Duration::from_secs(10),
             ack_wait: Duration::from_secs(30),
             replicas: None,
+            max_bytes: 256 << 20,
         }
     }
 }

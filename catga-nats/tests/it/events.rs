@@ -200,7 +200,8 @@ async fn a_failing_reliable_event_is_dead_lettered_after_max_deliveries() {
 
 /// The event and dead-letter streams keep one copy per node, up to three: a
 /// stream on a 3-node cluster survives the loss of a node; on a single server
-/// it has the one copy there is.
+/// it has the one copy there is. Both are bounded in bytes (256 MiB), dropping
+/// the oldest.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_replicated_across_the_cluster() {
     async fn replicas(urls: &[String]) -> Vec<usize> {
@@ -220,7 +221,13 @@ async fn streams_are_replicated_across_the_cluster() {
         let mut out = Vec::new();
         for name in ["CATGA_EVENTS", "CATGA_DLQ"] {
             let mut stream = js.get_stream(name).await.unwrap();
-            out.push(stream.info().await.unwrap().config.num_replicas);
+            let config = stream.info().await.unwrap().config.clone();
+            assert_eq!(config.max_bytes, 256 << 20, "{name}");
+            assert_eq!(
+                config.discard,
+                async_nats::jetstream::stream::DiscardPolicy::Old
+            );
+            out.push(config.num_replicas);
         }
         m.shutdown().await.unwrap();
         out
