@@ -494,7 +494,7 @@ impl Mediator {
         data: D,
     ) -> Result<Uuid> {
         let backlog = self.registered(saga.name())?;
-        let id = crate::saga::start(
+        let created = crate::saga::start(
             &*self.inner.saga_store,
             &self.inner.saga_wake,
             saga,
@@ -502,7 +502,9 @@ impl Mediator {
             &data,
         )
         .await?;
-        backlog.started();
+        if created {
+            backlog.started();
+        }
         Ok(id)
     }
 

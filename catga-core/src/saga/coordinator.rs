@@ -91,19 +91,21 @@ impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
     }
 }
 
-/// Stores a new saga instance; the coordinator picks it up.
+/// Stores a new saga instance, unless one with its id exists; returns whether
+/// it stored it. The coordinator picks it up.
 pub(crate) async fn start<D: SagaData>(
     store: &dyn SagaStore,
     wake: &Notify,
     saga: &Saga<D>,
     id: Uuid,
     data: &D,
-) -> Result<Uuid> {
+) -> Result<bool> {
     let state = SagaState::new(id, &saga.name, Format::MsgPack.encode(data)?);
-    if store.create(&state).await? {
+    let created = store.create(&state).await?;
+    if created {
         wake.notify_waiters();
     }
-    Ok(state.id)
+    Ok(created)
 }
 
 /// The message id of step `step`'s command (`do`) or compensation (`undo`):

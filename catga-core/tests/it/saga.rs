@@ -364,7 +364,17 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
         .build()
         .unwrap();
     let mut ids = Vec::new();
+    // A start repeated with one id (a caller's retry) is one saga of the
+    // backlog, not three.
+    let again = catga_core::new_id();
     for _ in 0..3 {
+        m.admit_saga(&saga()).await.unwrap();
+        m.start_saga_with_id(&saga(), again, Order::default())
+            .await
+            .unwrap();
+    }
+    ids.push(again);
+    for _ in 0..2 {
         m.admit_saga(&saga()).await.unwrap();
         ids.push(m.start_saga(&saga(), Order::default()).await.unwrap());
     }
