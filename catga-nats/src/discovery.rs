@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::Gauge;
-use crate::transport::{Shared, transport_error};
+use crate::shared::{Shared, transport_error};
 
 /// One message name a peer serves, as the service API shows it.
 pub(crate) struct Endpoint {

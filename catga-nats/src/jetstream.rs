@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::protocol::{self, header};
 use crate::serve::receive_span;
-use crate::transport::{Shared, transport_error};
+use crate::shared::{Shared, transport_error};
 
 impl Shared {
     /// Creates the event and dead-letter streams if missing.

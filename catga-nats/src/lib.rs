@@ -50,6 +50,7 @@ mod options;
 mod otel;
 pub mod protocol;
 mod serve;
+mod shared;
 mod transport;
 
 pub use admission::ServeStats;

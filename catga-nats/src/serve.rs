@@ -33,7 +33,7 @@ use tracing::Instrument;
 
 use crate::admission::{Full, Gauge, Peer, Permit};
 use crate::protocol;
-use crate::transport::Shared;
+use crate::shared::Shared;
 
 /// What a serving task needs besides its subscription.
 #[derive(Clone)]

@@ -1,7 +1,6 @@
 //! [`NatsTransport`]: the `Transport` of catga-core over NATS.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -23,6 +22,7 @@ use crate::jetstream::{reliable_consumer, serve_reliable, with_retries};
 use crate::options::{Auth, NatsOptions};
 use crate::protocol;
 use crate::serve::{Reading, Serving, serve_core, serve_event, serve_request};
+use crate::shared::{Running, Shared, SubjectCache, transport_error};
 
 /// The NATS transport: give it to `CatgaBuilder::transport`.
 ///
@@ -43,32 +43,6 @@ pub struct NatsTransport {
     shared: Arc<Shared>,
 }
 
-/// Subjects by message name; foldhash, as SipHash showed in the publish
-/// profile (names are our own, not attacker-chosen keys).
-type SubjectCache = HashMap<&'static str, Subject, foldhash::fast::RandomState>;
-
-pub(crate) struct Shared {
-    pub(crate) client: Client,
-    pub(crate) js: jetstream::Context,
-    pub(crate) options: NatsOptions,
-    pub(crate) streams: OnceCell<()>,
-    running: Mutex<Option<Running>>,
-    dropped: Arc<AtomicU64>,
-    /// What this peer has in flight, and its counters.
-    pub(crate) peer: Arc<Peer>,
-    /// Request subjects by message name, built once (cloning one is a
-    /// reference-count increment).
-    request_subjects: RwLock<SubjectCache>,
-    /// Event subjects by message name, likewise.
-    event_subjects: RwLock<SubjectCache>,
-}
-
-pub(crate) struct Running {
-    shutdown: CancellationToken,
-    loops: TaskTracker,
-    work: TaskTracker,
-}
-
 impl std::fmt::Debug for NatsTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NatsTransport")
@@ -76,10 +50,6 @@ impl std::fmt::Debug for NatsTransport {
             .field("prefix", &self.shared.options.prefix)
             .finish_non_exhaustive()
     }
-}
-
-pub(crate) fn transport_error(what: impl std::fmt::Display) -> Error {
-    Error::transport(what.to_string())
 }
 
 impl NatsTransport {
@@ -194,14 +164,6 @@ impl NatsTransport {
 }
 
 impl Shared {
-    pub(crate) fn prefix(&self) -> &str {
-        &self.options.prefix
-    }
-
-    pub(crate) fn is_reliable(&self, name: &str) -> bool {
-        !self.options.reliable.is_empty() && self.options.reliable.contains(name)
-    }
-
     /// The subject `make` builds for `name`, from `cache` when the name is
     /// static (hence the `Cow`: only a borrowed `'static` name can key it).
     #[allow(clippy::ptr_arg)]
