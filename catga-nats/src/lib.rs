@@ -15,8 +15,21 @@
 //!   explicit acks, redelivery with backoff, dead-letter subject after too many
 //!   failures; an event published while a service is down reaches it when it
 //!   returns.
-//! - Bounded work per subscription ([`NatsOptions::max_in_flight`]); graceful
-//!   shutdown drains: stops taking messages, finishes those in flight, closes.
+//! - **Admission and deadlines**: limits of messages and bytes in flight per
+//!   name and per peer ([`NatsOptions::max_in_flight`] and siblings); a request
+//!   over them is answered `overloaded` at once, one past its `Catga-Deadline`
+//!   is answered `timeout` without running; counts in
+//!   [`NatsTransport::stats`]. Each name is served by one subscription per
+//!   runtime thread, so a hot message type uses every core. Graceful shutdown
+//!   drains: stops taking messages, finishes those in flight, closes.
+//! - **Discovery**: every peer answers the NATS service API (`$SRV.PING`,
+//!   `INFO`, `STATS`), so `nats micro ls` lists Catga services.
+//!
+//! Where things are: `transport.rs` (connecting, sending, starting),
+//! `serve.rs` (core subscriptions), `admission.rs` (limits and counts),
+//! `jetstream.rs` (streams, reliable events, dead letters), `discovery.rs`
+//! (service API), `protocol.rs` (the wire contract), `shared.rs` (what they
+//! share), `options.rs`.
 //!
 //! - **Tracing**: each received message is handled in a `catga.receive` span with
 //!   its name and ids. With the `otel` feature, the current span's OpenTelemetry
