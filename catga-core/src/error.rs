@@ -199,6 +199,21 @@ impl Error {
         .with_message_name(name.to_owned())
     }
 
+    /// A message that reached a peer after its deadline and was not handled
+    /// (kind `timeout`, code `catga.expired`): its caller has stopped waiting.
+    pub fn expired(name: impl Into<Cow<'static, str>>) -> Self {
+        let name = name.into();
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "`{name}` arrived after its deadline (its caller has stopped waiting); it was \
+                 not handled"
+            ),
+        )
+        .with_code("catga.expired")
+        .with_message_name(name)
+    }
+
     /// Sets the application code (kept across transports).
     #[must_use]
     pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {

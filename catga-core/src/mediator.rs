@@ -173,8 +173,15 @@ impl Mediator {
         let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
         wire.timeout = Some(timeout);
         self.inner.retry_budget.deposit();
-        let reply = match transport.request(wire.clone(), timeout).await {
+        let reply = match transport.request(wire, timeout).await {
             Err(e) if is_shed(&e) => {
+                // Rare: encode it again (same ids, from `meta`) rather than
+                // keep a copy of every request for this case.
+                let payload = format
+                    .encode_bytes(request)
+                    .map_err(|e| e.with_message_name(R::NAME))?;
+                let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
+                wire.timeout = Some(timeout);
                 Box::pin(self.try_other_copies(&**transport, wire, meta.deadline(), e)).await?
             }
             reply => reply?,
@@ -644,16 +651,7 @@ fn is_shed(e: &Error) -> bool {
 /// cut to the cap (a client cannot pin this peer's capacity for longer).
 fn admit_deadline(message: &mut WireMessage, cap: Duration) -> Result<()> {
     match &mut message.timeout {
-        Some(left) if left.is_zero() => Err(Error::new(
-            ErrorKind::Timeout,
-            format!(
-                "`{}` arrived after its deadline (its caller has stopped waiting); it was \
-                 not handled",
-                message.name
-            ),
-        )
-        .with_code("catga.expired")
-        .with_message_name(message.name.clone())),
+        Some(left) if left.is_zero() => Err(Error::expired(message.name.clone())),
         Some(left) => {
             *left = (*left).min(cap);
             Ok(())

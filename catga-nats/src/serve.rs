@@ -171,19 +171,11 @@ fn overloaded(name: &str, full: Full, peer: &Peer, gauge: &Gauge) -> Error {
     .with_retryable(true)
 }
 
-/// The answer to a message that arrived past its deadline.
+/// The answer to a message that arrived past its deadline (counted).
 #[cold]
-fn expired(name: &str, peer: &Peer) -> Error {
+fn expired(name: &'static str, peer: &Peer) -> Error {
     peer.expired.fetch_add(1, Ordering::Relaxed);
-    Error::new(
-        ErrorKind::Timeout,
-        format!(
-            "`{name}` arrived after its deadline (its caller has stopped waiting); it was \
-             not handled"
-        ),
-    )
-    .with_code("catga.expired")
-    .with_message_name(name.to_owned())
+    Error::expired(name)
 }
 
 /// The error a panic in decoding or handling becomes.
