@@ -5,28 +5,26 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crate::backoff::RetryBudget;
-use crate::behavior::validation::{Validate, Validation};
-use crate::behavior::{Behavior, HandlerId, MessageInfo, SharedBehavior};
 use crate::codec::Format;
-use crate::context::Context;
-use crate::error::{Error, ErrorKind, Result};
-use crate::handler::{DynEventHandler, EventHandler, FnHandler, RequestHandler};
-use crate::leader::{LeaderContext, LeaderTask};
-use crate::mediator::Running;
-use crate::mediator::{
-    InboundEventFn, InboundRequestFn, Inner, Mediator, inbound_event, inbound_request,
+use crate::dispatch::behavior::validation::{Validate, Validation};
+use crate::dispatch::behavior::{Behavior, HandlerId, MessageInfo, SharedBehavior};
+use crate::dispatch::context::Context;
+use crate::dispatch::handle::{InboundEventFn, InboundRequestFn, Inner, Mediator, TypeMap};
+use crate::dispatch::handler::{DynEventHandler, EventHandler, FnHandler, RequestHandler};
+use crate::dispatch::inbound::{inbound_event, inbound_request};
+use crate::dispatch::route::{
+    EventRoute, EventSlot, RequestRoute, ScopedBehavior, detaches, pipeline_for,
 };
+use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Message, MessageKind, Request};
 use crate::metadata::new_id;
-use crate::relay::RelayOptions;
-use crate::route::{
-    EventRoute, EventSlot, RequestRoute, ScopedBehavior, TypeMap, detaches, pipeline_for,
-};
-use crate::saga::{Backlog, MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
+use crate::runtime::leader::{LeaderContext, LeaderTask};
+use crate::runtime::relay::RelayOptions;
+use crate::runtime::saga::{MemorySagaStore, Saga, SagaData, SagaRunner, SagaStore};
+use crate::runtime::{Peer, Plan};
 use crate::store::{LockStore, MemoryLockStore, OutboxStore};
 use crate::transport::Transport;
 
@@ -105,9 +103,11 @@ pub struct CatgaBuilder {
     leader_tasks: Vec<LeaderTask>,
     lock_store: Option<Arc<dyn LockStore>>,
     resources: TypeMap<Arc<dyn Any + Send + Sync>>,
-    outbox: Option<(Arc<dyn OutboxStore>, RelayOptions)>,
+    /// The outbox, and how this peer relays it (`None`: another peer does).
+    outbox: Option<(Arc<dyn OutboxStore>, Option<RelayOptions>)>,
     sagas: Vec<Arc<dyn SagaRunner>>,
     saga_store: Option<Arc<dyn SagaStore>>,
+    single_copy: bool,
 }
 
 impl Default for CatgaBuilder {
@@ -130,6 +130,7 @@ impl Default for CatgaBuilder {
             outbox: None,
             sagas: Vec::new(),
             saga_store: None,
+            single_copy: false,
         }
     }
 }
@@ -273,21 +274,6 @@ impl CatgaBuilder {
         self.event_handler_named::<E, _>(name, FnHandler::<F, E>::new(f))
     }
 
-    /// Registers every handler marked `#[handler]` (from `catga-macros`) in the
-    /// crates linked into this program. Explicit registrations mix freely with
-    /// it; a request handled twice is a build error naming both handlers.
-    ///
-    /// Handlers in a crate that nothing else in the program references are not
-    /// linked, so they are not found: call a function of that crate (or use one
-    /// of its types) from the program; `use orders_handlers as _;` alone is not
-    /// guaranteed to keep it. See `docs/architecture.md`.
-    pub fn auto_register(mut self) -> Self {
-        for registration in crate::__private::registrations() {
-            self = (registration.register)(self);
-        }
-        self
-    }
-
     /// Shares `value` with every handler: read it with
     /// [`Context::resource`](crate::Context::resource). One value per type.
     pub fn resource<T: Send + Sync + 'static>(mut self, value: T) -> Self {
@@ -298,13 +284,22 @@ impl CatgaBuilder {
     /// Runs an outbox relay on this peer for `store` (see [`relay`](crate::relay)).
     /// Use the store the idempotency behavior writes to: events its handlers
     /// publish are held back and stored with their result, then relayed.
-    pub fn outbox(self, store: Arc<dyn OutboxStore>) -> Self {
+    pub fn outbox(self, store: impl OutboxStore) -> Self {
         self.outbox_with(store, RelayOptions::default())
     }
 
     /// Like [`CatgaBuilder::outbox`], with relay options.
-    pub fn outbox_with(mut self, store: Arc<dyn OutboxStore>, options: RelayOptions) -> Self {
-        self.outbox = Some((store, options));
+    pub fn outbox_with(mut self, store: impl OutboxStore, options: RelayOptions) -> Self {
+        self.outbox = Some((Arc::new(store), Some(options)));
+        self
+    }
+
+    /// Stores events published under idempotency in `store` with the
+    /// handler's result, like [`CatgaBuilder::outbox`], but runs no relay
+    /// here: other peers of the service (or a process of its own) relay
+    /// them. MassTransit users know this as disabling the delivery service.
+    pub fn outbox_without_relay(mut self, store: impl OutboxStore) -> Self {
+        self.outbox = Some((Arc::new(store), None));
         self
     }
 
@@ -316,8 +311,8 @@ impl CatgaBuilder {
     }
 
     /// Where saga state lives. Default: in memory (one peer).
-    pub fn saga_store(mut self, store: Arc<dyn SagaStore>) -> Self {
-        self.saga_store = Some(store);
+    pub fn saga_store(mut self, store: impl SagaStore) -> Self {
+        self.saga_store = Some(Arc::new(store));
         self
     }
 
@@ -348,12 +343,6 @@ impl CatgaBuilder {
     /// Carries requests without a local handler, and every event, to other peers.
     pub fn transport(mut self, transport: impl Transport) -> Self {
         self.transport = Some(Arc::new(transport));
-        self
-    }
-
-    /// Like [`CatgaBuilder::transport`], for a transport already behind an `Arc`.
-    pub fn shared_transport(mut self, transport: Arc<dyn Transport>) -> Self {
-        self.transport = Some(transport);
         self
     }
 
@@ -395,7 +384,7 @@ impl CatgaBuilder {
     /// behavior, remote sends answered `overloaded`, saga steps. Default: 20 %
     /// of first attempts, at least 10 retries per second.
     ///
-    /// [`Retry`]: crate::behavior::Retry
+    /// [`Retry`]: crate::dispatch::behavior::Retry
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.retry_budget = budget;
         self
@@ -432,21 +421,118 @@ impl CatgaBuilder {
         self
     }
 
-    /// Like [`CatgaBuilder::lock_store`], for a store already shared.
-    pub fn shared_lock_store(mut self, store: Arc<dyn LockStore>) -> Self {
-        self.lock_store = Some(store);
+    /// Runs leader tasks and sagas with in-memory lock and saga stores even
+    /// though a transport is configured: say so for a service that runs as
+    /// one copy. Without it, [`start`](CatgaBuilder::start) refuses that
+    /// setup, because every copy of a scaled service would lead at once.
+    pub fn single_copy(mut self) -> Self {
+        self.single_copy = true;
         self
     }
 
-    /// Checks the registrations and builds the mediator.
+    /// Checks the registrations and builds a mediator for in-process dispatch
+    /// (and for sending through a transport it does not serve).
     ///
     /// Fails with [`ErrorKind::DuplicateHandler`] when two handlers claim one request
     /// type, or two message types claim one wire name, naming both sides; with
-    /// [`ErrorKind::Config`] when a type routed remote has no transport.
+    /// [`ErrorKind::Config`] when a type routed remote has no transport, or
+    /// when something must run in the background (handlers to serve over a
+    /// transport, an outbox relay, leader tasks, sagas): such a peer is
+    /// started with [`CatgaBuilder::start`], which returns the [`Peer`] that
+    /// owns that work.
     pub fn build(self) -> Result<Mediator> {
+        let (mediator, plan) = self.assemble()?;
+        let mut background = Vec::new();
+        let serves = !mediator.inner.inbound_requests.is_empty()
+            || !mediator.inner.inbound_events.is_empty();
+        if mediator.inner.transport.is_some() && serves {
+            background.push("handlers to serve over the transport");
+        }
+        if plan.outbox.is_some() {
+            background.push("an outbox relay");
+        }
+        if !plan.leader_tasks.is_empty() {
+            background.push("leader tasks or sagas");
+        }
+        if !background.is_empty() {
+            return Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "this peer has {}, which run in the background: call `.start().await` \
+                     instead of `.build()`; it returns the running `Peer`",
+                    background.join(", ")
+                ),
+            ));
+        }
+        Ok(mediator)
+    }
+
+    /// Checks the registrations like [`build`](CatgaBuilder::build) and
+    /// starts the peer: the outbox relay, leader tasks and saga coordinators
+    /// begin, and the transport's subscriptions are live when it returns.
+    ///
+    /// Also fails with [`ErrorKind::Config`] when a transport is configured
+    /// and leader tasks or sagas would use the in-memory lock or saga store
+    /// (every copy would lead), unless [`single_copy`](CatgaBuilder::single_copy)
+    /// says that is meant.
+    pub async fn start(self) -> Result<Peer> {
+        let (mediator, plan) = self.assemble()?;
+        Peer::start(mediator, plan).await
+    }
+
+    /// The checks, then the dispatch state and the runtime's plan.
+    fn assemble(self) -> Result<(Mediator, Plan)> {
+        let errors = self.check();
+        if let Some(error) = combined(errors) {
+            return Err(error);
+        }
+        let (requests, inbound_requests) =
+            request_routes(self.requests, &self.behaviors, &self.remote);
+        let (events, inbound_events) = event_routes(self.events, &self.behaviors);
+        let lock_store = self
+            .lock_store
+            .unwrap_or_else(|| Arc::new(MemoryLockStore::new()));
+        let saga_store = self
+            .saga_store
+            .unwrap_or_else(|| Arc::new(MemorySagaStore::new()));
+        let saga_wake = Arc::new(tokio::sync::Notify::new());
+        let mut leader_tasks = self.leader_tasks;
+        let mut resources = self.resources;
+        for runner in &self.sagas {
+            leader_tasks.push(runner.leader_task(saga_store.clone(), saga_wake.clone()));
+            runner.bind(saga_store.clone(), saga_wake.clone(), &mut resources);
+        }
+        let mediator = Mediator {
+            inner: Arc::new(Inner {
+                requests,
+                events,
+                inbound_requests,
+                inbound_events,
+                transport: self.transport,
+                format: self.format,
+                service: self.service,
+                peer_id: new_id(),
+                request_timeout: self.request_timeout,
+                max_inbound_timeout: self.max_inbound_timeout,
+                retry_budget: self.retry_budget,
+                resources,
+                fence_store: lock_store.clone(),
+                holds_events: self.outbox.is_some(),
+            }),
+        };
+        let plan = Plan {
+            leader_tasks,
+            lock_store,
+            outbox: self.outbox.and_then(|(store, relay)| Some((store, relay?))),
+            shutdown_grace: self.shutdown_grace,
+            saga_store,
+        };
+        Ok((mediator, plan))
+    }
+
+    /// Every registration error, all at once.
+    fn check(&self) -> Vec<Error> {
         let mut errors = Vec::new();
-        let mut requests: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
-        let mut inbound_requests = HashMap::new();
         let mut seen: HashMap<TypeId, &PendingRequest> = HashMap::new();
         let mut names: HashMap<&'static str, &PendingRequest> = HashMap::new();
         for p in &self.requests {
@@ -514,69 +600,86 @@ impl CatgaBuilder {
             self.leader_tasks.iter().map(|t| &*t.name),
         ));
         errors.extend(same_names("sagas", self.sagas.iter().map(|s| s.name())));
-        if !errors.is_empty() {
-            let first = errors.remove(0);
-            return Err(if errors.is_empty() {
-                first
-            } else {
-                let mut all = vec![first.clone()];
-                all.extend(errors);
-                first.with_related(all)
-            });
-        }
-
-        drop((seen, names));
-        for p in self.requests {
-            let remote = self.remote.iter().any(|(id, _)| *id == p.type_id);
-            requests.insert(p.type_id, (p.make)(&self.behaviors, remote));
-            inbound_requests.insert(p.name, p.inbound);
-        }
-        let mut events: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
-        let mut inbound_events = HashMap::new();
-        for (id, p) in self.events {
-            events.insert(id, (p.finish)(p.handlers, &self.behaviors));
-            inbound_events.insert(p.name, p.inbound);
-        }
-        let saga_store = self
-            .saga_store
-            .unwrap_or_else(|| Arc::new(MemorySagaStore::new()));
-        let saga_wake = Arc::new(tokio::sync::Notify::new());
-        let mut leader_tasks = self.leader_tasks;
-        let mut sagas = HashMap::new();
-        for runner in self.sagas {
-            leader_tasks.push(runner.leader_task(saga_store.clone(), saga_wake.clone()));
-            let backlog = Backlog::new(runner.max_backlog());
-            sagas.insert(runner.name().to_owned(), backlog);
-        }
-        Ok(Mediator {
-            inner: Arc::new(Inner {
-                requests,
-                events,
-                inbound_requests,
-                inbound_events,
-                transport: self.transport,
-                format: self.format,
-                service: self.service,
-                peer_id: new_id(),
-                request_timeout: self.request_timeout,
-                max_inbound_timeout: self.max_inbound_timeout,
-                retry_budget: self.retry_budget,
-                shutdown_grace: self.shutdown_grace,
-                started: AtomicBool::new(false),
-                leader_tasks,
-                lock_store: self
-                    .lock_store
-                    .unwrap_or_else(|| Arc::new(MemoryLockStore::new())),
-                running: Running::default(),
-                resources: self.resources,
-                outbox: self.outbox,
-                sagas,
-                saga_store,
-                saga_wake,
-                leading: Default::default(),
-            }),
-        })
+        errors.extend(self.distributed_stores());
+        errors
     }
+
+    /// With a transport, leader tasks and sagas need shared stores.
+    fn distributed_stores(&self) -> Vec<Error> {
+        let mut errors = Vec::new();
+        if self.transport.is_none() || self.single_copy {
+            return errors;
+        }
+        let leads = !self.leader_tasks.is_empty() || !self.sagas.is_empty();
+        if leads && self.lock_store.is_none() {
+            errors.push(Error::new(
+                ErrorKind::Config,
+                "leader tasks or sagas with a transport need a lock store shared by every copy \
+                 (`.lock_store(..)`, e.g. Redis): with the in-memory default every copy leads. \
+                 For a service that runs as one copy, say so with `.single_copy()`",
+            ));
+        }
+        if !self.sagas.is_empty() && self.saga_store.is_none() {
+            errors.push(Error::new(
+                ErrorKind::Config,
+                "sagas with a transport need a saga store shared by every copy \
+                 (`.saga_store(..)`, e.g. Redis): in memory, a saga would be lost with its copy. \
+                 For a service that runs as one copy, say so with `.single_copy()`",
+            ));
+        }
+        errors
+    }
+}
+
+/// One error for many: the first, with every one in [`Error::related`].
+fn combined(mut errors: Vec<Error>) -> Option<Error> {
+    if errors.is_empty() {
+        return None;
+    }
+    let first = errors.remove(0);
+    Some(if errors.is_empty() {
+        first
+    } else {
+        let mut all = vec![first.clone()];
+        all.extend(errors);
+        first.with_related(all)
+    })
+}
+
+/// The typed route of every request, and the way in from a transport by name.
+fn request_routes(
+    pending: Vec<PendingRequest>,
+    behaviors: &[ScopedBehavior],
+    remote: &[(TypeId, &'static str)],
+) -> (
+    TypeMap<Box<dyn Any + Send + Sync>>,
+    HashMap<&'static str, InboundRequestFn>,
+) {
+    let mut routes: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
+    let mut inbound = HashMap::new();
+    for p in pending {
+        let routed_remote = remote.iter().any(|(id, _)| *id == p.type_id);
+        routes.insert(p.type_id, (p.make)(behaviors, routed_remote));
+        inbound.insert(p.name, p.inbound);
+    }
+    (routes, inbound)
+}
+
+/// The typed route of every event, and the way in from a transport by name.
+fn event_routes(
+    pending: Vec<(TypeId, PendingEvents)>,
+    behaviors: &[ScopedBehavior],
+) -> (
+    TypeMap<Box<dyn Any + Send + Sync>>,
+    HashMap<&'static str, InboundEventFn>,
+) {
+    let mut routes: TypeMap<Box<dyn Any + Send + Sync>> = TypeMap::default();
+    let mut inbound = HashMap::new();
+    for (id, p) in pending {
+        routes.insert(id, (p.finish)(p.handlers, behaviors));
+        inbound.insert(p.name, p.inbound);
+    }
+    (routes, inbound)
 }
 
 /// A build error for every name used twice among `what`.

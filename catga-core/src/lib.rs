@@ -64,30 +64,26 @@
 #[path = "private.rs"]
 pub mod __private;
 pub mod backoff;
-pub mod behavior;
 mod builder;
 pub mod codec;
-mod context;
+mod dispatch;
 mod error;
-mod handler;
-pub mod leader;
-mod mediator;
 mod message;
 mod metadata;
-pub mod relay;
 mod rng;
-mod route;
-pub mod saga;
+pub mod runtime;
 pub mod store;
 pub mod transport;
 
 pub use backoff::RetryBudget;
 pub use builder::{Catga, CatgaBuilder};
 pub use codec::{Codec, Format};
-pub use context::Context;
+pub use dispatch::behavior;
+pub use dispatch::context::Context;
+pub use dispatch::handle::Mediator;
+pub use dispatch::handler::{EventHandler, FnHandler, RequestHandler};
 pub use error::{Error, ErrorKind, Result, panic_message};
-pub use handler::{EventHandler, FnHandler, RequestHandler};
-pub use mediator::Mediator;
 pub use message::{Event, Message, MessageKind, Request, validate_name};
 pub use metadata::{FENCE_HEADER, Fence, Headers, Metadata, new_id};
+pub use runtime::{Peer, leader, relay, saga};
 pub use uuid::Uuid;

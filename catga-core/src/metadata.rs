@@ -77,7 +77,7 @@ pub const FENCE_HEADER: &str = "Catga-Fence";
 
 /// A leader's fencing token as it travels with what the leader sends.
 ///
-/// Messages sent through a [`LeaderContext`](crate::leader::LeaderContext) (and
+/// Messages sent through a [`LeaderContext`](crate::runtime::leader::LeaderContext) (and
 /// a saga coordinator's commands) carry the fence of the leader's term in the
 /// `Catga-Fence` header. A peer that receives one checks it against the lock
 /// store before running any handler and refuses it (kind

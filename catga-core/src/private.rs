@@ -4,8 +4,8 @@
 use std::future::Future;
 
 use crate::builder::CatgaBuilder;
+use crate::dispatch::handler::{EventHandler, RequestHandler};
 use crate::error::Error;
-use crate::handler::{EventHandler, RequestHandler};
 
 pub use inventory;
 
@@ -26,6 +26,23 @@ inventory::collect!(Registration);
 /// Every `#[handler]` linked into the program.
 pub fn registrations() -> impl Iterator<Item = &'static Registration> {
     inventory::iter::<Registration>.into_iter()
+}
+
+impl CatgaBuilder {
+    /// Registers every handler marked `#[handler]` (from `catga-macros`) in the
+    /// crates linked into this program. Explicit registrations mix freely with
+    /// it; a request handled twice is a build error naming both handlers.
+    ///
+    /// Handlers in a crate that nothing else in the program references are not
+    /// linked, so they are not found: call a function of that crate (or use one
+    /// of its types) from the program; `use orders_handlers as _;` alone is not
+    /// guaranteed to keep it. See `docs/architecture.md`.
+    pub fn auto_register(mut self) -> Self {
+        for registration in registrations() {
+            self = (registration.register)(self);
+        }
+        self
+    }
 }
 
 /// Set by the derives: whether a message is a request or an event, so a

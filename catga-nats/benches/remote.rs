@@ -177,9 +177,9 @@ async fn cpu_bound(url: &str, client: &Mediator, workers: usize) -> f64 {
                     }
                     async move { Ok(spins) }
                 })
-                .build()
+                .start()
+                .await
                 .unwrap();
-            m.start().await.unwrap();
             ready_tx.send(()).unwrap();
             let _ = stop_rx.await;
             m.shutdown().await.unwrap();
@@ -201,18 +201,18 @@ async fn cpu_bound(url: &str, client: &Mediator, workers: usize) -> f64 {
     stats.per_sec
 }
 
-async fn catga_peer(url: &str) -> Mediator {
+async fn catga_peer(url: &str) -> catga_core::Peer {
     let nats = NatsTransport::connect(NatsOptions::new([url]))
         .await
         .unwrap();
-    let m = Catga::builder()
+
+    Catga::builder()
         .service("bench")
         .transport(nats)
         .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 /// Publishes in batches of 100, each followed by a flush of the connection, so

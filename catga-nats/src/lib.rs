@@ -48,8 +48,9 @@
 //!     NatsOptions::new(["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"]).name("orders"),
 //! )
 //! .await?;
-//! let mediator = Catga::builder().service("orders").transport(nats).build()?;
-//! mediator.start().await?;
+//! let peer = Catga::builder().service("orders").transport(nats).start().await?;
+//! // ... peer.send(..), peer.publish(..) ...
+//! peer.shutdown().await?; // drains: nothing in flight is lost
 //! # Ok(()) }
 //! ```
 #![doc(test(attr(deny(warnings))))]

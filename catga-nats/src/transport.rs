@@ -32,10 +32,9 @@ use crate::shared::{Running, Shared, SubjectCache, transport_error};
 /// use catga_nats::{NatsOptions, NatsTransport};
 ///
 /// let nats = NatsTransport::connect(NatsOptions::new(["nats://127.0.0.1:4222"])).await?;
-/// let mediator = Catga::builder().service("orders").transport(nats).build()?;
-/// mediator.start().await?;
+/// let peer = Catga::builder().service("orders").transport(nats).start().await?;
 /// // ...
-/// mediator.shutdown().await?; // drains: nothing in flight is lost
+/// peer.shutdown().await?; // drains: nothing in flight is lost
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

@@ -58,9 +58,9 @@ async fn the_handlers_span_continues_the_callers_trace_across_nats() {
         .request_fn(|a: Add, _| async move {
             tracing::info_span!("handler.work").in_scope(|| Ok(a.a + a.b))
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = Catga::builder()
         .service("gateway")
         .transport(connect().await)

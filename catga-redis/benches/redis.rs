@@ -126,9 +126,9 @@ fn main() {
                 )
                 .behavior(Idempotency::new(store.clone()))
                 .request_fn(|e: Echo, _| async move { Ok(e.body.len()) })
-                .build()
+                .start()
+                .await
                 .unwrap();
-            peer.start().await.unwrap();
             let client = Catga::builder()
                 .service("bench-client")
                 .transport(

@@ -42,12 +42,13 @@
 //! use catga_redis::{RedisOptions, RedisStore};
 //!
 //! let redis = RedisStore::connect(RedisOptions::new("redis://127.0.0.1:6379/")).await?;
-//! let mediator = Catga::builder()
+//! let peer = Catga::builder()
 //!     .behavior(Idempotency::new(redis.clone()))
 //!     .outbox(Arc::new(redis.clone()))
 //!     .lock_store(redis)
-//!     .build()?;
-//! mediator.start().await?;
+//!     .start()
+//!     .await?;
+//! peer.shutdown().await?;
 //! # Ok(()) }
 //! ```
 #![doc(test(attr(deny(warnings))))]

@@ -122,6 +122,36 @@ pub trait IdempotencyStore: Send + Sync + 'static {
     fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>>;
 }
 
+/// A shared store is a store: pass `Arc<S>` (or `Arc<dyn IdempotencyStore>`)
+/// wherever a store goes.
+impl<S: IdempotencyStore + ?Sized> IdempotencyStore for std::sync::Arc<S> {
+    fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
+        (**self).claim(key, lease)
+    }
+
+    fn complete<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        completion: Completion,
+    ) -> BoxFuture<'a, Result<Completed>> {
+        (**self).complete(key, token, completion)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        key: &'a str,
+        token: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).renew(key, token, lease)
+    }
+
+    fn release<'a>(&'a self, key: &'a str, token: &'a str) -> BoxFuture<'a, Result<()>> {
+        (**self).release(key, token)
+    }
+}
+
 #[derive(Debug)]
 enum Slot {
     InProgress { token: String, until: Instant },

@@ -47,6 +47,34 @@ pub trait LockStore: Send + Sync + 'static {
     fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>>;
 }
 
+/// A shared store is a store: pass `Arc<S>` (or `Arc<dyn LockStore>`).
+impl<S: LockStore + ?Sized> LockStore for std::sync::Arc<S> {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<Option<Lease>>> {
+        (**self).try_acquire(name, ttl)
+    }
+
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<bool>> {
+        (**self).renew(name, token, ttl)
+    }
+
+    fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        (**self).release(name, token)
+    }
+
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
+        (**self).current_fence(name)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     held: HashMap<String, (String, Instant)>,

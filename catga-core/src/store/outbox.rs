@@ -72,6 +72,38 @@ pub trait OutboxStore: Send + Sync + 'static {
     fn backlog(&self) -> BoxFuture<'_, Result<usize>>;
 }
 
+/// A shared store is a store: pass `Arc<S>` (or `Arc<dyn OutboxStore>`).
+impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
+    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+        (**self).append(records)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        min_idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<OutboxEntry>>> {
+        (**self).claim(consumer, max, min_idle)
+    }
+
+    fn ack<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        (**self).ack(ids)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        entry: &'a OutboxEntry,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        (**self).dead_letter(entry, reason)
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
+        (**self).backlog()
+    }
+}
+
 #[derive(Debug)]
 struct Pending {
     record: OutboxRecord,

@@ -1,6 +1,6 @@
 //! A unit of work: writes a handler stages, committed with its completion.
 //!
-//! Under the [idempotency behavior](crate::behavior::idempotency::Idempotency),
+//! Under the [idempotency behavior](crate::dispatch::behavior::idempotency::Idempotency),
 //! a handler whose state lives in the idempotency store's database (Redis, or
 //! the in-memory store) does not write it directly: it reads what it needs,
 //! stages its writes (and the values it read, as conditions) with

@@ -8,13 +8,24 @@
 //! against this bus hold against NATS too.
 //!
 //! ```
+//! # use catga_core::{Message, Request};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Clone, Serialize, Deserialize)] struct Ping;
+//! # impl Message for Ping { const NAME: &'static str = "demo.Ping"; }
+//! # impl Request for Ping { type Response = String; }
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {
 //! use catga_core::{Catga, transport::memory::MemoryBus};
 //! let bus = MemoryBus::new();
-//! let peer_a = Catga::builder().service("orders").transport(bus.transport()).build()?;
-//! let peer_b = Catga::builder().service("orders").transport(bus.transport()).build()?;
-//! peer_a.start().await?;
-//! peer_b.start().await?;
+//! let server = Catga::builder()
+//!     .service("pings")
+//!     .transport(bus.transport())
+//!     .request_fn(|_: Ping, _| async { Ok("pong".to_owned()) })
+//!     .start()
+//!     .await?;
+//! // A client that serves nothing needs no start.
+//! let client = Catga::builder().service("web").transport(bus.transport()).build()?;
+//! assert_eq!(client.send(Ping).await?, "pong");
+//! server.shutdown().await?;
 //! # Ok(()) }
 //! ```
 

@@ -165,3 +165,30 @@ impl fmt::Debug for dyn Transport {
         f.write_str("dyn Transport")
     }
 }
+
+/// A shared transport is a transport: pass `Arc<T>` (or `Arc<dyn Transport>`).
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    fn request(&self, message: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
+        (**self).request(message, timeout)
+    }
+
+    fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        (**self).publish(message)
+    }
+
+    fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>> {
+        (**self).start(peer, inbound)
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, Result<()>> {
+        (**self).shutdown()
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<()>> {
+        (**self).flush()
+    }
+
+    fn ready(&self) -> Result<()> {
+        (**self).ready()
+    }
+}

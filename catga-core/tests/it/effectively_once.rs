@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::start_saga;
 use catga_core::behavior::idempotency::Idempotency;
 use catga_core::saga::{Saga, SagaStatus, Step};
 use catga_core::store::{MemoryIdempotencyStore, UnitOfWork};
@@ -109,11 +110,11 @@ async fn a_completion_that_lost_its_claim_is_an_error_the_caller_sees() {
     let r = runs.clone();
     let m = Catga::builder()
         .behavior(
-            Idempotency::shared(store.clone())
+            Idempotency::new(store.clone())
                 .lease(Duration::from_millis(60))
                 .wait(Duration::from_secs(10)),
         )
-        .outbox(store.outbox())
+        .outbox_without_relay(store.outbox())
         .request_fn(move |s: Sleep, ctx: Context| {
             let r = r.clone();
             async move {
@@ -315,7 +316,7 @@ fn payment(step_deadline: Duration) -> Saga<Pay> {
 }
 
 /// The two-step reserve/charge saga with idempotent handlers.
-fn shop(journal: &Journal, step_deadline: Duration) -> Mediator {
+async fn shop(journal: &Journal, step_deadline: Duration) -> catga_core::Peer {
     let (j1, j2, j3, j4) = (
         journal.clone(),
         journal.clone(),
@@ -354,7 +355,8 @@ fn shop(journal: &Journal, step_deadline: Duration) -> Mediator {
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap()
 }
 
@@ -363,10 +365,8 @@ fn shop(journal: &Journal, step_deadline: Duration) -> Mediator {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_answering_late_is_asked_again_and_applies_once() {
     let journal = Journal::default();
-    let m = shop(&journal, Duration::from_secs(30));
-    m.start().await.unwrap();
-    let id = m
-        .start_saga(&payment(Duration::ZERO), Pay { slow_ms: 450 })
+    let m = shop(&journal, Duration::from_secs(30)).await;
+    let id = start_saga(&m, &payment(Duration::ZERO), Pay { slow_ms: 450 })
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -380,10 +380,8 @@ async fn a_step_answering_late_is_asked_again_and_applies_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_step_given_up_on_is_compensated_with_the_others() {
     let journal = Journal::default();
-    let m = shop(&journal, Duration::from_millis(400));
-    m.start().await.unwrap();
-    let id = m
-        .start_saga(&payment(Duration::ZERO), Pay { slow_ms: 60_000 })
+    let m = shop(&journal, Duration::from_millis(400)).await;
+    let id = start_saga(&m, &payment(Duration::ZERO), Pay { slow_ms: 60_000 })
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -407,16 +405,16 @@ async fn a_moment_without_responders_does_not_compensate_a_saga() {
         .service("orders")
         .transport(bus.transport())
         .saga(payment(Duration::from_secs(30)))
-        .build()
+        .single_copy()
+        .start()
+        .await
         .unwrap();
-    coordinator.start().await.unwrap();
-    let id = coordinator
-        .start_saga(&payment(Duration::ZERO), Pay::default())
+    let id = start_saga(&coordinator, &payment(Duration::ZERO), Pay::default())
         .await
         .unwrap();
     // No peer handles the commands yet: the first attempts find no responders.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let state = coordinator.saga(id).await.unwrap().unwrap();
+    let state = coordinator.saga_state(id).await.unwrap().unwrap();
     assert_eq!(state.status, SagaStatus::Running, "{state:?}");
     let j = journal.clone();
     let (j1, j2) = (j.clone(), j.clone());
@@ -439,9 +437,9 @@ async fn a_moment_without_responders_does_not_compensate_a_saga() {
         })
         .request_fn(|_: Refund, _| async { Ok(()) })
         .request_fn(|_: Release, _| async { Ok(()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    services.start().await.unwrap();
     let state = finished(&coordinator, id).await;
     assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
     assert_eq!(journal.lock().unwrap()[&id], ["reserve", "charge"]);
@@ -475,8 +473,8 @@ fn bank(store: &Arc<MemoryIdempotencyStore>, attempts: &Arc<AtomicUsize>) -> Med
     let (s, a) = (store.clone(), attempts.clone());
     Catga::builder()
         .behavior(catga_core::behavior::retry::Retry::new(5))
-        .behavior(Idempotency::shared(store.clone()).wait(Duration::from_secs(10)))
-        .outbox(store.outbox())
+        .behavior(Idempotency::new(store.clone()).wait(Duration::from_secs(10)))
+        .outbox_without_relay(store.outbox())
         .request_fn(move |d: Deposit, ctx: Context| {
             let (s, a) = (s.clone(), a.clone());
             async move {
@@ -573,7 +571,7 @@ async fn a_taken_over_attempt_applies_none_of_its_writes() {
     let (s, r) = (store.clone(), runs.clone());
     let m = Catga::builder()
         .behavior(
-            Idempotency::shared(store.clone())
+            Idempotency::new(store.clone())
                 .lease(Duration::from_millis(60))
                 .wait(Duration::from_secs(10)),
         )

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use catga_core::leader::LeaderTask;
 use catga_core::store::{Lease, LockStore, MemoryLockStore};
-use catga_core::{Catga, Error, Mediator, Result};
+use catga_core::{Catga, Error, Result};
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
@@ -65,7 +65,7 @@ impl Drop for Running {
 }
 
 struct Peer {
-    mediator: Mediator,
+    mediator: catga_core::Peer,
     running: Arc<AtomicUsize>,
     fences: Arc<std::sync::Mutex<Vec<u64>>>,
 }
@@ -86,11 +86,11 @@ async fn peer(store: Arc<dyn LockStore>, ttl: Duration) -> Peer {
     })
     .ttl(ttl);
     let mediator = Catga::builder()
-        .shared_lock_store(store)
+        .lock_store(store)
         .leader(task)
-        .build()
+        .start()
+        .await
         .unwrap();
-    mediator.start().await.unwrap();
     Peer {
         mediator,
         running,
@@ -239,11 +239,11 @@ async fn a_task_ignoring_cancellation_is_stopped_when_its_lease_is_lost() {
     })
     .ttl(Duration::from_millis(300));
     let m = Catga::builder()
-        .shared_lock_store(flaky.clone())
+        .lock_store(flaky.clone())
         .leader(stubborn)
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     eventually("leading", || running.load(Ordering::SeqCst) == 1).await;
     flaky.cut_off.store(true, Ordering::SeqCst);
     eventually("stopped", || running.load(Ordering::SeqCst) == 0).await;
@@ -260,7 +260,7 @@ async fn a_message_from_an_earlier_term_is_refused_before_its_handler_runs() {
     let runs = Arc::new(std::sync::Mutex::new(Vec::new()));
     let r = runs.clone();
     let m = Catga::builder()
-        .shared_lock_store(store.clone())
+        .lock_store(store.clone())
         .request_fn(move |_: crate::messages::Add, ctx: Context| {
             let r = r.clone();
             async move {
@@ -320,7 +320,7 @@ async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
     let running = Arc::new(AtomicBool::new(false));
     let r = running.clone();
     let m = Catga::builder()
-        .shared_lock_store(store.clone())
+        .lock_store(store.clone())
         .shutdown_grace(Duration::from_millis(300))
         .leader(
             LeaderTask::new("stubborn", move |_ctx| {
@@ -334,9 +334,9 @@ async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
             })
             .ttl(Duration::from_secs(30)),
         )
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     eventually("the task leads", || running.load(Ordering::SeqCst)).await;
     store.hang.store(true, Ordering::SeqCst);
     let started = Instant::now();

@@ -352,7 +352,7 @@ async fn idempotent_handlers_publish_through_the_outbox_only_on_success() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let m = Catga::builder()
-        .behavior(Idempotency::shared(store.clone()))
+        .behavior(Idempotency::new(store.clone()))
         .outbox_with(
             store.outbox(),
             catga_core::relay::RelayOptions {
@@ -374,9 +374,9 @@ async fn idempotent_handlers_publish_through_the_outbox_only_on_success() {
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     let id = catga_core::new_id();
     m.send_with(Add { a: 7, b: 1 }, Metadata::new().with_message_id(id))
         .await

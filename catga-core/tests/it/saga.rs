@@ -5,7 +5,9 @@ use std::time::Duration;
 use catga_core::saga::{
     MemorySagaStore, Saga, SagaCompensated, SagaCompleted, SagaState, SagaStatus, SagaStore, Step,
 };
-use catga_core::{Catga, Context, Error, ErrorKind, Mediator, Message, Request, Uuid};
+use catga_core::{Catga, Context, Error, ErrorKind, Message, Peer, Request, Uuid};
+
+use crate::{admit_saga, start_saga, start_saga_with_id};
 use serde::{Deserialize, Serialize};
 
 /// What each command did, per saga (its correlation id), in order.
@@ -74,7 +76,7 @@ fn fulfilment() -> Saga<Order> {
         .polling(Duration::from_millis(20), Duration::from_secs(5))
 }
 
-fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Mediator {
+async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
     let (j1, j2, j3) = (journal.clone(), journal.clone(), journal.clone());
     let saga = fulfilment();
     let conditional = Saga::<Order>::new("test.conditional")
@@ -136,15 +138,16 @@ fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Mediator {
             }
         })
         .event_fn(|_: SagaCompensated, _| async { Ok(()) })
-        .build()
+        .start()
+        .await
         .unwrap()
 }
 
 /// Waits until saga `id` finishes (60 s at most) and returns its state.
-pub(crate) async fn finished(m: &Mediator, id: Uuid) -> SagaState {
+pub(crate) async fn finished(m: &Peer, id: Uuid) -> SagaState {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let state = m.saga(id).await.unwrap().expect("the saga exists");
+        let state = m.saga_state(id).await.unwrap().expect("the saga exists");
         if state.status.is_finished() {
             return state;
         }
@@ -156,9 +159,9 @@ pub(crate) async fn finished(m: &Mediator, id: Uuid) -> SagaState {
     }
 }
 
-fn started() -> (Journal, Mediator) {
+async fn started() -> (Journal, Peer) {
     let journal = Journal::default();
-    let m = mediator(journal.clone(), Arc::new(MemorySagaStore::new()));
+    let m = mediator(journal.clone(), Arc::new(MemorySagaStore::new())).await;
     (journal, m)
 }
 
@@ -168,9 +171,10 @@ fn log(j: &Journal, id: Uuid) -> Vec<String> {
 
 #[tokio::test]
 async fn the_happy_path_runs_every_step_and_records_responses() {
-    let (j, m) = started();
-    m.start().await.unwrap();
-    let id = m.start_saga(&fulfilment(), Order::default()).await.unwrap();
+    let (j, m) = started().await;
+    let id = start_saga(&m, &fulfilment(), Order::default())
+        .await
+        .unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Completed);
     assert_eq!(state.data::<Order>().unwrap().receipts, vec![1, 2, 3]);
@@ -190,13 +194,12 @@ async fn the_happy_path_runs_every_step_and_records_responses() {
 
 #[tokio::test]
 async fn a_failure_at_step_three_compensates_steps_two_then_one() {
-    let (j, m) = started();
-    m.start().await.unwrap();
+    let (j, m) = started().await;
     let order = Order {
         fail_at: Some("ship".into()),
         ..Order::default()
     };
-    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("ship"));
@@ -213,13 +216,12 @@ async fn a_failure_at_step_three_compensates_steps_two_then_one() {
 
 #[tokio::test]
 async fn a_step_timeout_compensates() {
-    let (j, m) = started();
-    m.start().await.unwrap();
+    let (j, m) = started().await;
     let order = Order {
         slow_at: Some("charge".into()),
         ..Order::default()
     };
-    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("charge"));
@@ -234,14 +236,13 @@ async fn a_step_timeout_compensates() {
 
 #[tokio::test]
 async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator() {
-    let (_, m) = started();
-    m.start().await.unwrap();
+    let (_, m) = started().await;
     let order = Order {
         fail_at: Some("charge".into()),
         undo_fails: true,
         ..Order::default()
     };
-    let id = m.start_saga(&fulfilment(), order).await.unwrap();
+    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Failed);
     assert_eq!(state.failed_step.as_deref(), Some("reserve"));
@@ -255,19 +256,18 @@ async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator
 
 #[tokio::test]
 async fn conditional_steps_are_skipped() {
-    let (j, m) = started();
-    m.start().await.unwrap();
+    let (j, m) = started().await;
     let conditional = Saga::<Order>::new("test.conditional");
-    let id = m
-        .start_saga(
-            &conditional,
-            Order {
-                skip_ship: true,
-                ..Order::default()
-            },
-        )
-        .await
-        .unwrap();
+    let id = start_saga(
+        &m,
+        &conditional,
+        Order {
+            skip_ship: true,
+            ..Order::default()
+        },
+    )
+    .await
+    .unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Completed);
     let done = log(&j, id);
@@ -284,11 +284,14 @@ async fn conditional_steps_are_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_sagas_complete_with_no_lost_or_duplicated_step() {
-    let (j, m) = started();
-    m.start().await.unwrap();
+    let (j, m) = started().await;
     let mut ids = Vec::new();
     for _ in 0..100 {
-        ids.push(m.start_saga(&fulfilment(), Order::default()).await.unwrap());
+        ids.push(
+            start_saga(&m, &fulfilment(), Order::default())
+                .await
+                .unwrap(),
+        );
     }
     for id in &ids {
         assert_eq!(finished(&m, *id).await.status, SagaStatus::Completed);
@@ -305,9 +308,8 @@ async fn a_hundred_concurrent_sagas_complete_with_no_lost_or_duplicated_step() {
 
 #[tokio::test]
 async fn unregistered_sagas_cannot_start() {
-    let (_, m) = started();
-    let err = m
-        .start_saga(&Saga::<Order>::new("test.unknown"), Order::default())
+    let (_, m) = started().await;
+    let err = start_saga(&m, &Saga::<Order>::new("test.unknown"), Order::default())
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
@@ -316,9 +318,10 @@ async fn unregistered_sagas_cannot_start() {
 #[tokio::test]
 async fn a_stale_coordinator_cannot_write() {
     let store = MemorySagaStore::new();
-    let (_, m) = started();
-    m.start().await.unwrap();
-    let id = m.start_saga(&fulfilment(), Order::default()).await.unwrap();
+    let (_, m) = started().await;
+    let id = start_saga(&m, &fulfilment(), Order::default())
+        .await
+        .unwrap();
     let state = finished(&m, id).await;
     store.create(&state).await.unwrap();
     let mut newer = state.clone();
@@ -361,35 +364,35 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
                 Ok(1)
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
     let mut ids = Vec::new();
     // A start repeated with one id (a caller's retry) is one saga of the
     // backlog, not three.
     let again = catga_core::new_id();
     for _ in 0..3 {
-        m.admit_saga(&saga()).await.unwrap();
-        m.start_saga_with_id(&saga(), again, Order::default())
+        admit_saga(&m, &saga()).await.unwrap();
+        start_saga_with_id(&m, &saga(), again, Order::default())
             .await
             .unwrap();
     }
     ids.push(again);
     for _ in 0..2 {
-        m.admit_saga(&saga()).await.unwrap();
-        ids.push(m.start_saga(&saga(), Order::default()).await.unwrap());
+        admit_saga(&m, &saga()).await.unwrap();
+        ids.push(start_saga(&m, &saga(), Order::default()).await.unwrap());
     }
-    let e = m.admit_saga(&saga()).await.unwrap_err();
+    let e = admit_saga(&m, &saga()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
     assert_eq!(e.code(), Some("catga.saga_backlog"));
     assert!(e.is_retryable());
 
-    m.start().await.unwrap();
     for id in ids {
         assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);
     }
     // The count is read again from the store (at most every 100 ms).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while m.admit_saga(&saga()).await.is_err() {
+    while admit_saga(&m, &saga()).await.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never admitted again"

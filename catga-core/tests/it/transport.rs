@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use catga_core::transport::memory::MemoryBus;
 use catga_core::transport::{Transport, WireMessage};
-use catga_core::{Catga, Context, Error, ErrorKind, Format, Mediator, Metadata};
+use catga_core::{Catga, Context, Error, ErrorKind, Format, Metadata, Peer};
 
 use crate::messages::*;
 
@@ -16,8 +16,8 @@ async fn eventually(what: &str, check: impl FnMut() -> bool) {
 
 type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;
 
-async fn adder_peer(bus: &MemoryBus, index: usize, seen: Seen) -> Mediator {
-    let m = Catga::builder()
+async fn adder_peer(bus: &MemoryBus, index: usize, seen: Seen) -> Peer {
+    Catga::builder()
         .service("calc")
         .transport(bus.transport())
         .request_fn(move |a: Add, _| {
@@ -27,10 +27,9 @@ async fn adder_peer(bus: &MemoryBus, index: usize, seen: Seen) -> Mediator {
                 Ok(a.a + a.b)
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,9 +43,9 @@ async fn three_peers_share_300_requests_each_handled_exactly_once() {
     let client = Catga::builder()
         .service("gateway")
         .transport(bus.transport())
-        .build()
+        .start()
+        .await
         .unwrap();
-    client.start().await.unwrap();
     let mut tasks = Vec::new();
     for i in 0..300 {
         let client = client.clone();
@@ -92,18 +91,18 @@ async fn events_reach_each_service_once_and_its_copies_share_them() {
                         Ok(())
                     }
                 })
-                .build()
+                .start()
+                .await
                 .unwrap();
-            m.start().await.unwrap();
             peers.push(m);
         }
     }
     let publisher = Catga::builder()
         .service("orders")
         .transport(bus.transport())
-        .build()
+        .start()
+        .await
         .unwrap();
-    publisher.start().await.unwrap();
     for n in 0..30 {
         publisher.publish(Happened { n }).await.unwrap();
     }
@@ -149,9 +148,9 @@ async fn a_publishing_service_handles_its_own_event_once() {
                     Ok(())
                 }
             })
-            .build()
+            .start()
+            .await
             .unwrap();
-        m.start().await.unwrap();
         copies.push(m);
     }
     copies[0].publish(Happened { n: 1 }).await.unwrap();
@@ -162,12 +161,12 @@ async fn a_publishing_service_handles_its_own_event_once() {
 #[tokio::test]
 async fn remote_handler_errors_keep_kind_and_code() {
     let bus = MemoryBus::new();
-    let server = Catga::builder()
+    let _server = Catga::builder()
         .transport(bus.transport())
         .request_fn(|f: Fail, _| async move { Err::<(), _>(Error::handler(f.code, "refused")) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    server.start().await.unwrap();
     let client = Catga::builder().transport(bus.transport()).build().unwrap();
     let err = client
         .send(Fail {
@@ -183,15 +182,15 @@ async fn remote_handler_errors_keep_kind_and_code() {
 #[tokio::test]
 async fn no_responders_and_timeouts_are_told_apart() {
     let bus = MemoryBus::new();
-    let server = Catga::builder()
+    let _server = Catga::builder()
         .transport(bus.transport())
         .request_fn(|s: Sleep, _| async move {
             tokio::time::sleep(Duration::from_millis(s.millis)).await;
             Ok(())
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    server.start().await.unwrap();
     let client = Catga::builder().transport(bus.transport()).build().unwrap();
     let none = client.send(Unhandled).await.unwrap_err();
     assert_eq!(none.kind(), ErrorKind::NoHandler);
@@ -210,12 +209,12 @@ async fn no_responders_and_timeouts_are_told_apart() {
 #[tokio::test]
 async fn malformed_payloads_and_unknown_names_get_error_replies_and_the_peer_keeps_serving() {
     let bus = MemoryBus::new();
-    let server = Catga::builder()
+    let _server = Catga::builder()
         .transport(bus.transport())
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    server.start().await.unwrap();
     let raw = bus.transport();
     let meta = Metadata::new();
     let garbage = WireMessage::new("test.Add", vec![0xc1, 0xff, 0x00], Format::MsgPack, &meta);
@@ -247,9 +246,9 @@ async fn shutdown_drains_in_flight_requests() {
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    server.start().await.unwrap();
     let client = Catga::builder().transport(bus.transport()).build().unwrap();
     let mut calls = Vec::new();
     for _ in 0..5 {
@@ -294,9 +293,9 @@ async fn route_remote_spreads_work_over_every_copy_including_this_one() {
                     Ok(a.a)
                 }
             })
-            .build()
+            .start()
+            .await
             .unwrap();
-        m.start().await.unwrap();
         peers.push(m);
     }
     for i in 0..20 {

@@ -25,9 +25,9 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
         .request_fn(|f: Fail, _| async move { Err::<(), _>(Error::handler(f.code, "refused")) })
         .event_fn(|_: Happened, _| async { Ok(()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
 
     let ping = ask(&raw, "$SRV.PING.calc").await;

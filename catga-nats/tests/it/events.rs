@@ -3,7 +3,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catga_core::{Catga, Error, Mediator};
+use catga_core::{Catga, Error};
 use catga_nats::{JetStreamOptions, NatsTransport};
 use catga_test_support::NatsServer;
 use futures_util::StreamExt;
@@ -12,8 +12,13 @@ use crate::common::*;
 
 type Counts = Arc<Mutex<HashMap<(String, usize), usize>>>;
 
-async fn listener(url: &str, service: &'static str, copy: usize, counts: Counts) -> Mediator {
-    let m = Catga::builder()
+async fn listener(
+    url: &str,
+    service: &'static str,
+    copy: usize,
+    counts: Counts,
+) -> catga_core::Peer {
+    Catga::builder()
         .service(service)
         .transport(connect(&[url.to_owned()]).await)
         .event_fn(move |_: Happened, _| {
@@ -27,10 +32,9 @@ async fn listener(url: &str, service: &'static str, copy: usize, counts: Counts)
                 Ok(())
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,11 +77,12 @@ async fn core_events_reach_each_service_once_and_copies_share_them() {
     assert_eq!(copies_used, 4, "copies of a service share its events");
 }
 
-async fn stored_listener(url: &str, seen: Arc<Mutex<Vec<u32>>>) -> Mediator {
+async fn stored_listener(url: &str, seen: Arc<Mutex<Vec<u32>>>) -> catga_core::Peer {
     let nats = NatsTransport::connect(options(&[url.to_owned()]).reliable_event::<Stored>())
         .await
         .unwrap();
-    let m = Catga::builder()
+
+    Catga::builder()
         .service("ledger")
         .transport(nats)
         .event_fn(move |e: Stored, _| {
@@ -87,10 +92,9 @@ async fn stored_listener(url: &str, seen: Arc<Mutex<Vec<u32>>>) -> Mediator {
                 Ok(())
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +151,7 @@ async fn a_failing_reliable_event_is_dead_lettered_after_max_deliveries() {
     )
     .await
     .unwrap();
-    let consumer = Catga::builder()
+    let _consumer = Catga::builder()
         .service("ledger")
         .transport(nats)
         .event_fn(move |_: Stored, _| {
@@ -157,9 +161,9 @@ async fn a_failing_reliable_event_is_dead_lettered_after_max_deliveries() {
                 Err(Error::handler("ledger.unavailable", "ledger is closed").with_retryable(true))
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    consumer.start().await.unwrap();
     let publisher = Catga::builder()
         .service("orders")
         .transport(
@@ -213,9 +217,9 @@ async fn streams_are_replicated_across_the_cluster() {
                     .unwrap(),
             )
             .event_fn(|_: Stored, _| async { Ok(()) })
-            .build()
+            .start()
+            .await
             .unwrap();
-        m.start().await.unwrap();
         let client = async_nats::connect(urls[0].as_str()).await.unwrap();
         let js = async_nats::jetstream::new(client);
         let mut out = Vec::new();

@@ -2,13 +2,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use catga_core::{Catga, ErrorKind, Mediator, Metadata};
+use catga_core::{Catga, ErrorKind, Metadata};
 use catga_test_support::{NatsCluster, NatsServer};
 
 use crate::common::*;
 
-async fn adder(urls: &[String], calls: Arc<AtomicUsize>) -> Mediator {
-    let m = Catga::builder()
+async fn adder(urls: &[String], calls: Arc<AtomicUsize>) -> catga_core::Peer {
+    Catga::builder()
         .service("calc")
         .transport(connect(urls).await)
         .request_fn(move |a: Add, _| {
@@ -18,10 +18,9 @@ async fn adder(urls: &[String], calls: Arc<AtomicUsize>) -> Mediator {
                 Ok(a.a + a.b)
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,7 +118,7 @@ async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
     let urls = cluster.urls();
     let calls = Arc::new(AtomicUsize::new(0));
     // The peer connects to node 0 first (the others are its fallbacks).
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .service("calc")
         .transport(
             catga_nats::NatsTransport::connect(options(&urls).name("peer-on-node-0"))
@@ -136,9 +135,9 @@ async fn killing_the_node_a_peer_is_connected_to_does_not_stop_it_serving() {
                 }
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[urls[1].clone(), urls[2].clone()]).await;
     let mut ok = false;
     for _ in 0..100 {
@@ -199,9 +198,9 @@ async fn a_panicking_deserialize_is_an_error_reply_and_serving_goes_on() {
         .service("words")
         .transport(connect(&[server.url()]).await)
         .request_fn(|t: Touchy, _| async move { Ok(t.word.len()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let caller = client(&[server.url()]).await;
     let timeout = || Metadata::new().with_timeout(Duration::from_secs(5));
     for _ in 0..3 {

@@ -46,9 +46,9 @@ impl PeerThread {
             rt.block_on(async move {
                 let nats = NatsTransport::connect(options).await.unwrap();
                 let m = build(Catga::builder().service("overload").transport(nats.clone()))
-                    .build()
+                    .start()
+                    .await
                     .unwrap();
-                m.start().await.unwrap();
                 ready_tx.send((m.clone(), nats)).unwrap();
                 let _ = stopped.await;
                 m.shutdown().await.unwrap();
@@ -132,16 +132,16 @@ async fn deadlines_on_the_wire_are_absolute() {
     let server = NatsServer::start();
     let runs = Arc::new(AtomicUsize::new(0));
     let r = runs.clone();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .service("calc")
         .transport(connect(&[server.url()]).await)
         .request_fn(move |a: Add, _| {
             r.fetch_add(1, Ordering::SeqCst);
             async move { Ok(a.a + a.b) }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let raw = async_nats::connect(server.url()).await.unwrap();
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -192,7 +192,7 @@ async fn a_full_peer_answers_overloaded_at_once() {
     )
     .await
     .unwrap();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .service("gated")
         .transport(nats.clone())
         .request_fn(move |s: Sleep, _| {
@@ -211,9 +211,9 @@ async fn a_full_peer_answers_overloaded_at_once() {
                 Ok(b.data.len())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let caller = client(&[server.url()]).await;
     let long = Metadata::new().with_timeout(Duration::from_secs(20));
 
@@ -280,7 +280,7 @@ async fn an_overloaded_answer_sends_the_request_to_another_copy() {
         .await
         .unwrap();
     let (g, r) = (gate.clone(), running.clone());
-    let full_copy = Catga::builder()
+    let _full_copy = Catga::builder()
         .service("calc")
         .transport(full.clone())
         .request_fn(move |a: Add, _| {
@@ -291,9 +291,9 @@ async fn an_overloaded_answer_sends_the_request_to_another_copy() {
                 Ok(a.a + a.b)
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    full_copy.start().await.unwrap();
     let caller = client(&[server.url()]).await;
     let held = {
         let caller = caller.clone();
@@ -303,13 +303,13 @@ async fn an_overloaded_answer_sends_the_request_to_another_copy() {
         running.load(Ordering::SeqCst) == 1
     })
     .await;
-    let free_copy = Catga::builder()
+    let _free_copy = Catga::builder()
         .service("calc")
         .transport(connect(&[server.url()]).await)
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    free_copy.start().await.unwrap();
 
     let mut succeeded = 0;
     for i in 0..20 {
@@ -408,9 +408,9 @@ async fn readiness_reflects_a_subscription_that_stopped_serving() {
         .service("calc")
         .transport(nats.clone())
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     assert!(peer.ready().is_ok());
     nats.client().drain().await.unwrap();
     eventually("the subscriptions are counted dead", || {

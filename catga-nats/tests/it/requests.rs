@@ -3,15 +3,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use catga_core::{Catga, Error, ErrorKind, Mediator, Metadata};
+use catga_core::{Catga, Error, ErrorKind, Metadata};
 use catga_test_support::NatsServer;
 
 use crate::common::*;
 
 type Seen = Arc<Mutex<HashMap<i64, Vec<usize>>>>;
 
-async fn adder(url: &str, index: usize, seen: Seen) -> Mediator {
-    let m = Catga::builder()
+async fn adder(url: &str, index: usize, seen: Seen) -> catga_core::Peer {
+    Catga::builder()
         .service("calc")
         .transport(connect(&[url.to_owned()]).await)
         .request_fn(move |a: Add, _| {
@@ -21,10 +21,9 @@ async fn adder(url: &str, index: usize, seen: Seen) -> Mediator {
                 Ok(a.a + a.b)
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,14 +65,14 @@ async fn three_peers_share_300_requests_each_handled_exactly_once() {
 #[tokio::test]
 async fn handler_error_kind_and_code_cross_the_wire() {
     let server = NatsServer::start();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .transport(connect(&[server.url()]).await)
         .request_fn(|f: Fail, _| async move {
             Err::<(), _>(Error::handler(f.code, "refused: out of stock"))
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     let err = client
         .send(Fail {
@@ -90,15 +89,15 @@ async fn handler_error_kind_and_code_cross_the_wire() {
 #[tokio::test]
 async fn no_responders_and_timeouts_are_told_apart() {
     let server = NatsServer::start();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .transport(connect(&[server.url()]).await)
         .request_fn(|s: Sleep, _| async move {
             tokio::time::sleep(Duration::from_millis(s.millis)).await;
             Ok(s.millis)
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     let none = client.send(Add { a: 1, b: 1 }).await.unwrap_err();
     assert_eq!(none.kind(), ErrorKind::NoHandler, "{none}");
@@ -130,9 +129,9 @@ async fn shutdown_drains_requests_in_flight() {
                 Ok(s.millis)
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     let mut calls = Vec::new();
     for _ in 0..10 {
@@ -160,12 +159,12 @@ async fn shutdown_drains_requests_in_flight() {
 #[tokio::test]
 async fn oversize_messages_get_a_clear_error() {
     let server = NatsServer::start();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .transport(connect(&[server.url()]).await)
         .request_fn(|b: Blob, _| async move { Ok(b.data.len()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     let err = client
         .send(Blob {
@@ -182,14 +181,14 @@ async fn oversize_messages_get_a_clear_error() {
 #[tokio::test]
 async fn the_callers_timeout_is_the_handlers_deadline_and_the_default_applies_when_absent() {
     let server = NatsServer::start();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .transport(connect(&[server.url()]).await)
         .request_fn(|_: Sleep, ctx| async move {
             Ok(ctx.remaining().map_or(0, |d| d.as_millis() as u64))
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     let short = client
         .send_with(
@@ -223,12 +222,12 @@ impl catga_core::Request for Expand {
 #[tokio::test]
 async fn an_oversize_reply_becomes_a_clear_error_and_the_peer_keeps_serving() {
     let server = NatsServer::start();
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .transport(connect(&[server.url()]).await)
         .request_fn(|e: Expand, _| async move { Ok("x".repeat(e.bytes)) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let client = client(&[server.url()]).await;
     // nats-server's default max_payload is 1 MiB.
     let err = client.send(Expand { bytes: 2 << 20 }).await.unwrap_err();

@@ -18,13 +18,13 @@ async fn requests_travel_over_tls_and_an_untrusted_server_is_refused() {
             ..Tls::default()
         })
     };
-    let peer = Catga::builder()
+    let _peer = Catga::builder()
         .service("calc")
         .transport(NatsTransport::connect(trusting()).await.unwrap())
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    peer.start().await.unwrap();
     let caller = Catga::builder()
         .transport(NatsTransport::connect(trusting()).await.unwrap())
         .build()

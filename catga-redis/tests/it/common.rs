@@ -1,3 +1,4 @@
+use std::sync::Arc;
 use std::time::Duration;
 
 use catga_core::{Event, Message, Request};
@@ -69,6 +70,7 @@ pub(crate) async fn eventually(what: &str, check: impl FnMut() -> bool) {
 /// tasks stop where they are and release nothing.
 pub(crate) struct Isolated {
     runtime: Option<tokio::runtime::Runtime>,
+    peer: Option<Arc<catga_core::Peer>>,
     pub(crate) mediator: catga_core::Mediator,
 }
 
@@ -76,7 +78,7 @@ impl Isolated {
     pub(crate) async fn start<F, Fut>(make: F) -> Isolated
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = catga_core::Mediator> + Send + 'static,
+        Fut: std::future::Future<Output = catga_core::CatgaBuilder> + Send + 'static,
     {
         Isolated::named("peer", make).await
     }
@@ -85,7 +87,7 @@ impl Isolated {
     pub(crate) async fn named<F, Fut>(name: &str, make: F) -> Isolated
     where
         F: FnOnce() -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = catga_core::Mediator> + Send + 'static,
+        Fut: std::future::Future<Output = catga_core::CatgaBuilder> + Send + 'static,
     {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -93,17 +95,14 @@ impl Isolated {
             .enable_all()
             .build()
             .unwrap();
-        let mediator = runtime
-            .spawn(async move {
-                let m = make().await;
-                m.start().await.unwrap();
-                m
-            })
+        let peer = runtime
+            .spawn(async move { Arc::new(make().await.start().await.unwrap()) })
             .await
             .unwrap();
         Isolated {
             runtime: Some(runtime),
-            mediator,
+            mediator: peer.mediator().clone(),
+            peer: Some(peer),
         }
     }
 
@@ -121,13 +120,17 @@ impl Isolated {
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
         }
+        // Nothing of a killed peer runs again, not even its drop.
+        std::mem::forget(self.peer.take());
     }
 
     /// Stops gracefully (releases locks, drains).
     pub(crate) async fn stop(&mut self) {
-        let m = self.mediator.clone();
+        let Some(peer) = self.peer.clone() else {
+            return;
+        };
         if let Some(rt) = &self.runtime {
-            rt.spawn(async move { m.shutdown().await })
+            rt.spawn(async move { peer.shutdown().await })
                 .await
                 .unwrap()
                 .unwrap();
@@ -139,4 +142,37 @@ impl Drop for Isolated {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Starts a saga of `saga`'s definition through its handle.
+pub(crate) async fn start_saga<D: catga_core::saga::SagaData>(
+    m: &catga_core::Mediator,
+    saga: &catga_core::saga::Saga<D>,
+    data: D,
+) -> catga_core::Result<catga_core::Uuid> {
+    catga_core::saga::SagaHandle::<D>::named(m, saga.name())?
+        .start(data)
+        .await
+}
+
+/// Starts a saga with a chosen id through its handle.
+pub(crate) async fn start_saga_with_id<D: catga_core::saga::SagaData>(
+    m: &catga_core::Mediator,
+    saga: &catga_core::saga::Saga<D>,
+    id: catga_core::Uuid,
+    data: D,
+) -> catga_core::Result<catga_core::Uuid> {
+    catga_core::saga::SagaHandle::<D>::named(m, saga.name())?
+        .start_with_id(id, data)
+        .await
+}
+
+/// Asks a saga's handle whether one more may start.
+pub(crate) async fn admit_saga<D: catga_core::saga::SagaData>(
+    m: &catga_core::Mediator,
+    saga: &catga_core::saga::Saga<D>,
+) -> catga_core::Result<()> {
+    catga_core::saga::SagaHandle::<D>::named(m, saga.name())?
+        .admit()
+        .await
 }

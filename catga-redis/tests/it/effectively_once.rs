@@ -16,7 +16,7 @@ use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{Fault, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
-use crate::common::{Charge, Charged, Isolated, eventually};
+use crate::common::{Charge, Charged, Isolated, eventually, start_saga};
 
 /// A handler that runs three leases long keeps its claim by renewing it: a
 /// duplicate arriving meanwhile waits for the outcome instead of charging again.
@@ -85,7 +85,7 @@ async fn a_completion_after_a_stall_past_the_lease_is_refused_and_reported() {
                     .lease(Duration::from_millis(300))
                     .wait(Duration::from_secs(20)),
             )
-            .outbox(Arc::new(store))
+            .outbox_without_relay(Arc::new(store))
             .request_fn(move |c: Charge, ctx: Context| {
                 let runs = runs.clone();
                 async move {
@@ -177,11 +177,7 @@ async fn a_leader_whose_redis_hangs_stops_before_another_can_lead() {
                 }
             })
             .ttl(ttl);
-            Catga::builder()
-                .lock_store(store)
-                .leader(task)
-                .build()
-                .unwrap()
+            Catga::builder().lock_store(store).leader(task)
         })
     };
     let first = peer(proxy.url("redis"), "first").await;
@@ -234,14 +230,13 @@ async fn sagas_are_listed_with_their_creation_and_expire_after_their_retention()
         .saga_store(Arc::new(store.clone()))
         .saga(saga)
         .request_fn(|_: Charge, _| async { Ok("ok".to_owned()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    let id = m
-        .start_saga(&Saga::<u32>::new("test.retained"), 3)
+    let id = start_saga(&m, &Saga::<u32>::new("test.retained"), 3)
         .await
         .unwrap();
     assert_eq!(store.unfinished("test.retained").await.unwrap(), vec![id]);
-    m.start().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !store.unfinished("test.retained").await.unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the saga never finished");
@@ -327,9 +322,10 @@ async fn charging_peer(
     redis: &str,
     effects: Arc<AtomicUsize>,
     hold: Duration,
-) -> catga_core::Mediator {
+) -> catga_core::Peer {
     let store = RedisStore::connect(RedisOptions::new(redis)).await.unwrap();
-    let m = Catga::builder()
+
+    Catga::builder()
         .service("payments")
         .transport(
             catga_nats::NatsTransport::connect(catga_nats::NatsOptions::new([nats]))
@@ -346,10 +342,9 @@ async fn charging_peer(
                 Ok(format!("charged {}", c.cents))
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn nats_client(nats: &str) -> catga_core::Mediator {
@@ -489,10 +484,10 @@ async fn a_saga_outlives_a_moment_without_responders_over_nats() {
         .lock_store(store.clone())
         .saga_store(Arc::new(store.clone()))
         .saga(saga())
-        .build()
+        .start()
+        .await
         .unwrap();
-    coordinator.start().await.unwrap();
-    let id = coordinator.start_saga(&saga(), 9).await.unwrap();
+    let id = start_saga(&coordinator, &saga(), 9).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await; // a few "no responders"
     let state = store.load(id).await.unwrap().unwrap();
     assert_eq!(
@@ -545,7 +540,7 @@ async fn paying_peer(
     redis: &str,
     runs: Arc<AtomicUsize>,
     gate: Arc<std::sync::atomic::AtomicBool>,
-) -> catga_core::Mediator {
+) -> catga_core::CatgaBuilder {
     let store = RedisStore::connect(RedisOptions::new(redis)).await.unwrap();
     let client = redis::Client::open(redis).unwrap();
     let raw = client.get_multiplexed_async_connection().await.unwrap();
@@ -556,7 +551,7 @@ async fn paying_peer(
                 .lease(Duration::from_millis(300))
                 .wait(Duration::from_secs(20)),
         )
-        .outbox(Arc::new(store))
+        .outbox_without_relay(Arc::new(store))
         .request_fn(move |p: Pay, ctx: Context| {
             let (runs, gate, keys, mut raw) =
                 (runs.clone(), gate.clone(), keys.clone(), raw.clone());
@@ -588,8 +583,6 @@ async fn paying_peer(
                 Ok("paid".to_owned())
             }
         })
-        .build()
-        .unwrap()
 }
 
 /// Case 4: a peer that dies after its handler changed the order's state (staged)
@@ -618,7 +611,11 @@ async fn state_and_events_commit_together_when_a_peer_dies_mid_handler() {
     .await;
     dying.kill(); // before the completion
     let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let healthy = paying_peer(&url, runs.clone(), open).await;
+    let healthy = paying_peer(&url, runs.clone(), open)
+        .await
+        .start()
+        .await
+        .unwrap();
     // The dead attempt's claim runs out with its lease; then the retry runs.
     let answer = healthy
         .send_with(pay.clone(), Metadata::new().with_message_id(id))

@@ -44,11 +44,7 @@ impl Peer {
                 }
             })
             .ttl(ttl);
-            Catga::builder()
-                .lock_store(store)
-                .leader(task)
-                .build()
-                .unwrap()
+            Catga::builder().lock_store(store).leader(task)
         })
         .await;
         Peer {

@@ -7,7 +7,7 @@ use catga_core::behavior::idempotency::Idempotency;
 use catga_core::behavior::{Behavior, Envelope, Next, Reply};
 use catga_core::relay::RelayOptions;
 use catga_core::store::{OutboxEntry, OutboxRecord, OutboxStore};
-use catga_core::{Catga, Context, Mediator, Result};
+use catga_core::{Catga, Context, Result};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{NatsServer, RedisServer};
@@ -61,8 +61,12 @@ fn fast_relay() -> RelayOptions {
     }
 }
 
-async fn orders_peer(nats: &str, store: RedisStore, outbox: Arc<dyn OutboxStore>) -> Mediator {
-    let m = Catga::builder()
+async fn orders_peer(
+    nats: &str,
+    store: RedisStore,
+    outbox: Arc<dyn OutboxStore>,
+) -> catga_core::Peer {
+    Catga::builder()
         .service("payments")
         .transport(
             NatsTransport::connect(NatsOptions::new([nats]))
@@ -75,10 +79,9 @@ async fn orders_peer(nats: &str, store: RedisStore, outbox: Arc<dyn OutboxStore>
             ctx.publish(Charged { cents: c.cents }).await?;
             Ok(format!("charged {}", c.cents))
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -106,9 +109,9 @@ async fn a_relay_dying_between_publish_and_ack_still_delivers_and_the_effect_hap
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    ledger.start().await.unwrap();
 
     let store = RedisStore::connect(opts()).await.unwrap();
     let crashing = orders_peer(
@@ -210,9 +213,9 @@ async fn pending_outbox_entries_survive_a_redis_restart_with_aof() {
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     eventually("5 relayed events", || seen.lock().unwrap().len() >= 5).await;
     m.shutdown().await.unwrap();
     let mut got = seen.lock().unwrap().clone();
@@ -247,9 +250,9 @@ async fn a_poison_entry_goes_to_the_dead_letter_stream() {
     let m = Catga::builder()
         .outbox_with(Arc::new(store.clone()), fast_relay())
         .event_fn(|_: Charged, _| async { Ok(()) })
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while store.dead_letter_count().await.unwrap() == 0 {
         assert!(
@@ -305,9 +308,9 @@ async fn a_corrupt_entry_is_dead_lettered_alone_and_the_rest_flows() {
                 Ok(())
             }
         })
-        .build()
+        .start()
+        .await
         .unwrap();
-    m.start().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let relayed = seen.lock().unwrap().clone();

@@ -6,13 +6,13 @@ use std::time::Duration;
 use catga_core::behavior::idempotency::Idempotency;
 use catga_core::behavior::{Behavior, Envelope, Next, Reply};
 use catga_core::saga::{Saga, SagaState, SagaStatus, SagaStore, Step};
-use catga_core::{Catga, Context, Error, ErrorKind, Mediator, Message, Request, Result, Uuid};
+use catga_core::{Catga, Context, Error, ErrorKind, Message, Request, Result, Uuid};
 use catga_nats::{NatsOptions, NatsTransport};
 use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{NatsServer, RedisServer};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Isolated, eventually};
+use crate::common::{Isolated, admit_saga, eventually, start_saga, start_saga_with_id};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Act {
@@ -113,10 +113,11 @@ impl Behavior for Arrivals {
     }
 }
 
-async fn worker(nats: &str, redis: &str, world: Arc<World>) -> Mediator {
+async fn worker(nats: &str, redis: &str, world: Arc<World>) -> catga_core::Peer {
     let store = RedisStore::connect(RedisOptions::new(redis)).await.unwrap();
     let (w1, w2) = (world.clone(), world.clone());
-    let m = Catga::builder()
+
+    Catga::builder()
         .service("stock")
         .transport(
             NatsTransport::connect(NatsOptions::new([nats]).max_in_flight(512))
@@ -158,10 +159,9 @@ async fn worker(nats: &str, redis: &str, world: Arc<World>) -> Mediator {
                 Ok(())
             }
         })
-        .build()
-        .unwrap();
-    m.start().await.unwrap();
-    m
+        .start()
+        .await
+        .unwrap()
 }
 
 async fn coordinator(i: usize, nats: &str, redis: &str, world: Arc<World>) -> Isolated {
@@ -178,8 +178,6 @@ async fn coordinator(i: usize, nats: &str, redis: &str, world: Arc<World>) -> Is
             .lock_store(store.clone())
             .saga_store(Arc::new(store))
             .saga(fulfilment(&world))
-            .build()
-            .unwrap()
     })
     .await
 }
@@ -217,27 +215,27 @@ async fn sagas_over_redis_and_nats_complete_compensate_and_time_out() {
     }
     let saga = fulfilment(&world);
     let m = &peers[0].mediator;
-    let happy = m.start_saga(&saga, Order::default()).await.unwrap();
-    let failing = m
-        .start_saga(
-            &saga,
-            Order {
-                fail_at: Some("ship".into()),
-                ..Order::default()
-            },
-        )
-        .await
-        .unwrap();
-    let slow = m
-        .start_saga(
-            &saga,
-            Order {
-                slow_at: Some("charge".into()),
-                ..Order::default()
-            },
-        )
-        .await
-        .unwrap();
+    let happy = start_saga(m, &saga, Order::default()).await.unwrap();
+    let failing = start_saga(
+        m,
+        &saga,
+        Order {
+            fail_at: Some("ship".into()),
+            ..Order::default()
+        },
+    )
+    .await
+    .unwrap();
+    let slow = start_saga(
+        m,
+        &saga,
+        Order {
+            slow_at: Some("charge".into()),
+            ..Order::default()
+        },
+    )
+    .await
+    .unwrap();
     let store = RedisStore::connect(RedisOptions::new(redis.url()))
         .await
         .unwrap();
@@ -289,9 +287,7 @@ async fn a_killed_coordinator_is_replaced_and_every_effect_happens_once() {
     for i in 0..3 {
         peers.push(coordinator(i, &nats.url(), &redis.url(), world.clone()).await);
     }
-    let id = peers[0]
-        .mediator
-        .start_saga(&fulfilment(&world), Order::default())
+    let id = start_saga(&peers[0].mediator, &fulfilment(&world), Order::default())
         .await
         .unwrap();
     eventually("charge in progress", || {
@@ -338,9 +334,7 @@ async fn a_hundred_concurrent_sagas_over_redis_and_nats_lose_and_duplicate_nothi
     let mut ids = Vec::new();
     for n in 0..100 {
         ids.push(
-            peers[n % 3]
-                .mediator
-                .start_saga(&saga, Order::default())
+            start_saga(&peers[n % 3].mediator, &saga, Order::default())
                 .await
                 .unwrap(),
         );
@@ -380,13 +374,8 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
     assert!(state.is_err(), "garbage is not a saga state");
     // A real state, written by coordinator with fence 7, then by a newer one (9).
     let world = Arc::new(World::default());
-    let m = Catga::builder()
-        .saga_store(Arc::new(store.clone()))
-        .saga(fulfilment(&world))
-        .build()
-        .unwrap();
-    let id = m
-        .start_saga(&fulfilment(&world), Order::default())
+    let m = starter(&store, fulfilment(&world)).await;
+    let id = start_saga(&m, &fulfilment(&world), Order::default())
         .await
         .unwrap();
     let mut newer = store.load(id).await.unwrap().unwrap();
@@ -424,22 +413,38 @@ async fn unfinished_sagas_are_counted_over_every_shard() {
 
 async fn count_unfinished_sagas(store: RedisStore) {
     let world = Arc::new(World::default());
-    let m = Catga::builder()
-        .saga_store(Arc::new(store.clone()))
-        .saga(fulfilment(&world).max_backlog(20))
-        .build()
-        .unwrap();
+    let m = starter(&store, fulfilment(&world).max_backlog(20)).await;
     assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 0);
     for _ in 0..20 {
-        m.admit_saga(&fulfilment(&world)).await.unwrap();
-        m.start_saga(&fulfilment(&world), Order::default())
+        admit_saga(&m, &fulfilment(&world)).await.unwrap();
+        start_saga(&m, &fulfilment(&world), Order::default())
             .await
             .unwrap();
     }
     assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 20);
     assert_eq!(store.unfinished("test.fulfilment").await.unwrap().len(), 20);
-    let e = m.admit_saga(&fulfilment(&world)).await.unwrap_err();
+    let e = admit_saga(&m, &fulfilment(&world)).await.unwrap_err();
     assert_eq!(e.code(), Some("catga.saga_backlog"), "{e}");
+}
+
+/// A peer that starts sagas of `saga` in `store` while another peer holds
+/// their coordinator's lock: nothing here drives them.
+async fn starter(store: &RedisStore, saga: Saga<Order>) -> catga_core::Peer {
+    use catga_core::store::LockStore as _;
+    let locks = catga_core::store::MemoryLockStore::new();
+    let coordinator = format!("catga.saga.{}", saga.name());
+    locks
+        .try_acquire(&coordinator, Duration::from_secs(3600))
+        .await
+        .unwrap()
+        .expect("the lock is free");
+    Catga::builder()
+        .saga_store(Arc::new(store.clone()))
+        .lock_store(locks)
+        .saga(saga)
+        .start()
+        .await
+        .unwrap()
 }
 
 /// The unfinished set saga `id` of `test.fulfilment` is listed in: the store's
@@ -464,10 +469,11 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
     let m = Catga::builder()
         .saga_store(Arc::new(store.clone()))
         .saga(fulfilment(&world))
-        .build()
+        .start()
+        .await
         .unwrap();
     let id = catga_core::new_id();
-    m.start_saga_with_id(&saga, id, Order::default())
+    start_saga_with_id(&m, &saga, id, Order::default())
         .await
         .unwrap();
     // Mark it finished as a coordinator would, then put it back on the list as
@@ -492,10 +498,9 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         .await
         .unwrap();
     // A retried start of the finished saga does not list it again.
-    m.start_saga_with_id(&saga, id, Order::default())
+    start_saga_with_id(&m, &saga, id, Order::default())
         .await
         .unwrap();
-    m.start().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !store
         .unfinished("test.fulfilment")
@@ -509,7 +514,7 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    m.start_saga_with_id(&saga, id, Order::default())
+    start_saga_with_id(&m, &saga, id, Order::default())
         .await
         .unwrap();
     assert!(

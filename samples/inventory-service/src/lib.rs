@@ -54,6 +54,6 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
 /// Seeds stock and serves until shut down.
 pub async fn run(infra: Infra) -> Result<()> {
     infra.seed_stock().await?;
-    let mediator = register(&infra, infra.builder()).build()?;
-    infra.serve(mediator, axum::Router::new()).await
+    let peer = register(&infra, infra.builder()).start().await?;
+    infra.serve(peer, axum::Router::new()).await
 }

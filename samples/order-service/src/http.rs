@@ -28,6 +28,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use catga::saga::SagaHandle;
 use catga::{Error, ErrorKind, Mediator, Metadata, Request};
 use serde::Deserialize;
 use shop_common::messages::{
@@ -143,7 +144,7 @@ async fn create(
     // would only be paid late (or abandoned after its create), so it is
     // turned away first, before anything is stored (a count cached for
     // 100 ms: one request in that time reads it from Redis).
-    m.admit_saga(&crate::payment_saga()).await?;
+    SagaHandle::<crate::Payment>::of(&m)?.admit().await?;
     let order = send(&m, cmd, meta(&headers)?).await?;
     Ok((StatusCode::CREATED, Json(order)))
 }

@@ -10,7 +10,7 @@ pub mod http;
 use std::sync::Arc;
 use std::time::Duration;
 
-use catga::saga::{Saga, Step};
+use catga::saga::{Saga, SagaHandle, Step};
 use catga::{CatgaBuilder, Context, Mediator, Result};
 use serde::{Deserialize, Serialize};
 use shop_common::Infra;
@@ -105,9 +105,8 @@ async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Res
         return Ok(());
     }
     let reason = match (cmd.status, current.saga) {
-        (OrderStatus::Rejected, Some(saga)) => ctx
-            .mediator()
-            .saga(saga)
+        (OrderStatus::Rejected, Some(saga)) => SagaHandle::<Payment>::of(ctx.mediator())?
+            .state(saga)
             .await?
             .and_then(|s| s.error)
             .or(cmd.reason),
@@ -178,7 +177,8 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
                 // Admission: with the payment backlog full, answer 503 now
                 // rather than pay late; unless this retries a payment that
                 // began (its saga must exist, whatever the backlog).
-                if let Err(e) = ctx.mediator().admit_saga(&payment_saga()).await {
+                let payments = SagaHandle::<Payment>::of(ctx.mediator())?;
+                if let Err(e) = payments.admit().await {
                     match orders.get(cmd.order_id).await? {
                         Some(o) if o.saga == Some(saga) => {}
                         _ => return Err(e),
@@ -212,9 +212,7 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
                     qty: order.qty,
                     amount_cents: order.total_cents(),
                 };
-                ctx.mediator()
-                    .start_saga_with_id(&payment_saga(), saga, payment)
-                    .await?;
+                payments.start_with_id(saga, payment).await?;
                 Ok(order)
             }
         })
@@ -299,7 +297,7 @@ pub async fn run(infra: Infra) -> Result<()> {
         infra.seed_stock().await?;
         embedded(&infra)
     };
-    let mediator = builder.build()?;
-    let api = http::admission(app(mediator.clone()), infra.config.http_concurrency);
-    infra.serve(mediator, api).await
+    let peer = builder.start().await?;
+    let api = http::admission(app(peer.mediator().clone()), infra.config.http_concurrency);
+    infra.serve(peer, api).await
 }

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use catga::Mediator;
 use serde_json::{Value, json};
 use shop_common::messages::GetStock;
 use shop_common::{Config, Infra};
 use tower::ServiceExt;
 
-async fn shop() -> (axum::Router, Mediator) {
+async fn shop() -> (axum::Router, catga::Peer) {
     shop_common::ops::init_tracing();
     let config = Config {
         service: "orders".into(),
@@ -23,9 +22,8 @@ async fn shop() -> (axum::Router, Mediator) {
     };
     let infra = Infra::connect(config).await.unwrap();
     infra.seed_stock().await.unwrap();
-    let mediator = order_service::embedded(&infra).build().unwrap();
-    mediator.start().await.unwrap();
-    (order_service::app(mediator.clone()), mediator)
+    let mediator = order_service::embedded(&infra).start().await.unwrap();
+    (order_service::app(mediator.mediator().clone()), mediator)
 }
 
 async fn call(

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use catga::Mediator;
+use catga::Peer;
 use catga::behavior::{Behavior, Envelope, Next, Reply};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -56,8 +56,8 @@ impl Behavior for Metrics {
 /// What the health and metrics endpoints look at.
 #[derive(Clone)]
 pub struct Probe {
-    /// The service's mediator (leader status, outbox backlog).
-    pub mediator: Mediator,
+    /// The running peer (readiness, leader status, outbox backlog).
+    pub peer: Arc<Peer>,
     /// A store to ping.
     pub store: Arc<dyn StockStore>,
     /// The NATS transport, when clustered.
@@ -82,12 +82,12 @@ pub fn router(probe: Probe) -> Router {
 }
 
 async fn leading(State(p): State<Probe>) -> String {
-    p.mediator.leading().join("\n")
+    p.peer.leading().join("\n")
 }
 
 async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
     // NATS connected and every subscription serving.
-    if let Err(e) = p.mediator.ready() {
+    if let Err(e) = p.peer.ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("nats: {e}"));
     }
     match tokio::time::timeout(Duration::from_secs(2), p.store.available("__health")).await {
@@ -98,12 +98,12 @@ async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
 }
 
 async fn render(State(p): State<Probe>) -> String {
-    if let Some(outbox) = p.mediator.outbox_store()
+    if let Some(outbox) = p.peer.outbox_store()
         && let Ok(n) = outbox.backlog().await
     {
         metrics::gauge!("catga_outbox_backlog").set(n as f64);
     }
-    for task in p.mediator.leading() {
+    for task in p.peer.leading() {
         metrics::gauge!("catga_leader", "task" => task).set(1.0);
     }
     if let Some(nats) = &p.nats {
@@ -116,7 +116,7 @@ async fn render(State(p): State<Probe>) -> String {
         metrics::counter!("catga_panicked_total").absolute(s.panicked);
         metrics::counter!("catga_slow_consumer_drops_total").absolute(s.slow_consumer_drops);
     }
-    metrics::counter!("catga_retry_denied_total").absolute(p.mediator.retry_budget().denied());
+    metrics::counter!("catga_retry_denied_total").absolute(p.peer.retry_budget().denied());
     metrics().render()
 }
 

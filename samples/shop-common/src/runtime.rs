@@ -10,7 +10,7 @@ use catga::behavior::tracing::Tracing;
 use catga::nats::{NatsOptions, NatsTransport};
 use catga::redis::{RedisOptions, RedisStore};
 use catga::store::MemoryIdempotencyStore;
-use catga::{Catga, CatgaBuilder, Error, Mediator, Message, Result};
+use catga::{Catga, CatgaBuilder, Error, Message, Peer, Result};
 
 use crate::config::Config;
 use crate::messages::{OrderCancelled, OrderPaid, OrderShipped};
@@ -49,6 +49,7 @@ impl Infra {
     /// Connects what the configuration names: NATS and Redis in a cluster,
     /// nothing (all in memory) otherwise.
     pub async fn connect(config: Config) -> Result<Infra> {
+        let _ = ops::metrics(); // install the recorder before anything is counted
         let memory_stores = Arc::new(MemoryStores::default());
         let (orders, stock, payments): (
             Arc<dyn OrderStore>,
@@ -125,7 +126,7 @@ impl Infra {
         }
         let behavior = match &self.redis {
             Some(redis) => Idempotency::new(redis.clone()),
-            None => Idempotency::shared(self.memory.clone()),
+            None => Idempotency::new(self.memory.clone()),
         };
         // A claim left by a killed copy blocks its key for one lease.
         let behavior = behavior
@@ -142,14 +143,13 @@ impl Infra {
         Ok(())
     }
 
-    /// Starts `mediator`, serves `api` plus the health and metrics endpoints
+    /// Serves `api` for the started `peer`, plus the health and metrics endpoints
     /// until Ctrl-C or SIGTERM, then shuts down gracefully: HTTP stops taking
     /// requests, leader tasks hand over, the outbox is flushed, NATS drains.
-    pub async fn serve(&self, mediator: Mediator, api: Router) -> Result<()> {
-        let _ = ops::metrics(); // install the recorder before anything is counted
-        mediator.start().await?;
+    pub async fn serve(&self, peer: Peer, api: Router) -> Result<()> {
+        let peer = Arc::new(peer);
         let probe = Probe {
-            mediator: mediator.clone(),
+            peer: peer.clone(),
             store: self.stock.clone(),
             nats: self.nats.clone(),
         };
@@ -192,6 +192,6 @@ impl Infra {
         }
         let since = signalled.get().map_or(Duration::ZERO, |at| at.elapsed());
         let left = grace.saturating_sub(since).max(Duration::from_secs(1));
-        mediator.shutdown_within(left).await
+        peer.shutdown_within(left).await
     }
 }

@@ -83,15 +83,11 @@ impl std::fmt::Debug for Idempotency {
 }
 
 impl Idempotency {
-    /// Idempotency backed by `store`: 30 s lease, 24 h retention, 5 s wait.
+    /// Idempotency backed by `store` (a shared `Arc<S>` is a store too):
+    /// 30 s lease, 24 h retention, 5 s wait.
     pub fn new(store: impl IdempotencyStore) -> Self {
-        Idempotency::shared(Arc::new(store))
-    }
-
-    /// Like [`Idempotency::new`] for a store already shared.
-    pub fn shared(store: Arc<dyn IdempotencyStore>) -> Self {
         Idempotency {
-            store,
+            store: Arc::new(store),
             lease: Duration::from_secs(30),
             retention: Duration::from_secs(24 * 3600),
             wait: Duration::from_secs(5),

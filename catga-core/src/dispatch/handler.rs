@@ -31,8 +31,8 @@ use std::marker::PhantomData;
 
 use futures_util::future::BoxFuture;
 
-use crate::behavior::Reply;
-use crate::context::Context;
+use crate::dispatch::behavior::Reply;
+use crate::dispatch::context::Context;
 use crate::error::Result;
 use crate::message::{Event, Request};
 

@@ -57,6 +57,7 @@
 
 mod admission;
 mod coordinator;
+mod handle;
 mod state;
 
 use std::sync::Arc;
@@ -66,13 +67,13 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-pub(crate) use admission::Backlog;
+pub(crate) use coordinator::SagaRunner;
 pub use coordinator::{SagaCompensated, SagaCompleted, SagaFailed};
-pub(crate) use coordinator::{SagaRunner, start};
+pub use handle::SagaHandle;
 pub use state::{MemorySagaStore, SagaEvent, SagaState, SagaStatus, SagaStore, conflict};
 
+use crate::dispatch::handle::Mediator;
 use crate::error::Result;
-use crate::mediator::Mediator;
 use crate::message::Request;
 use crate::metadata::Metadata;
 
@@ -301,12 +302,12 @@ impl<D: SagaData> Saga<D> {
     }
 
     /// The most sagas of this definition unfinished at once (default: no
-    /// bound). When the backlog is at the bound, [`Mediator::admit_saga`]
+    /// bound). When the backlog is at the bound, [`SagaHandle::admit`]
     /// answers `overloaded` (code
     /// `catga.saga_backlog`, retryable): offered more than
     /// the coordinator drives, a service turns work away at once instead of
-    /// finishing every saga late. Call [`Mediator::admit_saga`] before the
-    /// side effects that lead to starting one (`start_saga` itself never
+    /// finishing every saga late. Call [`SagaHandle::admit`] before the
+    /// side effects that lead to starting one (`start` itself never
     /// refuses: a retried start must reach a saga its caller's effects need). Set it to what the coordinator finishes
     /// within the time callers wait (throughput × deadline). The count is
     /// refreshed from the store at most every 100 ms per peer.

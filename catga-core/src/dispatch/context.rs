@@ -1,4 +1,7 @@
-//! What a handler knows about the message it handles, and how it sends more.
+//! What a handler knows about the message it handles.
+//!
+//! How it sends more through its context lives with the mediator's own
+//! sending, in `mediator.rs`.
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -6,9 +9,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::dispatch::handle::Mediator;
 use crate::error::Result;
-use crate::mediator::Mediator;
-use crate::message::{Event, Request};
+use crate::message::Event;
 use crate::metadata::{Headers, Metadata};
 use crate::store::{OutboxRecord, UnitOfWork};
 
@@ -89,7 +92,18 @@ impl Context {
         buffer
     }
 
-    fn hold<E: Event>(&self, buffer: &OutboxBuffer, event: &E, meta: &Metadata) -> Result<()> {
+    /// The events held back for the outbox, when a behavior holds them.
+    pub(crate) fn held_events(&self) -> Option<&OutboxBuffer> {
+        self.outbox.get()
+    }
+
+    /// Holds `event` back in `buffer`, encoded as the outbox stores it.
+    pub(crate) fn hold<E: Event>(
+        &self,
+        buffer: &OutboxBuffer,
+        event: &E,
+        meta: &Metadata,
+    ) -> Result<()> {
         let format = self.mediator.format();
         let payload = format
             .encode_bytes(event)
@@ -169,40 +183,5 @@ impl Context {
     /// The mediator that dispatched this message.
     pub fn mediator(&self) -> &Mediator {
         &self.mediator
-    }
-
-    /// Sends a request as a consequence of the current message.
-    pub async fn send<R: Request>(&self, request: R) -> Result<R::Response> {
-        self.mediator.send_with(request, self.meta.child()).await
-    }
-
-    /// Like [`Context::send`], with per-call metadata (values set there win).
-    pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
-        self.mediator
-            .send_with(request, self.meta.child().overridden_by(meta))
-            .await
-    }
-
-    /// Publishes an event as a consequence of the current message.
-    ///
-    /// The event does not inherit what is left of this message's deadline: an
-    /// event is a fact, and its handlers (and a stream that stores it for
-    /// redelivery) must not time out because its publisher was in a hurry.
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        let meta = self.meta.child().without_deadline();
-        match self.outbox.get() {
-            Some(buffer) => self.hold(buffer, &event, &meta),
-            None => self.mediator.publish_with(event, meta).await,
-        }
-    }
-
-    /// Like [`Context::publish`], with per-call metadata (values set there win,
-    /// a deadline included).
-    pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
-        let meta = self.meta.child().without_deadline().overridden_by(meta);
-        match self.outbox.get() {
-            Some(buffer) => self.hold(buffer, &event, &meta),
-            None => self.mediator.publish_with(event, meta).await,
-        }
     }
 }

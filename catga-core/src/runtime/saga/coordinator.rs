@@ -10,13 +10,15 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use super::handle::SagaHandle;
 use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
 use crate::backoff::Backoff;
 use crate::codec::Format;
+use crate::dispatch::handle::TypeMap;
 use crate::error::{Error, ErrorKind, Result};
-use crate::leader::{LeaderContext, LeaderTask};
 use crate::message::{Event, Message};
 use crate::metadata::Metadata;
+use crate::runtime::leader::{LeaderContext, LeaderTask};
 
 /// Published when a saga ran every step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,11 +68,15 @@ impl Message for SagaFailed {
 }
 impl Event for SagaFailed {}
 
-/// A saga definition with its data type erased, as the mediator keeps it.
+/// The resources of a mediator being built.
+type Resources = TypeMap<Arc<dyn std::any::Any + Send + Sync>>;
+
+/// A saga definition with its data type erased, as the builder keeps it.
 pub(crate) trait SagaRunner: Send + Sync + 'static {
     fn name(&self) -> &str;
-    fn max_backlog(&self) -> Option<usize>;
     fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask;
+    /// Adds the saga's [`SagaHandle`] over `store` to `resources`.
+    fn bind(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>, resources: &mut Resources);
 }
 
 impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
@@ -78,8 +84,8 @@ impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
         &self.name
     }
 
-    fn max_backlog(&self) -> Option<usize> {
-        self.max_backlog
+    fn bind(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>, resources: &mut Resources) {
+        SagaHandle::bind(self.clone(), store, wake, resources);
     }
 
     fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask {
@@ -89,23 +95,6 @@ impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
         })
         .ttl(self.lease)
     }
-}
-
-/// Stores a new saga instance, unless one with its id exists; returns whether
-/// it stored it. The coordinator picks it up.
-pub(crate) async fn start<D: SagaData>(
-    store: &dyn SagaStore,
-    wake: &Notify,
-    saga: &Saga<D>,
-    id: Uuid,
-    data: &D,
-) -> Result<bool> {
-    let state = SagaState::new(id, &saga.name, Format::MsgPack.encode(data)?);
-    let created = store.create(&state).await?;
-    if created {
-        wake.notify_waiters();
-    }
-    Ok(created)
 }
 
 /// The message id of step `step`'s command (`do`) or compensation (`undo`):

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 use crate::codec::Format;
-use crate::context::Context;
+use crate::dispatch::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageKind;
 

@@ -4,9 +4,7 @@
 //! with one map lookup and one downcast, then calls through one virtual call.
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,34 +14,14 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use crate::behavior::{Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior};
-use crate::context::Context;
+use crate::dispatch::behavior::{
+    Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior,
+};
+use crate::dispatch::context::Context;
+use crate::dispatch::handle::Inner;
+use crate::dispatch::handler::{DynEventHandler, DynRequestHandler};
 use crate::error::{Error, ErrorKind, Result};
-use crate::handler::{DynEventHandler, DynRequestHandler};
 use crate::message::{Event, Request};
-
-/// Hasher for maps keyed by `TypeId`: the id already is a hash, so use its bits.
-#[derive(Default)]
-pub(crate) struct TypeIdHasher(u64);
-
-impl Hasher for TypeIdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        // TypeId hashes through write_u64 today; stay correct if that changes.
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 ^= n;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type TypeMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
 
 /// Turns a panic in a handler or behavior into a handler error.
 pub(crate) async fn guarded<T>(
@@ -106,7 +84,7 @@ pub(crate) fn pipeline_for(behaviors: &[ScopedBehavior], ty: TypeId) -> Box<[Sha
 }
 
 /// Whether a pipeline must run to its end once started (see
-/// [`Behavior::runs_to_completion`](crate::behavior::Behavior::runs_to_completion)).
+/// [`Behavior::runs_to_completion`](crate::dispatch::behavior::Behavior::runs_to_completion)).
 pub(crate) fn detaches(pipeline: &[SharedBehavior]) -> bool {
     pipeline.iter().any(|b| b.detaches())
 }
@@ -164,7 +142,7 @@ async fn check_fence_now(name: &'static str, ctx: &Context, header: &str) -> Res
         crate::metadata::Fence::from_header(header).map_err(|e| e.with_message_name(name))?;
     let current = ctx
         .mediator()
-        .lock_store()
+        .fence_store()
         .current_fence(&fence.name)
         .await?;
     if fence.token < current {
@@ -248,8 +226,7 @@ impl<R: Request> RequestRoute<R> {
         let deadline = ctx.deadline();
         let task = runtime.spawn(async move {
             let mediator = ctx.mediator().clone();
-            mediator
-                .request_route::<R>()?
+            request_route::<R>(&mediator.inner)?
                 .run_to_end(&request, &ctx)
                 .await
         });
@@ -402,7 +379,7 @@ impl<E: Event> EventRoute<E> {
         let deadline = ctx.deadline();
         let task = runtime.spawn(async move {
             let mediator = ctx.mediator().clone();
-            match mediator.event_route::<E>() {
+            match event_route::<E>(&mediator.inner) {
                 Some(Ok(route)) => route.run_to_end(&event, &ctx).await,
                 Some(Err(e)) => vec![e],
                 None => Vec::new(),
@@ -450,4 +427,21 @@ pub(crate) fn downcast_route<'a, T: 'static>(
     route
         .downcast_ref::<T>()
         .ok_or_else(|| internal(name, "route stored under the wrong type"))
+}
+
+/// The local route of request `R`.
+pub(crate) fn request_route<R: Request>(inner: &Inner) -> Result<&RequestRoute<R>> {
+    let route = inner
+        .requests
+        .get(&TypeId::of::<R>())
+        .ok_or_else(|| Error::no_handler(R::NAME, "request"))?;
+    downcast_route::<RequestRoute<R>>(&**route, R::NAME)
+}
+
+/// The local handlers of event `E`, if any.
+pub(crate) fn event_route<E: Event>(inner: &Inner) -> Option<Result<&EventRoute<E>>> {
+    inner
+        .events
+        .get(&TypeId::of::<E>())
+        .map(|route| downcast_route::<EventRoute<E>>(&**route, E::NAME))
 }

@@ -174,6 +174,33 @@ pub trait SagaStore: Send + Sync + 'static {
     fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>>;
 }
 
+/// A shared store is a store: pass `Arc<S>` (or `Arc<dyn SagaStore>`).
+impl<S: SagaStore + ?Sized> SagaStore for std::sync::Arc<S> {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<bool>> {
+        (**self).create(state)
+    }
+
+    fn load(&self, id: Uuid) -> BoxFuture<'_, Result<Option<SagaState>>> {
+        (**self).load(id)
+    }
+
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, Result<()>> {
+        (**self).save(state)
+    }
+
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        (**self).unfinished(saga)
+    }
+
+    fn count_unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<usize>> {
+        (**self).count_unfinished(saga)
+    }
+
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
+        (**self).forget(saga, id)
+    }
+}
+
 /// In-process [`SagaStore`]. Finished sagas are kept for a retention time
 /// (default 7 days), then dropped.
 #[derive(Debug)]

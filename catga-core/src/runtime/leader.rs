@@ -25,7 +25,7 @@
 //! use std::time::Duration;
 //! use catga_core::Catga;
 //!
-//! let mediator = Catga::builder()
+//! let peer = Catga::builder()
 //!     .leader_task("billing.scheduler", |ctx| async move {
 //!         while !ctx.is_cancelled() {
 //!             // ... do the leader-only work, passing ctx.fence() to stores ...
@@ -33,9 +33,9 @@
 //!         }
 //!         Ok(())
 //!     })
-//!     .build()?;
-//! mediator.start().await?; // competes for the lock and runs the task when elected
-//! mediator.shutdown().await?; // cancels the task and hands the lock over
+//!     .start() // competes for the lock and runs the task when elected
+//!     .await?;
+//! peer.shutdown().await?; // cancels the task and hands the lock over
 //! # Ok(()) }
 //! ```
 
@@ -49,8 +49,8 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::dispatch::handle::Mediator;
 use crate::error::{Error, ErrorKind, Result};
-use crate::mediator::Mediator;
 use crate::message::{Event, Request};
 use crate::metadata::{Fence, Metadata};
 use crate::store::{Lease, LockStore};
@@ -275,6 +275,7 @@ pub(crate) async fn run(
     task: LeaderTask,
     store: Arc<dyn LockStore>,
     mediator: Mediator,
+    leading: Leading,
     shutdown: CancellationToken,
 ) {
     while !shutdown.is_cancelled() {
@@ -282,7 +283,16 @@ pub(crate) async fn run(
         let asked = Instant::now();
         match store.try_acquire(&task.name, task.ttl).await {
             Ok(Some(lease)) => {
-                let term = lead(&task, &*store, lease, asked, mediator.clone(), &shutdown).await;
+                let term = lead(
+                    &task,
+                    &*store,
+                    lease,
+                    asked,
+                    mediator.clone(),
+                    &leading,
+                    &shutdown,
+                )
+                .await;
                 if let Err(e) = term {
                     tracing::warn!(task = %task.name, error = %e, "leader term ended");
                 }
@@ -310,10 +320,11 @@ async fn lead(
     lease: Lease,
     asked: Instant,
     mediator: Mediator,
+    leading: &Leading,
     shutdown: &CancellationToken,
 ) -> Result<()> {
     tracing::info!(task = %task.name, fence = lease.fence, "elected leader");
-    let _term = Term::begin(&mediator, &task.name);
+    let _term = Term::begin(leading, &task.name);
     let margin = task.safety_margin();
     let clock = Arc::new(TermClock::new(asked + task.ttl - margin));
     let cancel = shutdown.child_token();
@@ -395,17 +406,38 @@ async fn depose(
     lease_lost(name, why)
 }
 
+/// The names of the leader tasks a peer runs right now.
+#[derive(Clone, Default, Debug)]
+pub(crate) struct Leading(Arc<std::sync::Mutex<std::collections::BTreeSet<Arc<str>>>>);
+
+impl Leading {
+    fn set(&self, name: &Arc<str>, leading: bool) {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if leading {
+            set.insert(name.clone());
+        } else {
+            set.remove(name);
+        }
+    }
+
+    /// The names, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.iter().map(|n| n.to_string()).collect()
+    }
+}
+
 /// Marks this peer as the leader of a task while alive.
 struct Term {
-    mediator: Mediator,
+    leading: Leading,
     name: Arc<str>,
 }
 
 impl Term {
-    fn begin(mediator: &Mediator, name: &Arc<str>) -> Term {
-        mediator.set_leading(name, true);
+    fn begin(leading: &Leading, name: &Arc<str>) -> Term {
+        leading.set(name, true);
         Term {
-            mediator: mediator.clone(),
+            leading: leading.clone(),
             name: name.clone(),
         }
     }
@@ -413,7 +445,7 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
-        self.mediator.set_leading(&self.name, false);
+        self.leading.set(&self.name, false);
     }
 }
 

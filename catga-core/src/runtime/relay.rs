@@ -13,8 +13,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::dispatch::handle::Mediator;
 use crate::error::ErrorKind;
-use crate::mediator::Mediator;
 use crate::store::{OutboxEntry, OutboxStore};
 
 /// How a relay polls, reclaims and gives up.

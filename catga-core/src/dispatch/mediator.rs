@@ -1,0 +1,322 @@
+//! What the mediator does: send a request to its one handler, publish an
+//! event to every handler, here or through the transport; and the same from
+//! a handler's [`Context`], continuing its conversation.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::codec::Format;
+use crate::dispatch::context::Context;
+use crate::dispatch::handle::Mediator;
+use crate::dispatch::route::{EventRoute, RequestRoute, downcast_route, event_route, guarded};
+use crate::error::{Error, ErrorKind, Result};
+use crate::message::{Event, Request};
+use crate::metadata::Metadata;
+use crate::store::OutboxRecord;
+use crate::transport::{Transport, WireMessage, WireReply};
+
+impl Mediator {
+    /// Sends `request` to its handler and returns the response.
+    ///
+    /// Errors: [`ErrorKind::NoHandler`] when no handler exists here and no peer
+    /// answers; otherwise whatever the handler, a behavior or the transport returned.
+    pub fn send<R: Request>(
+        &self,
+        request: R,
+    ) -> impl Future<Output = Result<R::Response>> + Send + '_ {
+        self.send_with(request, Metadata::new())
+    }
+
+    /// Like [`Mediator::send`], with per-call metadata: message id, timeout, headers.
+    pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
+        let Some(route) = self.inner.requests.get(&std::any::TypeId::of::<R>()) else {
+            // Boxed so the large remote future does not bloat the local fast path.
+            return Box::pin(self.send_remote(&request, meta)).await;
+        };
+        let route = downcast_route::<RequestRoute<R>>(&**route, R::NAME)?;
+        if route.remote && self.inner.transport.is_some() {
+            return Box::pin(self.send_remote(&request, meta)).await;
+        }
+        let ctx = Context::new(self.clone(), meta, R::NAME);
+        let plain = ctx.deadline().is_none() && ctx.headers().is_empty();
+        match (route.pipeline.is_empty(), plain) {
+            // Fast path: one virtual call, one boxed future, nothing else.
+            (true, true) => {
+                guarded(
+                    R::NAME,
+                    route.id.type_name,
+                    route.handler.call(&request, &ctx),
+                )
+                .await
+            }
+            (false, true) if !route.detached => route.through_pipeline(&request, &ctx).await,
+            // Boxed so the deadline timer, the fence check and the task of a
+            // detached pipeline do not bloat the paths above.
+            _ => Box::pin(route.dispatch_owned(request, ctx)).await,
+        }
+    }
+
+    async fn send_remote<R: Request>(&self, request: &R, meta: Metadata) -> Result<R::Response> {
+        let Some(transport) = &self.inner.transport else {
+            return Err(Error::no_handler(R::NAME, "request"));
+        };
+        let format = self.inner.format;
+        let payload = format
+            .encode_bytes(request)
+            .map_err(|e| e.with_message_name(R::NAME))?;
+        let timeout = meta.remaining().unwrap_or(self.inner.request_timeout);
+        if timeout.is_zero() {
+            // The deadline passed already: the receiver would not run it.
+            return Err(Error::timeout(R::NAME, Duration::ZERO));
+        }
+        let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
+        wire.timeout = Some(timeout);
+        self.inner.retry_budget.deposit();
+        let reply = match transport.request(wire, timeout).await {
+            Err(e) if is_shed(&e) => {
+                // Rare: encode it again (same ids, from `meta`) rather than
+                // keep a copy of every request for this case.
+                let payload = format
+                    .encode_bytes(request)
+                    .map_err(|e| e.with_message_name(R::NAME))?;
+                let mut wire = WireMessage::new(R::NAME, payload, format, &meta);
+                wire.timeout = Some(timeout);
+                Box::pin(self.try_other_copies(&**transport, wire, meta.deadline(), e)).await?
+            }
+            reply => reply?,
+        };
+        reply
+            .format
+            .decode::<R::Response>(&reply.payload)
+            .map_err(|e| e.with_message_name(R::NAME))
+    }
+
+    /// A request the peer that took it turned away (`catga.overloaded`, its
+    /// transport at a limit): sent again at
+    /// once, at most twice, while the retry budget and the deadline allow (a
+    /// transport such as NATS hands it to another copy, which may have room).
+    #[cold]
+    async fn try_other_copies(
+        &self,
+        transport: &dyn Transport,
+        mut wire: WireMessage,
+        deadline: Option<Instant>,
+        mut error: Error,
+    ) -> Result<WireReply> {
+        let budget = &self.inner.retry_budget;
+        let Some(deadline) = deadline.or_else(|| Instant::now().checked_add(wire.timeout?)) else {
+            return Err(error);
+        };
+        for _ in 0..2 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !budget.withdraw() {
+                break;
+            }
+            wire.timeout = Some(left);
+            match transport.request(wire.clone(), left).await {
+                Err(e) if is_shed(&e) => error = e,
+                other => return other,
+            }
+        }
+        Err(error)
+    }
+
+    /// Publishes `event` to every local handler and, through the transport, to
+    /// every other service that handles it.
+    ///
+    /// Local handlers run concurrently and every one runs to completion, whatever
+    /// the others do. Returns `Ok(())` when all of them succeeded and the transport
+    /// (if any) accepted the event; an event with no handler anywhere is not an
+    /// error. Otherwise it returns the first failure in registration order (local
+    /// handlers first, the transport last); when more than one thing failed,
+    /// [`Error::related`] lists every failure, the returned one included.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        self.publish_with(event, Metadata::new()).await
+    }
+
+    /// Like [`Mediator::publish`], with per-call metadata.
+    pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        let route = event_route::<E>(&self.inner).transpose()?;
+        let ctx = Context::new(self.clone(), meta, E::NAME);
+        if route.is_some_and(|r| r.slots.len() > 1) || self.inner.transport.is_some() {
+            // Fixed before any handler gets its own copy of the context, so
+            // every handler (and the transport) sees the same message id.
+            ctx.message_id();
+        }
+        if let Some(route) = route.filter(|r| r.detached) {
+            return Box::pin(self.publish_detached(route, event, ctx)).await;
+        }
+        let failures = match (&self.inner.transport, route) {
+            (None, None) => Vec::new(),
+            (None, Some(route)) => route.dispatch(&event, &ctx).await,
+            // No local handler: straight to the transport (its future is boxed
+            // already), no join.
+            (Some(transport), None) => match self.wire_event(&event, &ctx, false) {
+                Ok(wire) => transport.publish(wire).await.err().into_iter().collect(),
+                Err(e) => vec![e],
+            },
+            // Boxed so the transport's future does not bloat the local fast path.
+            (Some(transport), route) => {
+                Box::pin(self.publish_everywhere(&**transport, route, &event, &ctx)).await
+            }
+        };
+        Error::combine(E::NAME, failures)
+    }
+
+    /// The event as the transport sends it; `handled_here` marks it as already
+    /// handled by this service (its other copies skip it).
+    fn wire_event<E: Event>(
+        &self,
+        event: &E,
+        ctx: &Context,
+        handled_here: bool,
+    ) -> Result<WireMessage> {
+        let payload = self
+            .inner
+            .format
+            .encode_bytes(event)
+            .map_err(|e| e.with_message_name(E::NAME))?;
+        let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
+        if handled_here {
+            wire.handled_by = Some(self.inner.service.clone());
+        }
+        Ok(wire)
+    }
+
+    /// Runs local handlers that must run to completion on a task of their own,
+    /// and hands the event to the transport (if any), concurrently.
+    async fn publish_detached<E: Event>(
+        &self,
+        route: &EventRoute<E>,
+        event: E,
+        ctx: Context,
+    ) -> Result<()> {
+        let event = Arc::new(event);
+        let remote = self
+            .inner
+            .transport
+            .as_ref()
+            .map(|transport| (transport, self.wire_event(&*event, &ctx, true)));
+        let local = route.dispatch_shared(event, ctx);
+        let remote = async {
+            match remote {
+                Some((transport, wire)) => transport.publish(wire?).await,
+                None => Ok(()),
+            }
+        };
+        let (mut failures, remote) = futures_util::future::join(local, remote).await;
+        failures.extend(remote.err());
+        Error::combine(E::NAME, failures)
+    }
+
+    /// Runs local handlers and hands the event to the transport, concurrently.
+    async fn publish_everywhere<E: Event>(
+        &self,
+        transport: &dyn Transport,
+        route: Option<&EventRoute<E>>,
+        event: &E,
+        ctx: &Context,
+    ) -> Vec<Error> {
+        let local = async {
+            match route {
+                Some(route) => route.dispatch(event, ctx).await,
+                None => Vec::new(),
+            }
+        };
+        let remote = async {
+            let wire = self.wire_event(event, ctx, route.is_some())?;
+            transport.publish(wire).await
+        };
+        let (mut failures, remote) = futures_util::future::join(local, remote).await;
+        failures.extend(remote.err());
+        failures
+    }
+
+    /// Publishes an event that is already encoded (an outbox entry): through the
+    /// transport when there is one (every service, this one included, gets it
+    /// once), otherwise to the local handlers.
+    pub async fn publish_record(&self, record: &OutboxRecord) -> Result<()> {
+        let format = Format::from_content_type(&record.content_type).ok_or_else(|| {
+            Error::codec(format!(
+                "outbox entry of `{}` has unknown content type `{}`",
+                record.name, record.content_type
+            ))
+            .with_retryable(false)
+        })?;
+        let mut headers = crate::metadata::Headers::new();
+        for (n, v) in &record.headers {
+            headers.insert(n.clone(), v.clone());
+        }
+        let wire = WireMessage {
+            name: record.name.clone().into(),
+            payload: record.payload.clone(),
+            format,
+            message_id: record.message_id,
+            correlation_id: record.correlation_id,
+            causation_id: record.causation_id,
+            timeout: None,
+            headers,
+            handled_by: None,
+        };
+        match &self.inner.transport {
+            Some(transport) => transport.publish(wire).await,
+            None => match self.inner.inbound_events.get(&*wire.name) {
+                Some(handle) => handle(self.clone(), wire).await,
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// Whether `e` is a peer's transport turning a request away at its limit
+/// (not a handler's own `overloaded`, such as a full saga backlog, which asks
+/// the caller to back off rather than knock at another copy).
+fn is_shed(e: &Error) -> bool {
+    e.kind() == ErrorKind::Overloaded && e.code() == Some("catga.overloaded")
+}
+
+impl Context {
+    /// Sends a request as a consequence of the current message.
+    pub async fn send<R: Request>(&self, request: R) -> Result<R::Response> {
+        self.mediator()
+            .send_with(request, self.metadata().child())
+            .await
+    }
+
+    /// Like [`Context::send`], with per-call metadata (values set there win).
+    pub async fn send_with<R: Request>(&self, request: R, meta: Metadata) -> Result<R::Response> {
+        self.mediator()
+            .send_with(request, self.metadata().child().overridden_by(meta))
+            .await
+    }
+
+    /// Publishes an event as a consequence of the current message.
+    ///
+    /// The event does not inherit what is left of this message's deadline: an
+    /// event is a fact, and its handlers (and a stream that stores it for
+    /// redelivery) must not time out because its publisher was in a hurry.
+    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
+        let meta = self.metadata().child().without_deadline();
+        match self.held_events() {
+            Some(buffer) => self.hold(buffer, &event, &meta),
+            None => self.mediator().publish_with(event, meta).await,
+        }
+    }
+
+    /// Like [`Context::publish`], with per-call metadata (values set there win,
+    /// a deadline included).
+    pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
+        let meta = self
+            .metadata()
+            .child()
+            .without_deadline()
+            .overridden_by(meta);
+        match self.held_events() {
+            Some(buffer) => self.hold(buffer, &event, &meta),
+            None => self.mediator().publish_with(event, meta).await,
+        }
+    }
+}
