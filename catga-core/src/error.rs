@@ -368,6 +368,50 @@ pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_owned())
 }
 
+/// Turns another library's error into an [`Error`] with what was being done,
+/// the way `anyhow::Context` does: `.store_context("reading the order")?`
+/// instead of a `map_err` helper per library.
+///
+/// The message is `"<what>: <error>"`, the original error is kept as the
+/// [`source`](StdError::source), and the kind says whether a retry may help.
+///
+/// ```
+/// use catga_core::{ErrorKind, ResultExt};
+///
+/// fn parse(s: &str) -> catga_core::Result<u32> {
+///     s.parse::<u32>().context(ErrorKind::Validation, "reading the quantity")
+/// }
+/// let e = parse("ten").unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Validation);
+/// assert!(e.message().starts_with("reading the quantity: "));
+/// ```
+pub trait ResultExt<T> {
+    /// An error of `kind` saying `what` failed.
+    fn context(self, kind: ErrorKind, what: impl fmt::Display) -> Result<T>;
+
+    /// A store (database, cache) failed while doing `what`: kind
+    /// [`ErrorKind::Store`], retryable.
+    fn store_context(self, what: impl fmt::Display) -> Result<T>;
+
+    /// A transport or remote service failed while doing `what`: kind
+    /// [`ErrorKind::Transport`], retryable.
+    fn transport_context(self, what: impl fmt::Display) -> Result<T>;
+}
+
+impl<T, E: StdError + Send + Sync + 'static> ResultExt<T> for std::result::Result<T, E> {
+    fn context(self, kind: ErrorKind, what: impl fmt::Display) -> Result<T> {
+        self.map_err(|e| Error::new(kind, format!("{what}: {e}")).with_source(e))
+    }
+
+    fn store_context(self, what: impl fmt::Display) -> Result<T> {
+        self.context(ErrorKind::Store, what)
+    }
+
+    fn transport_context(self, what: impl fmt::Display) -> Result<T> {
+        self.context(ErrorKind::Transport, what)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,7 +82,7 @@ pub use dispatch::behavior;
 pub use dispatch::context::Context;
 pub use dispatch::handle::Mediator;
 pub use dispatch::handler::{EventHandler, FnHandler, RequestHandler};
-pub use error::{Error, ErrorKind, Result, panic_message};
+pub use error::{Error, ErrorKind, Result, ResultExt, panic_message};
 pub use message::{Event, Message, MessageKind, Request, validate_name};
 pub use metadata::{FENCE_HEADER, Fence, Headers, Metadata, new_id};
 pub use runtime::{Peer, leader, relay, saga};

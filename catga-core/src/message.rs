@@ -15,6 +15,15 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable wire name, unique within a deployment.
     const NAME: &'static str;
 
+    /// Whether every handler of this message runs under idempotency, declared
+    /// once on the type (`#[catga(idempotent)]` when derived): a peer built
+    /// with [`CatgaBuilder::idempotency`](crate::CatgaBuilder::idempotency)
+    /// wraps its handlers in the [`Idempotency`](crate::behavior::idempotency::Idempotency)
+    /// behavior, once, innermost. Default `false`; the builder's
+    /// [`idempotent`](crate::CatgaBuilder::idempotent) declares it for a type
+    /// that does not.
+    const IDEMPOTENT: bool = false;
+
     /// The entity this message is about, when it is about one (an order id):
     /// stores that shard their keys put a handler's idempotency record, its
     /// outbox entries and the keys of its [unit of work](crate::store::UnitOfWork)

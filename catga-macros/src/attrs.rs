@@ -10,6 +10,7 @@ pub(crate) struct MessageArgs {
     pub(crate) response: Option<Type>,
     pub(crate) krate: Option<Path>,
     pub(crate) partition: Option<syn::Member>,
+    pub(crate) idempotent: bool,
 }
 
 pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
@@ -27,10 +28,12 @@ pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
                 args.krate = Some(lit.parse()?);
             } else if meta.path.is_ident("partition") {
                 args.partition = Some(meta.value()?.parse()?);
+            } else if meta.path.is_ident("idempotent") {
+                args.idempotent = true;
             } else {
                 return Err(meta.error(
                     "unknown catga attribute; expected `name = \"...\"`, `response = Type`, \
-                     `partition = field` or `crate = \"path\"`",
+                     `partition = field`, `idempotent` or `crate = \"path\"`",
                 ));
             }
             Ok(())

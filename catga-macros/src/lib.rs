@@ -16,6 +16,10 @@
 //! stable across crates and modules, so two services that define the same type
 //! agree on it. Namespace it (`orders.CreateOrder`) when names could collide.
 //!
+//! Also on a message: `#[catga(partition = field)]` (the entity it is about,
+//! for sharded stores) and `#[catga(idempotent)]` (its handlers take effect
+//! once per message id on a peer built with `.idempotency(store)`).
+//!
 //! `#[catga(crate = "path")]` on a message, or `#[handler(crate = "path")]`,
 //! points generated code at another path than `::catga`.
 #![forbid(unsafe_code)]

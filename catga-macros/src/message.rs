@@ -34,9 +34,15 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
             }
         }
     });
+    let idempotent = args.idempotent.then(|| {
+        quote!(
+            const IDEMPOTENT: bool = true;
+        )
+    });
     let message = quote! {
         impl #private::Message for #ident {
             const NAME: &'static str = #name;
+            #idempotent
             #partition
         }
     };

@@ -57,11 +57,13 @@
 #![forbid(unsafe_code)]
 
 mod admission;
+mod connect;
 mod discovery;
 mod jetstream;
 mod options;
 #[cfg(feature = "otel")]
 mod otel;
+mod outgoing;
 pub mod protocol;
 mod serve;
 mod shared;

@@ -1,16 +1,13 @@
 //! [`NatsTransport`]: the `Transport` of catga-core over NATS.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use async_nats::Client;
 use async_nats::jetstream;
-use async_nats::{Client, ConnectOptions, RequestErrorKind, Subject};
-use catga_core::backoff::Backoff;
+use catga_core::Result;
 use catga_core::transport::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
-use catga_core::{Error, ErrorKind, Result};
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
@@ -19,10 +16,10 @@ use tokio_util::task::TaskTracker;
 use crate::admission::{Gauge, Peer, ServeStats};
 use crate::discovery::{self, Endpoint, Identity};
 use crate::jetstream::{reliable_consumer, serve_reliable, with_retries};
-use crate::options::{Auth, NatsOptions};
+use crate::options::NatsOptions;
 use crate::protocol;
 use crate::serve::{Reading, Serving, serve_core, serve_event, serve_request};
-use crate::shared::{Running, Shared, SubjectCache, transport_error};
+use crate::shared::{Running, Shared, transport_error};
 
 /// The NATS transport: give it to `CatgaBuilder::transport`.
 ///
@@ -55,72 +52,22 @@ impl NatsTransport {
     /// Connects to NATS. Fails with a transport error when no server answers;
     /// once connected, the client reconnects by itself with backoff.
     pub async fn connect(options: NatsOptions) -> Result<NatsTransport> {
-        let dropped = Arc::new(AtomicU64::new(0));
-        let mut co = match &options.auth {
-            Auth::None => ConnectOptions::new(),
-            Auth::Token(t) => ConnectOptions::new().token(t.clone()),
-            Auth::UserPassword(u, p) => {
-                ConnectOptions::new().user_and_password(u.clone(), p.clone())
-            }
-            Auth::NKey(seed) => ConnectOptions::new().nkey(seed.clone()),
-            Auth::CredentialsFile(path) => ConnectOptions::with_credentials_file(path.clone())
-                .await
-                .map_err(|e| {
-                    Error::new(
-                        ErrorKind::Config,
-                        format!("cannot read NATS credentials file {}: {e}", path.display()),
-                    )
-                })?,
-        };
-        if options.tls.required {
-            co = co.require_tls(true);
-        }
-        if let Some(ca) = &options.tls.root_certificates {
-            co = co.add_root_certificates(ca.clone());
-        }
-        if let Some((cert, key)) = &options.tls.client_certificate {
-            co = co.add_client_certificate(cert.clone(), key.clone());
-        }
-        if let Some(name) = &options.name {
-            co = co.name(name.clone());
-        }
-        let backoff = Backoff::new(Duration::from_millis(50), options.max_reconnect_delay);
-        let counter = dropped.clone();
-        co = co
-            .subscription_capacity(options.subscription_capacity)
-            .connection_timeout(options.connect_timeout)
-            .request_timeout(None)
-            // Full jitter, so peers cut off together do not all come back at once.
-            .reconnect_delay_callback(move |attempts| {
-                backoff
-                    .cap(attempts.min(32) as u32)
-                    .mul_f64(fastrand::f64())
-            })
-            .event_callback(move |event| {
-                let counter = counter.clone();
-                async move {
-                    match event {
-                        async_nats::Event::SlowConsumer(sid) => {
-                            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-                            tracing::warn!(
-                                sid,
-                                dropped_total = n,
-                                "NATS dropped a message for a slow consumer: raise \
-                                 subscription_capacity or max_in_flight, or use reliable events"
-                            );
-                        }
-                        async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                        async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                        other => tracing::debug!(event = %other, "NATS event"),
-                    }
-                }
-            });
-        let client = co.connect(options.urls.clone()).await.map_err(|e| {
-            transport_error(format!(
-                "cannot connect to NATS at {:?}: {e}; is nats-server running?",
-                options.urls
-            ))
-        })?;
+        let (client, dropped) = crate::connect::client(&options).await?;
+        Ok(NatsTransport::with(client, options, dropped))
+    }
+
+    /// A transport over a client the application already has (its own
+    /// connection options, authentication and event callback). `options`
+    /// gives everything but the connection: subject prefix, reliable
+    /// events, JetStream, admission limits; its URLs, authentication, TLS,
+    /// timeouts and subscription capacity are the client's business here.
+    /// [`slow_consumer_drops`](NatsTransport::slow_consumer_drops) counts
+    /// nothing: the client's own event callback sees them.
+    pub fn from_client(client: Client, options: NatsOptions) -> NatsTransport {
+        NatsTransport::with(client, options, Arc::new(AtomicU64::new(0)))
+    }
+
+    fn with(client: Client, options: NatsOptions, dropped: Arc<AtomicU64>) -> NatsTransport {
         // JetStream API calls and publish acks must not wait forever (the client
         // itself has no request timeout: Catga passes one per request).
         let js = jetstream::ContextBuilder::new()
@@ -130,7 +77,7 @@ impl NatsTransport {
             options.peer_max_in_flight,
             options.peer_max_in_flight_bytes,
         ));
-        Ok(NatsTransport {
+        NatsTransport {
             shared: Arc::new(Shared {
                 js,
                 options,
@@ -142,7 +89,7 @@ impl NatsTransport {
                 event_subjects: RwLock::default(),
                 client,
             }),
-        })
+        }
     }
 
     /// The underlying client, for things Catga does not cover.
@@ -159,155 +106,6 @@ impl NatsTransport {
     /// connected: export these as metrics.
     pub fn stats(&self) -> ServeStats {
         self.shared.peer.stats(self.slow_consumer_drops())
-    }
-}
-
-impl Shared {
-    /// The subject `make` builds for `name`, from `cache` when the name is
-    /// static (hence the `Cow`: only a borrowed `'static` name can key it).
-    #[allow(clippy::ptr_arg)]
-    fn subject(
-        &self,
-        cache: &RwLock<SubjectCache>,
-        make: fn(&str, &str) -> String,
-        name: &Cow<'static, str>,
-    ) -> Subject {
-        let &Cow::Borrowed(name) = name else {
-            return make(self.prefix(), name).into();
-        };
-        let cached = cache
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(name)
-            .cloned();
-        cached.unwrap_or_else(|| {
-            let subject: Subject = make(self.prefix(), name).into();
-            cache
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(name, subject.clone());
-            subject
-        })
-    }
-
-    /// The NATS headers (with the current trace context) and the subject of an
-    /// outgoing message.
-    fn outgoing(
-        &self,
-        msg: &mut WireMessage,
-        cache: &RwLock<SubjectCache>,
-        make: fn(&str, &str) -> String,
-    ) -> Result<(async_nats::HeaderMap, Subject)> {
-        with_current_trace(msg);
-        let headers =
-            protocol::to_headers(msg).map_err(|e| e.with_message_name(msg.name.clone()))?;
-        Ok((headers, self.subject(cache, make, &msg.name)))
-    }
-
-    /// Sends a request. The headers, subject and payload are prepared before the
-    /// returned future exists, so the future holds little beyond async-nats's
-    /// own (it is boxed for every request: its size is an allocation's size).
-    fn request(&self, mut msg: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
-        let (headers, subject) =
-            match self.outgoing(&mut msg, &self.request_subjects, protocol::request_subject) {
-                Ok(prepared) => prepared,
-                Err(e) => return Box::pin(std::future::ready(Err(e))),
-            };
-        let WireMessage { name, payload, .. } = msg;
-        let size = payload.len();
-        let request = async_nats::Request::new()
-            .payload(payload)
-            .headers(headers)
-            .timeout(Some(timeout));
-        // `map`, not an async block: one awaiting a captured future stores it twice.
-        Box::pin(
-            self.client
-                .send_request(subject, request)
-                .map(move |sent| match sent {
-                    Ok(reply) => {
-                        protocol::parse_reply(&name, reply.headers.as_ref(), reply.payload)
-                    }
-                    Err(e) => Err(self.request_error(name, size, timeout, e)),
-                }),
-        )
-    }
-
-    /// The error of a request that got no reply. Off the hot path: builds the
-    /// subject again for the message rather than keeping it in the future.
-    #[cold]
-    fn request_error(
-        &self,
-        name: Cow<'static, str>,
-        size: usize,
-        timeout: Duration,
-        e: async_nats::RequestError,
-    ) -> Error {
-        let subject = || protocol::request_subject(self.prefix(), &name);
-        match e.kind() {
-            RequestErrorKind::NoResponders => Error::new(
-                ErrorKind::NoHandler,
-                format!(
-                    "no peer handles `{name}` (no responders on `{}`); start a peer \
-                     with a handler for it",
-                    subject()
-                ),
-            ),
-            RequestErrorKind::TimedOut => Error::timeout(&name, timeout),
-            RequestErrorKind::MaxPayloadExceeded => Error::new(
-                ErrorKind::Transport,
-                format!(
-                    "`{name}` is {size} bytes, over the NATS server's max_payload; send a \
-                     reference to the data instead, or raise max_payload"
-                ),
-            )
-            .with_retryable(false),
-            _ => transport_error(format!("request `{name}` on `{}` failed: {e}", subject())),
-        }
-        .with_message_name(name)
-    }
-
-    /// Publishes an event: on core NATS, or through JetStream when its type is
-    /// reliable. As with requests, the core future holds only async-nats's own.
-    fn publish(&self, mut msg: WireMessage) -> BoxFuture<'_, Result<()>> {
-        let reliable = self.is_reliable(&msg.name);
-        if reliable {
-            // A stored event is worth handling whenever it is delivered: it
-            // carries no deadline that would make its redeliveries expire.
-            msg.timeout = None;
-        }
-        let (headers, subject) =
-            match self.outgoing(&mut msg, &self.event_subjects, protocol::event_subject) {
-                Ok(prepared) => prepared,
-                Err(e) => return Box::pin(std::future::ready(Err(e))),
-            };
-        if reliable {
-            return Box::pin(self.publish_reliable(msg, subject, headers));
-        }
-        let WireMessage { name, payload, .. } = msg;
-        let size = payload.len();
-        Box::pin(
-            self.client
-                .publish_with_headers(subject, headers, payload)
-                .map(move |sent| {
-                    sent.map_err(|e| {
-                        let why = if e.kind()
-                            == async_nats::client::PublishErrorKind::MaxPayloadExceeded
-                        {
-                            format!("{size} bytes is over the server's max_payload")
-                        } else {
-                            e.to_string()
-                        };
-                        self.publish_error(name, why)
-                    })
-                }),
-        )
-    }
-
-    #[cold]
-    pub(crate) fn publish_error(&self, name: Cow<'static, str>, why: String) -> Error {
-        let subject = protocol::event_subject(self.prefix(), &name);
-        transport_error(format!("could not publish `{name}` on `{subject}`: {why}"))
-            .with_message_name(name)
     }
 }
 
@@ -516,17 +314,6 @@ where
         running.loops.spawn(task);
     }
     Ok(())
-}
-
-/// With the `otel` feature: the current span's OpenTelemetry context becomes the
-/// message's `traceparent` (over one inherited from an incoming message).
-fn with_current_trace(msg: &mut WireMessage) {
-    #[cfg(feature = "otel")]
-    if let Some(tp) = crate::otel::current_traceparent() {
-        msg.headers.insert(protocol::header::TRACEPARENT, tp);
-    }
-    #[cfg(not(feature = "otel"))]
-    let _ = msg;
 }
 
 #[cfg(test)]

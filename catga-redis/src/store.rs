@@ -87,7 +87,31 @@ impl RedisStore {
         } else {
             conn::single(&options.urls[0], options.timeout, &options.tls).await?
         };
-        Ok(RedisStore {
+        Ok(RedisStore::with(conn, &options))
+    }
+
+    /// A store over a connection the application already has to a single
+    /// node (its own retries and timeouts). `options` gives everything but
+    /// the connection: key prefix, outbox shards, retention, dead-letter
+    /// bound; its URLs, TLS and timeout are the connection's business here.
+    pub fn from_connection_manager(
+        connection: redis::aio::ConnectionManager,
+        options: &RedisOptions,
+    ) -> RedisStore {
+        RedisStore::with(Conn::Single(connection), options)
+    }
+
+    /// Like [`RedisStore::from_connection_manager`], over a Redis Cluster
+    /// connection the application already has.
+    pub fn from_cluster_connection(
+        connection: redis::cluster_async::ClusterConnection,
+        options: &RedisOptions,
+    ) -> RedisStore {
+        RedisStore::with(Conn::Cluster(connection), options)
+    }
+
+    fn with(conn: Conn, options: &RedisOptions) -> RedisStore {
+        RedisStore {
             conn,
             keys: Keys::new(&options.prefix, options.outbox_shards),
             scripts: Arc::new(Scripts::load()),
@@ -96,7 +120,7 @@ impl RedisStore {
             pruned: Arc::default(),
             saga_retention: options.saga_retention,
             dead_letters_max: options.dead_letters_max,
-        })
+        }
     }
 
     /// A key for state that handlers of messages of `partition` change with a

@@ -155,3 +155,15 @@ fn derive_partition_names_the_entity_a_message_is_about() {
     assert_eq!(Settle { order: 42 }.partition().as_deref(), Some("42"));
     assert_eq!(CreateOrder { qty: 1 }.partition(), None);
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, Request)]
+#[catga(name = "orders.Pay", response = (), idempotent)]
+struct Pay;
+
+#[test]
+fn derive_idempotent_declares_it_on_the_type() {
+    // Checked when the test compiles: a derive that ignored the attribute
+    // (or set it where absent) does not build.
+    const { assert!(<Pay as catga::Message>::IDEMPOTENT) };
+    const { assert!(!<Settle as catga::Message>::IDEMPOTENT) };
+}

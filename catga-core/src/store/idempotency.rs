@@ -9,7 +9,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::error::Result;
-use crate::store::outbox::{MemoryOutboxStore, OutboxRecord};
+use crate::store::outbox::{MemoryOutboxStore, OutboxEntry, OutboxRecord, OutboxStore};
 use crate::store::unit_of_work::{Condition, UnitOfWork, Write};
 
 /// The outcome of claiming a key.
@@ -327,6 +327,39 @@ impl MemoryIdempotencyStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // A panic while holding this lock cannot leave a slot half-written.
         self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The store's own outbox (see [`MemoryIdempotencyStore::outbox`]), so one
+/// value serves [`CatgaBuilder::idempotency`](crate::CatgaBuilder::idempotency).
+impl OutboxStore for MemoryIdempotencyStore {
+    fn append(&self, records: Vec<OutboxRecord>) -> BoxFuture<'_, Result<()>> {
+        self.outbox.append(records)
+    }
+
+    fn claim<'a>(
+        &'a self,
+        consumer: &'a str,
+        max: usize,
+        min_idle: Duration,
+    ) -> BoxFuture<'a, Result<Vec<OutboxEntry>>> {
+        self.outbox.claim(consumer, max, min_idle)
+    }
+
+    fn ack<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<()>> {
+        self.outbox.ack(ids)
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        entry: &'a OutboxEntry,
+        reason: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
+        self.outbox.dead_letter(entry, reason)
+    }
+
+    fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
+        self.outbox.backlog()
     }
 }
 

@@ -6,6 +6,7 @@ mod layers;
 mod leader;
 mod mediator;
 mod messages;
+mod peer;
 mod pipeline;
 mod saga;
 mod stores;

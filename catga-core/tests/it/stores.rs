@@ -11,11 +11,16 @@ use catga_core::store::{
 #[tokio::test(start_paused = true)]
 async fn idempotency_store_moves_through_its_states() {
     let s = MemoryIdempotencyStore::new();
-    let Claim::Acquired { token } = s.claim("k", Duration::from_secs(5)).await.unwrap() else {
+    let Claim::Acquired { token } = IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
         panic!("first claim must be acquired");
     };
     assert_eq!(
-        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::InProgress
     );
     assert!(
@@ -39,12 +44,16 @@ async fn idempotency_store_moves_through_its_states() {
             == Completed::Stored
     );
     assert_eq!(
-        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::Completed("resp".into())
     );
     tokio::time::advance(Duration::from_secs(61)).await;
     assert!(matches!(
-        s.claim("k", Duration::from_secs(5)).await.unwrap(),
+        IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+            .await
+            .unwrap(),
         Claim::Acquired { .. }
     ));
 }
@@ -52,11 +61,16 @@ async fn idempotency_store_moves_through_its_states() {
 #[tokio::test(start_paused = true)]
 async fn an_expired_lease_cannot_overwrite_a_newer_attempt() {
     let s = MemoryIdempotencyStore::new();
-    let Claim::Acquired { token: old } = s.claim("k", Duration::from_secs(1)).await.unwrap() else {
+    let Claim::Acquired { token: old } = IdempotencyStore::claim(&s, "k", Duration::from_secs(1))
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     tokio::time::advance(Duration::from_secs(2)).await;
-    let Claim::Acquired { token: new } = s.claim("k", Duration::from_secs(10)).await.unwrap()
+    let Claim::Acquired { token: new } = IdempotencyStore::claim(&s, "k", Duration::from_secs(10))
+        .await
+        .unwrap()
     else {
         panic!("an expired lease frees the key")
     };

@@ -16,9 +16,6 @@ use shop_common::store::StockStore;
 pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
     let stock: Arc<dyn StockStore> = infra.stock.clone();
     let (s1, s2, s3, s4) = (stock.clone(), stock.clone(), stock.clone(), stock);
-    let builder = infra.idempotent::<ReserveStock>(builder);
-    let builder = infra.idempotent::<ReleaseStock>(builder);
-    let builder = infra.idempotent::<OrderCancelled>(builder);
     builder
         .validate::<ReserveStock>()
         .request_fn(move |cmd: ReserveStock, _| {

@@ -144,10 +144,6 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
         orders.clone(),
         orders,
     );
-    let builder = infra.idempotent::<CreateOrder>(builder);
-    let builder = infra.idempotent::<SettleOrder>(builder);
-    let builder = infra.idempotent::<CancelOrder>(builder);
-    let builder = infra.idempotent::<ShipOrder>(builder);
     builder
         .validate::<CreateOrder>()
         .saga(payment_saga())

@@ -18,10 +18,6 @@ use shop_common::store::{OrderStore, PaymentStore};
 pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
     let payments: Arc<dyn PaymentStore> = infra.payments.clone();
     let (p1, p2, p3) = (payments.clone(), payments.clone(), payments);
-    let builder = infra.idempotent::<ChargePayment>(builder);
-    let builder = infra.idempotent::<RefundPayment>(builder);
-    let builder = infra.idempotent::<OrderCancelled>(builder);
-    let builder = infra.idempotent::<OrderPaid>(builder);
     let receipts: Arc<dyn OrderStore> = infra.orders.clone();
     builder
         .event_fn_named("receipt", move |e: OrderPaid, ctx: Context| {

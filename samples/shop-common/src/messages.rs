@@ -58,7 +58,7 @@ impl Order {
 
 /// Create an order (no side effects yet).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.CreateOrder", response = Order)]
+#[catga(name = "orders.CreateOrder", response = Order, idempotent)]
 pub struct CreateOrder {
     /// Who orders.
     pub customer: String,
@@ -80,7 +80,7 @@ pub struct PayOrder {
 
 /// Ship a paid order.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.ShipOrder", response = Order, partition = order_id)]
+#[catga(name = "orders.ShipOrder", response = Order, partition = order_id, idempotent)]
 pub struct ShipOrder {
     /// The order.
     pub order_id: Uuid,
@@ -88,7 +88,7 @@ pub struct ShipOrder {
 
 /// Cancel an order that has not shipped.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.CancelOrder", response = Order, partition = order_id)]
+#[catga(name = "orders.CancelOrder", response = Order, partition = order_id, idempotent)]
 pub struct CancelOrder {
     /// The order.
     pub order_id: Uuid,
@@ -112,7 +112,7 @@ pub struct ListOrders {
 
 /// Saga step: set the final status of an order's payment (paid or rejected).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "orders.SettleOrder", response = (), partition = order_id)]
+#[catga(name = "orders.SettleOrder", response = (), partition = order_id, idempotent)]
 pub struct SettleOrder {
     /// The order.
     pub order_id: Uuid,
@@ -124,7 +124,7 @@ pub struct SettleOrder {
 
 /// Reserve stock for an order; fails with `inventory.out_of_stock`.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "inventory.ReserveStock", response = ())]
+#[catga(name = "inventory.ReserveStock", response = (), idempotent)]
 pub struct ReserveStock {
     /// The order.
     pub order_id: Uuid,
@@ -136,7 +136,7 @@ pub struct ReserveStock {
 
 /// Give an order's reserved stock back.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "inventory.ReleaseStock", response = ())]
+#[catga(name = "inventory.ReleaseStock", response = (), idempotent)]
 pub struct ReleaseStock {
     /// The order.
     pub order_id: Uuid,
@@ -154,7 +154,7 @@ pub struct GetStock {
 
 /// Charge an order's customer; fails with `payment.declined`.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "payment.ChargePayment", response = Uuid)]
+#[catga(name = "payment.ChargePayment", response = Uuid, idempotent)]
 pub struct ChargePayment {
     /// The order.
     pub order_id: Uuid,
@@ -166,7 +166,7 @@ pub struct ChargePayment {
 
 /// Refund an order's payment.
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "payment.RefundPayment", response = ())]
+#[catga(name = "payment.RefundPayment", response = (), idempotent)]
 pub struct RefundPayment {
     /// The order.
     pub order_id: Uuid,
@@ -174,7 +174,7 @@ pub struct RefundPayment {
 
 /// An order was paid.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderPaid", partition = order_id)]
+#[catga(name = "orders.OrderPaid", partition = order_id, idempotent)]
 pub struct OrderPaid {
     /// The order.
     pub order_id: Uuid,
@@ -192,7 +192,7 @@ pub struct OrderShipped {
 
 /// An order was cancelled after payment: stock and money go back.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderCancelled")]
+#[catga(name = "orders.OrderCancelled", idempotent)]
 pub struct OrderCancelled {
     /// The order.
     pub order_id: Uuid,

@@ -10,7 +10,7 @@ use catga::behavior::tracing::Tracing;
 use catga::nats::{NatsOptions, NatsTransport};
 use catga::redis::{RedisOptions, RedisStore};
 use catga::store::MemoryIdempotencyStore;
-use catga::{Catga, CatgaBuilder, Error, Message, Peer, Result};
+use catga::{Catga, CatgaBuilder, Error, Peer, Result};
 
 use crate::config::Config;
 use crate::messages::{OrderCancelled, OrderPaid, OrderShipped};
@@ -30,10 +30,6 @@ pub struct Infra {
     nats: Option<NatsTransport>,
     redis: Option<RedisStore>,
     memory: Arc<MemoryIdempotencyStore>,
-    /// Message types already made idempotent: services sharing one process
-    /// (embedded mode) must not wrap a message twice, or the inner claim waits
-    /// on the outer one.
-    idempotent: std::sync::Mutex<std::collections::HashSet<std::any::TypeId>>,
 }
 
 impl std::fmt::Debug for Infra {
@@ -87,12 +83,13 @@ impl Infra {
             nats,
             redis,
             memory: Arc::new(MemoryIdempotencyStore::new()),
-            idempotent: Default::default(),
         })
     }
 
     /// A builder with the service name, transport, stores and the shared
-    /// behaviors (tracing, metrics, retry of transient failures).
+    /// behaviors (tracing, metrics, retry of transient failures). Message
+    /// types declared `#[catga(idempotent)]` run once per message id, with
+    /// Redis (or memory) keeping claims, results and the outbox.
     pub fn builder(&self) -> CatgaBuilder {
         let mut b = Catga::builder()
             .service(self.config.service.clone())
@@ -104,35 +101,18 @@ impl Infra {
         if let Some(nats) = &self.nats {
             b = b.transport(nats.clone());
         }
+        // A claim left by a killed copy blocks its key for one lease.
+        let settings = |i: Idempotency| {
+            i.lease(Duration::from_secs(10))
+                .wait(Duration::from_secs(5))
+        };
         match &self.redis {
             Some(redis) => b
-                .outbox(Arc::new(redis.clone()))
+                .idempotency_with(redis.clone(), settings)
                 .lock_store(redis.clone())
-                .saga_store(Arc::new(redis.clone())),
-            None => b.outbox(self.memory.outbox()),
+                .saga_store(redis.clone()),
+            None => b.idempotency_with(self.memory.clone(), settings),
         }
-    }
-
-    /// Adds idempotency (Redis or memory) around message type `M`: a command
-    /// re-sent with the same message id takes effect once.
-    pub fn idempotent<M: Message>(&self, builder: CatgaBuilder) -> CatgaBuilder {
-        let first = self
-            .idempotent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(std::any::TypeId::of::<M>());
-        if !first {
-            return builder;
-        }
-        let behavior = match &self.redis {
-            Some(redis) => Idempotency::new(redis.clone()),
-            None => Idempotency::new(self.memory.clone()),
-        };
-        // A claim left by a killed copy blocks its key for one lease.
-        let behavior = behavior
-            .lease(Duration::from_secs(10))
-            .wait(Duration::from_secs(5));
-        builder.behavior_for::<M, _>(behavior)
     }
 
     /// Sets initial stock where missing.

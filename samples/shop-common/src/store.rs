@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use catga::redis::RedisStore;
 use catga::store::UnitOfWork;
-use catga::{Context, Error, ErrorKind, Result};
+use catga::{Context, Error, ErrorKind, Result, ResultExt};
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use uuid::Uuid;
@@ -150,10 +150,6 @@ fn cancelled(what: &str, order: Uuid) -> Error {
         format!("order {order} was compensated already; nothing is taken"),
     )
     .with_retryable(false)
-}
-
-fn redis_error(e: redis::RedisError) -> Error {
-    Error::store(format!("shop store: {e}"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -431,8 +427,10 @@ return 1";
 impl RedisStores {
     /// Connects to Redis at `url`.
     pub async fn connect(url: &str) -> Result<RedisStores> {
-        let client = redis::Client::open(url).map_err(redis_error)?;
-        let conn = ConnectionManager::new(client).await.map_err(redis_error)?;
+        let client = redis::Client::open(url).store_context("shop store")?;
+        let conn = ConnectionManager::new(client)
+            .await
+            .store_context("shop store")?;
         let catga = RedisStore::connect(catga::redis::RedisOptions::new(url)).await?;
         Ok(RedisStores { conn, catga })
     }
@@ -447,7 +445,7 @@ impl RedisStores {
 
     async fn ledger_of(&self, key: &str) -> Result<Vec<LedgerEntry>> {
         let mut conn = self.conn.clone();
-        let lines: Vec<String> = conn.lrange(key, 0, -1).await.map_err(redis_error)?;
+        let lines: Vec<String> = conn.lrange(key, 0, -1).await.store_context("shop store")?;
         Ok(lines.iter().filter_map(|l| LedgerEntry::parse(l)).collect())
     }
 
@@ -456,7 +454,7 @@ impl RedisStores {
         let json: Option<String> = conn
             .hget(self.orders_key(id), id.to_string())
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         json.map(|j| decode(&j).map(|o| (j, o))).transpose()
     }
 }
@@ -480,7 +478,7 @@ impl OrderStore for RedisStores {
                 encode(order)?,
             )
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         Ok(())
     }
 
@@ -492,7 +490,8 @@ impl OrderStore for RedisStores {
         let mut conn = self.conn.clone();
         let mut orders = Vec::new();
         for key in self.catga.shard_keys(ORDERS) {
-            let all: HashMap<String, String> = conn.hgetall(key).await.map_err(redis_error)?;
+            let all: HashMap<String, String> =
+                conn.hgetall(key).await.store_context("shop store")?;
             for json in all.values() {
                 orders.push(decode(json)?);
             }
@@ -523,7 +522,7 @@ impl OrderStore for RedisStores {
                 .arg(encode(&order)?)
                 .invoke_async(&mut conn)
                 .await
-                .map_err(redis_error)?;
+                .store_context("shop store")?;
             if set == 1 {
                 return Ok(order);
             }
@@ -564,7 +563,7 @@ impl OrderStore for RedisStores {
         let mut conn = self.conn.clone();
         let mut out = HashMap::new();
         for key in self.catga.shard_keys(RECEIPTS) {
-            let raw: HashMap<String, u64> = conn.hgetall(key).await.map_err(redis_error)?;
+            let raw: HashMap<String, u64> = conn.hgetall(key).await.store_context("shop store")?;
             out.extend(
                 raw.into_iter()
                     .filter_map(|(k, v)| Some((k.parse().ok()?, v))),
@@ -581,13 +580,16 @@ impl StockStore for RedisStores {
         let _: bool = conn
             .set_nx(Self::stock_key(sku), qty)
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         Ok(())
     }
 
     async fn available(&self, sku: &str) -> Result<u64> {
         let mut conn = self.conn.clone();
-        let n: Option<u64> = conn.get(Self::stock_key(sku)).await.map_err(redis_error)?;
+        let n: Option<u64> = conn
+            .get(Self::stock_key(sku))
+            .await
+            .store_context("shop store")?;
         Ok(n.unwrap_or(0))
     }
 
@@ -602,7 +604,7 @@ impl StockStore for RedisStores {
             .arg(sku)
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         match done {
             1 => Ok(true),
             0 => Ok(false),
@@ -620,7 +622,7 @@ impl StockStore for RedisStores {
             .arg(sku)
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         Ok(())
     }
 
@@ -641,7 +643,7 @@ impl PaymentStore for RedisStores {
             .arg(catga::new_id().to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         id.parse().map_err(|_| cancelled("payment", order))
     }
 
@@ -653,7 +655,7 @@ impl PaymentStore for RedisStores {
             .arg(order.to_string())
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)?;
+            .store_context("shop store")?;
         Ok(())
     }
 

@@ -89,6 +89,8 @@ pub trait Behavior: Send + Sync + 'static {
 pub(crate) trait DynBehavior: Send + Sync + 'static {
     fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>>;
     fn detaches(&self) -> bool;
+    /// The behavior's own type (to find two idempotency behaviors on a route).
+    fn behavior_type(&self) -> std::any::TypeId;
 }
 
 impl<B: Behavior> DynBehavior for B {
@@ -98,6 +100,10 @@ impl<B: Behavior> DynBehavior for B {
 
     fn detaches(&self) -> bool {
         self.runs_to_completion()
+    }
+
+    fn behavior_type(&self) -> std::any::TypeId {
+        std::any::TypeId::of::<B>()
     }
 }
 
