@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use catga_core::Event;
+use serde::Deserialize;
 
-/// How the client proves who it is.
-#[derive(Debug, Clone, Default)]
+/// How the client proves who it is. In a configuration file:
+/// `auth = { token = "..." }`, `{ user_password = ["u", "p"] }`,
+/// `{ nkey = "SU..." }` or `{ credentials_file = "/path/x.creds" }`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Auth {
     /// No credentials.
@@ -24,7 +28,8 @@ pub enum Auth {
 }
 
 /// TLS settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Tls {
     /// Refuse to connect without TLS.
     pub required: bool,
@@ -34,23 +39,30 @@ pub struct Tls {
     pub client_certificate: Option<(PathBuf, PathBuf)>,
 }
 
-/// JetStream settings for reliable events.
-#[derive(Debug, Clone)]
+/// JetStream settings for reliable events. Durations in a configuration
+/// file are written as `"7days"`, `"200ms"` (humantime).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JetStreamOptions {
     /// Stream over `<prefix>.evt.>`; default `<PREFIX>_EVENTS`.
     pub stream: Option<String>,
     /// How long the stream keeps events. Default 7 days.
+    #[serde(with = "humantime_serde")]
     pub max_age: Duration,
     /// Publish de-duplication window (by message id). Default 2 minutes.
+    #[serde(with = "humantime_serde")]
     pub duplicate_window: Duration,
     /// Deliveries of one event before it goes to the dead-letter subject. Default 5.
     pub max_deliveries: u32,
     /// Redelivery delay after the first failure; doubles each time up to
     /// `max_backoff`. Default 200 ms.
+    #[serde(with = "humantime_serde")]
     pub backoff: Duration,
     /// Cap of the redelivery delay. Default 10 s.
+    #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// How long the server waits for an ack before redelivering. Default 30 s.
+    #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// Copies of each stream's data on the cluster's nodes. Default `None`:
     /// as many as the cluster has nodes, at most 3 (so a stream survives the
@@ -91,7 +103,25 @@ impl Default for JetStreamOptions {
 ///     .max_in_flight(512);
 /// # drop(options);
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Or read from a configuration file with serde (the field names are the
+/// method names; durations in humantime, `"2s"`; what is left out keeps its
+/// default; an unknown field is an error). Reliable events are declared in
+/// code, not here.
+///
+/// ```
+/// # use catga_nats::NatsOptions;
+/// let options: NatsOptions = serde_json::from_str(r#"{
+///     "urls": ["nats://10.0.0.1:4222", "nats://10.0.0.2:4222"],
+///     "auth": { "token": "s3cret" },
+///     "max_in_flight": 512,
+///     "connect_timeout": "2s",
+///     "jetstream": { "max_age": "3days", "replicas": 3 }
+/// }"#).unwrap();
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[must_use]
 pub struct NatsOptions {
     pub(crate) urls: Vec<String>,
@@ -106,10 +136,21 @@ pub struct NatsOptions {
     pub(crate) serving_tasks: Option<usize>,
     pub(crate) service_version: String,
     pub(crate) subscription_capacity: usize,
+    #[serde(with = "humantime_serde")]
     pub(crate) max_reconnect_delay: Duration,
+    #[serde(with = "humantime_serde")]
     pub(crate) connect_timeout: Duration,
+    /// Declared in code (`reliable_event`), not in configuration.
+    #[serde(skip)]
     pub(crate) reliable: HashSet<&'static str>,
     pub(crate) jetstream: JetStreamOptions,
+}
+
+impl Default for NatsOptions {
+    /// A local server, `nats://127.0.0.1:4222`, with every default.
+    fn default() -> Self {
+        NatsOptions::new(["nats://127.0.0.1:4222"])
+    }
 }
 
 impl NatsOptions {
@@ -277,5 +318,31 @@ impl NatsOptions {
 
     pub(crate) fn dead_letter_stream_name(&self) -> String {
         format!("{}_DLQ", self.stream_name().trim_end_matches("_EVENTS"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_from_configuration_keep_defaults_and_refuse_typos() {
+        let o: NatsOptions = serde_json::from_str(
+            r#"{"urls": ["nats://a:4222"], "max_in_flight": 7, "connect_timeout": "1500ms",
+                "auth": {"user_password": ["u", "p"]},
+                "jetstream": {"max_age": "1day", "replicas": 3}}"#,
+        )
+        .unwrap();
+        assert_eq!(o.urls, ["nats://a:4222"]);
+        assert_eq!(o.max_in_flight, 7);
+        assert_eq!(o.connect_timeout, Duration::from_millis(1500));
+        assert!(matches!(o.auth, Auth::UserPassword(ref u, ref p) if u == "u" && p == "p"));
+        assert_eq!(o.jetstream.max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(o.jetstream.replicas, Some(3));
+        // What was left out keeps its default.
+        assert_eq!(o.prefix, "catga");
+        assert_eq!(o.jetstream.max_deliveries, 5);
+        let typo = serde_json::from_str::<NatsOptions>(r#"{"max_inflight": 7}"#).unwrap_err();
+        assert!(typo.to_string().contains("max_inflight"), "{typo}");
     }
 }

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use serde::Deserialize;
+
 /// Where and how to connect.
 ///
 /// ```
@@ -14,26 +16,52 @@ use std::time::Duration;
 ///     .timeout(Duration::from_secs(1));
 /// # drop((single, cluster));
 /// ```
-#[derive(Debug, Clone)]
+///
+/// Or read from a configuration file with serde (field names as the
+/// methods; durations in humantime, `"2s"`; an unknown field is an error):
+///
+/// ```
+/// # use catga_redis::RedisOptions;
+/// let options: RedisOptions = serde_json::from_str(r#"{
+///     "urls": ["redis://10.0.0.1:7000/", "redis://10.0.0.2:7000/"],
+///     "cluster": true,
+///     "prefix": "shop",
+///     "timeout": "1s",
+///     "tls": { "root_certificates": "/etc/ssl/redis-ca.pem" }
+/// }"#).unwrap();
+/// # drop(options);
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 #[must_use]
 pub struct RedisOptions {
     pub(crate) urls: Vec<String>,
     pub(crate) cluster: bool,
     pub(crate) prefix: String,
     pub(crate) outbox_shards: u32,
+    #[serde(with = "humantime_serde")]
     pub(crate) timeout: Duration,
+    #[serde(with = "humantime_serde")]
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
     pub(crate) tls: Tls,
 }
 
 /// TLS settings for `rediss://` URLs (with the `tls` feature).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub(crate) struct Tls {
     /// PEM file of the certificates to trust instead of the system's.
     pub(crate) root_certificates: Option<std::path::PathBuf>,
     /// Client certificate and key (PEM) for mutual TLS.
     pub(crate) client_certificate: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl Default for RedisOptions {
+    /// A local node, `redis://127.0.0.1:6379/`, with every default.
+    fn default() -> Self {
+        RedisOptions::new("redis://127.0.0.1:6379/")
+    }
 }
 
 impl RedisOptions {
@@ -115,5 +143,27 @@ impl RedisOptions {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_read_from_configuration_keep_defaults_and_refuse_typos() {
+        let o: RedisOptions = serde_json::from_str(
+            r#"{"urls": ["redis://a:7000/"], "cluster": true, "timeout": "750ms",
+                "saga_retention": "2days"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.urls, ["redis://a:7000/"]);
+        assert!(o.cluster);
+        assert_eq!(o.timeout, Duration::from_millis(750));
+        assert_eq!(o.saga_retention, Duration::from_secs(2 * 24 * 3600));
+        assert_eq!(o.prefix, "catga");
+        assert_eq!(o.outbox_shards, 8);
+        let typo = serde_json::from_str::<RedisOptions>(r#"{"time_out": "1s"}"#).unwrap_err();
+        assert!(typo.to_string().contains("time_out"), "{typo}");
     }
 }

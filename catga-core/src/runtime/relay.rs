@@ -17,15 +17,19 @@ use crate::dispatch::handle::Mediator;
 use crate::error::ErrorKind;
 use crate::store::{OutboxEntry, OutboxStore};
 
-/// How a relay polls, reclaims and gives up.
-#[derive(Debug, Clone)]
+/// How a relay polls, reclaims and gives up. Deserializable from a
+/// configuration file (durations in humantime, `"50ms"`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RelayOptions {
     /// Entries taken per round. Default 100.
     pub batch: usize,
     /// Pause when the outbox is empty. Default 50 ms.
+    #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
     /// How long an entry stays with a relay that does not acknowledge it before
     /// another relay takes it. Default 30 s.
+    #[serde(with = "humantime_serde")]
     pub min_idle: Duration,
     /// Deliveries before an entry goes to the dead-letter list. Default 10.
     pub max_deliveries: u32,

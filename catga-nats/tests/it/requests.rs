@@ -236,3 +236,29 @@ async fn an_oversize_reply_becomes_a_clear_error_and_the_peer_keeps_serving() {
     assert!(!err.is_retryable());
     assert_eq!(client.send(Expand { bytes: 3 }).await.unwrap(), "xxx");
 }
+
+/// A transport over a client the application already connected serves and
+/// sends like one Catga connected itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transport_wraps_a_client_the_application_already_has() {
+    let server = NatsServer::start();
+    let own = async_nats::connect(server.url()).await.unwrap();
+    let options = catga_nats::NatsOptions::new([server.url()]);
+    let peer = Catga::builder()
+        .service("calc")
+        .transport(catga_nats::NatsTransport::from_client(
+            own.clone(),
+            options.clone(),
+        ))
+        .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
+        .start()
+        .await
+        .unwrap();
+    let client = Catga::builder()
+        .service("gateway")
+        .transport(catga_nats::NatsTransport::from_client(own, options))
+        .build()
+        .unwrap();
+    assert_eq!(client.send(Add { a: 2, b: 3 }).await.unwrap(), 5);
+    peer.shutdown().await.unwrap();
+}

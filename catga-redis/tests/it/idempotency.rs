@@ -297,3 +297,27 @@ async fn a_completion_reloads_its_script_after_a_flush() {
         assert_eq!(done, Completed::Stored);
     }
 }
+
+/// A store over a connection the application already has keeps the same
+/// rules: a duplicate gets the stored answer.
+#[tokio::test]
+async fn a_store_wraps_a_connection_the_application_already_has() {
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let connection = redis::aio::ConnectionManager::new(client).await.unwrap();
+    let store = RedisStore::from_connection_manager(
+        connection,
+        &RedisOptions::new(redis.url()).prefix("own"),
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    let m = charging(store, runs.clone(), Duration::from_secs(60));
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    let charge = Charge {
+        cents: 9,
+        fail: false,
+    };
+    let first = m.send_with(charge.clone(), meta.clone()).await.unwrap();
+    let again = m.send_with(charge, meta).await.unwrap();
+    assert_eq!(first, again);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
