@@ -54,7 +54,15 @@ pub trait Request: Message {
     label = "not an event",
     note = "implement `Message` and `Event` for `{Self}` (or derive them)"
 )]
-pub trait Event: Message {}
+pub trait Event: Message {
+    /// Whether this event is delivered at least once, declared once on the
+    /// type (`#[catga(reliable)]` when derived) so that every service that
+    /// publishes or handles it agrees: a transport that can store events
+    /// (NATS JetStream) keeps it until each handling service acknowledged
+    /// it, and redelivers it after a failure. Default `false`: at most once
+    /// (core NATS). In-process delivery is the same either way.
+    const RELIABLE: bool = false;
+}
 
 /// Whether a dispatch is a request or an event; visible to behaviors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -72,6 +72,11 @@ impl Headers {
     }
 }
 
+/// Marks an outbox record of an event type declared reliable
+/// ([`Event::RELIABLE`](crate::Event::RELIABLE)); the relay reads it off the
+/// record and does not send it on.
+pub const RELIABLE_HEADER: &str = "Catga-Reliable";
+
 /// The header that carries a leader's fence: `<token>:<lock name>`.
 pub const FENCE_HEADER: &str = "Catga-Fence";
 

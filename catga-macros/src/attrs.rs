@@ -11,6 +11,8 @@ pub(crate) struct MessageArgs {
     pub(crate) krate: Option<Path>,
     pub(crate) partition: Option<syn::Member>,
     pub(crate) idempotent: bool,
+    /// Where `reliable` was written, when it was.
+    pub(crate) reliable: Option<proc_macro2::Span>,
 }
 
 pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
@@ -30,10 +32,12 @@ pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
                 args.partition = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("idempotent") {
                 args.idempotent = true;
+            } else if meta.path.is_ident("reliable") {
+                args.reliable = Some(syn::spanned::Spanned::span(&meta.path));
             } else {
                 return Err(meta.error(
                     "unknown catga attribute; expected `name = \"...\"`, `response = Type`, \
-                     `partition = field`, `idempotent` or `crate = \"path\"`",
+                     `partition = field`, `idempotent`, `reliable` or `crate = \"path\"`",
                 ));
             }
             Ok(())

@@ -18,7 +18,9 @@
 //!
 //! Also on a message: `#[catga(partition = field)]` (the entity it is about,
 //! for sharded stores) and `#[catga(idempotent)]` (its handlers take effect
-//! once per message id on a peer built with `.idempotency(store)`).
+//! once per message id on a peer built with `.idempotency(store)`); on an
+//! event, `#[catga(reliable)]` (delivered at least once, through JetStream on
+//! NATS).
 //!
 //! `#[catga(crate = "path")]` on a message, or `#[handler(crate = "path")]`,
 //! points generated code at another path than `::catga`.

@@ -48,6 +48,13 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
     };
     let specific = match kind {
         Kind::Request => {
+            if let Some(span) = args.reliable {
+                return Err(syn::Error::new(
+                    span,
+                    "only events are reliable: a request is answered, not stored; remove \
+                     `reliable`",
+                ));
+            }
             let Some(response) = args.response else {
                 return Err(syn::Error::new(
                     ident.span(),
@@ -71,8 +78,15 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
                     "events have no response: remove `response`, or derive `Request` instead",
                 ));
             }
+            let reliable = args.reliable.map(|_| {
+                quote!(
+                    const RELIABLE: bool = true;
+                )
+            });
             quote! {
-                impl #private::Event for #ident {}
+                impl #private::Event for #ident {
+                    #reliable
+                }
                 impl #private::MessageRoute for #ident {
                     type Route = #private::EventRoute;
                 }

@@ -35,13 +35,14 @@ impl Shared {
                     nodes.clamp(1, 3)
                 });
                 for (name, subject) in [
-                    (o.stream_name(), format!("{}.evt.>", o.prefix)),
+                    (o.stream_name(), format!("{}.rel.>", o.prefix)),
                     (o.dead_letter_stream_name(), format!("{}.dlq.>", o.prefix)),
                 ] {
-                    self.js
+                    let stream = self
+                        .js
                         .get_or_create_stream(stream::Config {
                             name: name.clone(),
-                            subjects: vec![subject],
+                            subjects: vec![subject.clone()],
                             max_age: js.max_age,
                             duplicate_window: js.duplicate_window,
                             num_replicas: replicas,
@@ -53,11 +54,39 @@ impl Shared {
                         .map_err(|e| {
                             transport_error(format!("cannot create JetStream stream `{name}`: {e}"))
                         })?;
+                    let config = &stream.cached_info().config;
+                    if config.subjects != [subject.clone()] {
+                        self.upgrade_stream(&name, config.clone(), subject).await?;
+                    }
                 }
                 Ok(())
             })
             .await
             .map(|_| ())
+    }
+
+    /// A stream made by an earlier version (over `<prefix>.evt.>`, which
+    /// captured every core event too) is narrowed to the reliable subjects.
+    /// Events it stored under the old subjects are no longer delivered:
+    /// `docs/deployment.md` says how to drain them first.
+    async fn upgrade_stream(
+        &self,
+        name: &str,
+        mut config: stream::Config,
+        subject: String,
+    ) -> Result<()> {
+        tracing::info!(
+            stream = name,
+            from = ?config.subjects,
+            to = %subject,
+            "narrowing the JetStream stream to reliable events"
+        );
+        config.subjects = vec![subject];
+        self.js
+            .update_stream(config)
+            .await
+            .map(drop)
+            .map_err(|e| transport_error(format!("cannot update JetStream stream `{name}`: {e}")))
     }
 
     /// Publishes through JetStream and waits for the stream's ack; the message id
@@ -129,21 +158,20 @@ pub(crate) async fn reliable_consumer(
         shared.js.get_stream(&stream).await.map_err(|e| {
             transport_error(format!("cannot open JetStream stream `{stream}`: {e}"))
         })?;
+    // Created, or updated when an earlier version made it (filtering on the
+    // old event subject).
     stream_handle
-        .get_or_create_consumer(
-            &durable,
-            pull::Config {
-                durable_name: Some(durable.clone()),
-                filter_subject: protocol::event_subject(&o.prefix, name),
-                ack_policy: AckPolicy::Explicit,
-                ack_wait: o.jetstream.ack_wait,
-                // Catga dead-letters after `max_deliveries`; the server limit is a
-                // safety net for peers that crash on every delivery.
-                max_deliver: i64::from(o.jetstream.max_deliveries) + 2,
-                max_ack_pending: o.max_in_flight as i64,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: protocol::reliable_subject(&o.prefix, name),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: o.jetstream.ack_wait,
+            // Catga dead-letters after `max_deliveries`; the server limit is a
+            // safety net for peers that crash on every delivery.
+            max_deliver: i64::from(o.jetstream.max_deliveries) + 2,
+            max_ack_pending: o.max_in_flight as i64,
+            ..Default::default()
+        })
         .await
         .map_err(|e| transport_error(format!("cannot create JetStream consumer `{durable}`: {e}")))
 }

@@ -125,17 +125,19 @@ impl Shared {
     /// Publishes an event: on core NATS, or through JetStream when its type is
     /// reliable. As with requests, the core future holds only async-nats's own.
     pub(crate) fn publish(&self, mut msg: WireMessage) -> BoxFuture<'_, Result<()>> {
-        let reliable = self.is_reliable(&msg.name);
-        if reliable {
+        let reliable = self.is_reliable(&msg.name, msg.reliable);
+        let (cache, subject): (_, fn(&str, &str) -> String) = if reliable {
             // A stored event is worth handling whenever it is delivered: it
             // carries no deadline that would make its redeliveries expire.
             msg.timeout = None;
-        }
-        let (headers, subject) =
-            match self.outgoing(&mut msg, &self.event_subjects, protocol::event_subject) {
-                Ok(prepared) => prepared,
-                Err(e) => return Box::pin(std::future::ready(Err(e))),
-            };
+            (&self.reliable_subjects, protocol::reliable_subject)
+        } else {
+            (&self.event_subjects, protocol::event_subject)
+        };
+        let (headers, subject) = match self.outgoing(&mut msg, cache, subject) {
+            Ok(prepared) => prepared,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         if reliable {
             return Box::pin(self.publish_reliable(msg, subject, headers));
         }

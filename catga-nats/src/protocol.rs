@@ -69,6 +69,12 @@ pub fn event_subject(prefix: &str, name: &str) -> String {
     format!("{prefix}.evt.{name}")
 }
 
+/// `<prefix>.rel.<NAME>`: where event NAME is published when its type is
+/// reliable: the event stream holds these subjects only, never core events.
+pub fn reliable_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.rel.{name}")
+}
+
 /// `<prefix>.dlq.<NAME>`: where reliable events that could not be handled go.
 pub fn dead_letter_subject(prefix: &str, name: &str) -> String {
     format!("{prefix}.dlq.{name}")
@@ -211,6 +217,7 @@ pub(crate) fn from_nats(
         timeout: None,
         headers: Headers::new(),
         handled_by: None,
+        reliable: false,
     };
     // Collect first, then parse in a fixed order, so the error reported for a
     // message with several malformed headers does not depend on map order.

@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     pub(crate) request_subjects: RwLock<SubjectCache>,
     /// Event subjects by message name, likewise.
     pub(crate) event_subjects: RwLock<SubjectCache>,
+    /// Reliable event subjects by message name, likewise.
+    pub(crate) reliable_subjects: RwLock<SubjectCache>,
 }
 
 /// The tasks of a started peer.
@@ -51,8 +53,10 @@ impl Shared {
         &self.options.prefix
     }
 
-    pub(crate) fn is_reliable(&self, name: &str) -> bool {
-        !self.options.reliable.is_empty() && self.options.reliable.contains(name)
+    /// Whether event `name` goes through JetStream: its type says so
+    /// (`declared`, from `Event::RELIABLE`), or the options name it.
+    pub(crate) fn is_reliable(&self, name: &str, declared: bool) -> bool {
+        declared || (!self.options.reliable.is_empty() && self.options.reliable.contains(name))
     }
 }
 

@@ -87,6 +87,7 @@ impl NatsTransport {
                 peer,
                 request_subjects: RwLock::default(),
                 event_subjects: RwLock::default(),
+                reliable_subjects: RwLock::default(),
                 client,
             }),
         }
@@ -220,7 +221,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
     }
     for name in &peer.events {
         let name: &'static str = name;
-        if shared.is_reliable(name) {
+        if shared.is_reliable(name, peer.reliable_events.contains(&name)) {
             let consumer = with_retries("JetStream setup", || async {
                 shared.ensure_streams().await?;
                 reliable_consumer(&shared, &peer.service, name).await

@@ -167,3 +167,13 @@ fn derive_idempotent_declares_it_on_the_type() {
     const { assert!(<Pay as catga::Message>::IDEMPOTENT) };
     const { assert!(!<Settle as catga::Message>::IDEMPOTENT) };
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize, Event)]
+#[catga(name = "orders.Stored", reliable)]
+struct Stored;
+
+#[test]
+fn derive_reliable_declares_it_on_the_event() {
+    const { assert!(<Stored as catga::Event>::RELIABLE) };
+    const { assert!(!<OrderCreated as catga::Event>::RELIABLE) };
+}

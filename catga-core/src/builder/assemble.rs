@@ -76,6 +76,13 @@ impl CatgaBuilder {
         }
         let behaviors = self.pipelines();
         let (requests, inbound_requests) = request_routes(self.requests, &behaviors, &self.remote);
+        let mut reliable_events: Vec<&'static str> = self
+            .events
+            .iter()
+            .filter(|(_, p)| p.reliable)
+            .map(|(_, p)| p.name)
+            .collect();
+        reliable_events.sort_unstable();
         let (events, inbound_events) = event_routes(self.events, &behaviors);
         let lock_store = self
             .lock_store
@@ -96,6 +103,7 @@ impl CatgaBuilder {
                 events,
                 inbound_requests,
                 inbound_events,
+                reliable_events,
                 transport: self.transport,
                 format: self.format,
                 service: self.service,

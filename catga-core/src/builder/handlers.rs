@@ -118,6 +118,7 @@ impl CatgaBuilder {
                     names: handler_names::<E>,
                     inbound: inbound_event::<E>,
                     idempotent: E::IDEMPOTENT,
+                    reliable: E::RELIABLE,
                     append: append_events::<E>,
                 },
             )),

@@ -70,6 +70,8 @@ struct PendingEvents {
     inbound: InboundEventFn,
     /// `E::IDEMPOTENT`.
     idempotent: bool,
+    /// `E::RELIABLE`.
+    reliable: bool,
     /// Appends the handlers of another `PendingEvents` of the same type.
     append: fn(&mut Box<dyn Any + Send>, Box<dyn Any + Send>),
 }

@@ -119,6 +119,12 @@ impl Context {
                 .headers()
                 .iter()
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .chain(E::RELIABLE.then(|| {
+                    (
+                        crate::metadata::RELIABLE_HEADER.to_owned(),
+                        "true".to_owned(),
+                    )
+                }))
                 .collect(),
         };
         buffer

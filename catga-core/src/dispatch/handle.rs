@@ -57,6 +57,8 @@ pub(crate) struct Inner {
     pub(crate) events: TypeMap<Box<dyn Any + Send + Sync>>,
     pub(crate) inbound_requests: HashMap<&'static str, InboundRequestFn>,
     pub(crate) inbound_events: HashMap<&'static str, InboundEventFn>,
+    /// Names of the handled event types declared reliable.
+    pub(crate) reliable_events: Vec<&'static str>,
     pub(crate) transport: Option<Arc<dyn Transport>>,
     pub(crate) format: Format,
     pub(crate) service: String,

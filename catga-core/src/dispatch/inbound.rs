@@ -27,6 +27,7 @@ pub(crate) fn serving(mediator: &Mediator) -> (PeerSpec, Arc<dyn Inbound>) {
         peer_id: inner.peer_id,
         requests,
         events,
+        reliable_events: inner.reliable_events.clone(),
     };
     let inbound = Arc::new(MediatorInbound {
         mediator: Arc::downgrade(inner),

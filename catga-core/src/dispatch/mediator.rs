@@ -180,6 +180,7 @@ impl Mediator {
             .encode_bytes(event)
             .map_err(|e| e.with_message_name(E::NAME))?;
         let mut wire = WireMessage::new(E::NAME, payload, self.inner.format, ctx.metadata());
+        wire.reliable = E::RELIABLE;
         if handled_here {
             wire.handled_by = Some(self.inner.service.clone());
         }
@@ -247,8 +248,13 @@ impl Mediator {
             .with_retryable(false)
         })?;
         let mut headers = crate::metadata::Headers::new();
+        let mut reliable = false;
         for (n, v) in &record.headers {
-            headers.insert(n.clone(), v.clone());
+            if n.eq_ignore_ascii_case(crate::metadata::RELIABLE_HEADER) {
+                reliable = true;
+            } else {
+                headers.insert(n.clone(), v.clone());
+            }
         }
         let wire = WireMessage {
             name: record.name.clone().into(),
@@ -260,6 +266,7 @@ impl Mediator {
             timeout: None,
             headers,
             handled_by: None,
+            reliable,
         };
         match &self.inner.transport {
             Some(transport) => transport.publish(wire).await,

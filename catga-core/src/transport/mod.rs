@@ -60,6 +60,9 @@ pub struct WireMessage {
     /// For events: the service that already ran its handlers when publishing, so
     /// its other copies skip the event.
     pub handled_by: Option<String>,
+    /// For events: the type is declared reliable (`Event::RELIABLE`), so a
+    /// transport that can store events delivers it at least once.
+    pub reliable: bool,
 }
 
 impl WireMessage {
@@ -80,6 +83,7 @@ impl WireMessage {
             timeout: meta.remaining(),
             headers: meta.headers().clone(),
             handled_by: None,
+            reliable: false,
         }
     }
 
@@ -119,6 +123,9 @@ pub struct PeerSpec {
     pub requests: Vec<&'static str>,
     /// Event names this peer handles.
     pub events: Vec<&'static str>,
+    /// Those of `events` whose type is declared reliable (`Event::RELIABLE`):
+    /// a transport that can store events serves them from its store.
+    pub reliable_events: Vec<&'static str>,
 }
 
 /// Receives messages a transport delivers to this peer (implemented by the mediator).

@@ -351,11 +351,17 @@ async fn a_stale_coordinator_cannot_write() {
 async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
     let journal = Journal::default();
     let saga = || fulfilment().max_backlog(3);
+    // Steps wait until the refusal was seen: the backlog cannot drain first.
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
     let m = Catga::builder()
         .saga(saga())
         .request_fn(move |a: Act, ctx: Context| {
-            let j = journal.clone();
+            let (j, gate) = (journal.clone(), gate.clone());
             async move {
+                while !gate.load(std::sync::atomic::Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 j.lock()
                     .unwrap()
                     .entry(ctx.correlation_id())
@@ -386,6 +392,7 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
     assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
     assert_eq!(e.code(), Some("catga.saga_backlog"));
     assert!(e.is_retryable());
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
 
     for id in ids {
         assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);

@@ -241,3 +241,98 @@ async fn streams_are_replicated_across_the_cluster() {
     let single = NatsServer::start();
     assert_eq!(replicas(&[single.url()]).await, [1, 1]);
 }
+
+/// An event whose type declares itself reliable: no `reliable_event` on
+/// either side's options.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Settled {
+    n: u32,
+}
+impl catga_core::Message for Settled {
+    const NAME: &'static str = "test.Settled";
+}
+impl catga_core::Event for Settled {
+    const RELIABLE: bool = true;
+}
+
+async fn settled_listener(url: &str, seen: Arc<Mutex<Vec<u32>>>) -> catga_core::Peer {
+    Catga::builder()
+        .service("ledger")
+        .transport(connect(&[url.to_owned()]).await)
+        .event_fn(move |e: Settled, _| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(e.n);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+/// Reliability declared once, on the type, is honoured by publisher and
+/// handler alike: events published while the handling service is down are
+/// stored and arrive when it returns; the stream holds those and no core
+/// event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_declared_reliable_on_its_type_is_stored_and_core_events_are_not() {
+    let server = NatsServer::start();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let first = settled_listener(&server.url(), seen.clone()).await;
+    first.shutdown().await.unwrap();
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    for n in 0..5 {
+        publisher.publish(Settled { n }).await.unwrap();
+        publisher.publish(Happened { n }).await.unwrap();
+    }
+    publisher.flush_transport().await.unwrap();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream("CATGA_EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.subjects, ["catga.rel.>"]);
+    assert_eq!(info.state.messages, 5, "the reliable events, no core event");
+    let again = settled_listener(&server.url(), seen.clone()).await;
+    eventually("the 5 stored events", || seen.lock().unwrap().len() >= 5).await;
+    let mut got = seen.lock().unwrap().clone();
+    got.sort_unstable();
+    assert_eq!(got, (0..5).collect::<Vec<_>>());
+    again.shutdown().await.unwrap();
+}
+
+/// A stream made by an earlier version (over every event subject) is
+/// narrowed to the reliable ones when a peer of this version starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_of_an_earlier_version_is_narrowed_to_reliable_events() {
+    let server = NatsServer::start();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "CATGA_EVENTS".into(),
+        subjects: vec!["catga.evt.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let peer = settled_listener(&server.url(), seen.clone()).await;
+    let mut stream = js.get_stream("CATGA_EVENTS").await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.subjects, ["catga.rel.>"]);
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    publisher.publish(Settled { n: 7 }).await.unwrap();
+    eventually("the event after the upgrade", || {
+        seen.lock().unwrap().contains(&7)
+    })
+    .await;
+    peer.shutdown().await.unwrap();
+}

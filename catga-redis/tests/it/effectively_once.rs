@@ -226,10 +226,21 @@ async fn sagas_are_listed_with_their_creation_and_expire_after_their_retention()
         cents: u64::from(*c),
         fail: false,
     }));
+    // The step waits until the listing was seen, so the saga cannot finish first.
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
     let m = Catga::builder()
         .saga_store(Arc::new(store.clone()))
         .saga(saga)
-        .request_fn(|_: Charge, _| async { Ok("ok".to_owned()) })
+        .request_fn(move |_: Charge, _| {
+            let gate = gate.clone();
+            async move {
+                while !gate.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok("ok".to_owned())
+            }
+        })
         .start()
         .await
         .unwrap();
@@ -237,6 +248,7 @@ async fn sagas_are_listed_with_their_creation_and_expire_after_their_retention()
         .await
         .unwrap();
     assert_eq!(store.unfinished("test.retained").await.unwrap(), vec![id]);
+    open.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !store.unfinished("test.retained").await.unwrap().is_empty() {
         assert!(Instant::now() < deadline, "the saga never finished");

@@ -174,7 +174,7 @@ pub struct RefundPayment {
 
 /// An order was paid.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderPaid", partition = order_id, idempotent)]
+#[catga(name = "orders.OrderPaid", partition = order_id, idempotent, reliable)]
 pub struct OrderPaid {
     /// The order.
     pub order_id: Uuid,
@@ -182,7 +182,7 @@ pub struct OrderPaid {
 
 /// An order was shipped: its reserved stock is gone for good.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderShipped")]
+#[catga(name = "orders.OrderShipped", reliable)]
 pub struct OrderShipped {
     /// The order.
     pub order_id: Uuid,
@@ -192,7 +192,7 @@ pub struct OrderShipped {
 
 /// An order was cancelled after payment: stock and money go back.
 #[derive(Debug, Clone, Serialize, Deserialize, Event)]
-#[catga(name = "orders.OrderCancelled", idempotent)]
+#[catga(name = "orders.OrderCancelled", idempotent, reliable)]
 pub struct OrderCancelled {
     /// The order.
     pub order_id: Uuid,

@@ -13,7 +13,6 @@ use catga::store::MemoryIdempotencyStore;
 use catga::{Catga, CatgaBuilder, Error, Peer, Result};
 
 use crate::config::Config;
-use crate::messages::{OrderCancelled, OrderPaid, OrderShipped};
 use crate::ops::{self, Metrics, Probe};
 use crate::store::{MemoryStores, OrderStore, PaymentStore, RedisStores, StockStore};
 
@@ -64,14 +63,8 @@ impl Infra {
         };
         let nats = match &config.nats {
             Some(urls) => Some(
-                NatsTransport::connect(
-                    NatsOptions::new(urls.clone())
-                        .name(config.service.clone())
-                        .reliable_event::<OrderShipped>()
-                        .reliable_event::<OrderCancelled>()
-                        .reliable_event::<OrderPaid>(),
-                )
-                .await?,
+                NatsTransport::connect(NatsOptions::new(urls.clone()).name(config.service.clone()))
+                    .await?,
             ),
             None => None,
         };
