@@ -78,7 +78,7 @@ impl Backoff {
 /// remote send answered `overloaded`, and saga steps (which, having to reach
 /// an answer, wait a full backoff instead of giving up).
 ///
-/// [`Retry`]: crate::dispatch::behavior::Retry
+/// [`Retry`]: crate::behavior::retry::Retry
 ///
 /// ```
 /// use catga_core::RetryBudget;

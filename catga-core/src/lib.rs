@@ -4,31 +4,28 @@
 //! [`behavior`]s, and the in-memory [`transport`] and [`store`]s that make one
 //! process a complete, embedded Catga.
 //!
-//! A short tour:
-//! - [`Message`], [`Request`], [`Event`]: plain serde types with a stable wire name.
-//! - [`RequestHandler`], [`EventHandler`]: `async fn handle(&self, msg, &Context)`;
-//!   closures work too ([`CatgaBuilder::request_fn`]).
-//! - [`Catga::builder`] registers everything and [`build`](CatgaBuilder::build)s a
-//!   [`Mediator`]: `send` a request to its one handler, `publish` an event to all.
-//! - [`Context`] carries [`Metadata`] (ids, deadline, headers) and sends follow-up
-//!   messages in the same conversation.
-//! - [`behavior`]: tracing, timeout, retry, validation, concurrency limit and
-//!   idempotency around every dispatch, in onion order.
-//! - [`transport`]: the [`Transport`](transport::Transport) trait and an in-memory
-//!   bus with the semantics of NATS queue groups; `catga-nats` carries the same
-//!   across machines.
-//! - [`store`]: idempotency, outbox and lock traits with in-memory implementations;
-//!   `catga-redis` backs them for a cluster. A handler under idempotency stages
-//!   its state changes as a [`UnitOfWork`](store::UnitOfWork)
-//!   ([`Context::stage`]): they commit with its response and events, or not at all.
-//! - [`relay`]: the outbox relay, publishing events stored with handler results.
-//! - [`saga`]: persisted sagas with compensation, coordinated by a leader.
-//! - [`leader`]: leader-only tasks, run on exactly one peer at a time through a
-//!   fenced lock; what a leader sends carries its [`Fence`], refused once a newer
-//!   term began.
-//! - [`backoff`]: exponential backoff with full jitter, the one way Catga waits
-//!   before trying again.
-//! - [`Error`]: one error type with a `Copy` [`ErrorKind`] and `is_retryable()`.
+//! A short tour, by folder (each layer imports only those below it):
+//! - Base: [`Message`], [`Request`], [`Event`] (plain serde types with a
+//!   stable wire name; `IDEMPOTENT` and `RELIABLE` declared on the type),
+//!   [`Metadata`], [`codec`], [`Error`] with a `Copy` [`ErrorKind`] and
+//!   [`ResultExt`], [`backoff`] (full jitter, the [`RetryBudget`]).
+//! - Ports: [`transport`] (the [`Transport`](transport::Transport) trait and an
+//!   in-memory bus with NATS queue-group semantics) and [`store`]
+//!   (idempotency with its [`UnitOfWork`](store::UnitOfWork), outbox, lock;
+//!   in-memory implementations). `catga-nats` and `catga-redis` implement them.
+//! - Dispatch (`dispatch/`): the [`Mediator`] (`send` a request to its one
+//!   handler, `publish` an event to all), the [`Context`] a handler gets,
+//!   [`RequestHandler`] / [`EventHandler`] (closures too), [`behavior`]s in
+//!   onion order (tracing, timeout, retry, validation, concurrency limit,
+//!   idempotency). It imports nothing of the runtime.
+//! - Runtime (`runtime/`): a started [`Peer`] serves the transport, runs the
+//!   outbox [`relay`], competes for [`leader`] tasks (fenced: what a leader
+//!   sends carries its [`Fence`]) and coordinates [`saga`]s, started through
+//!   a typed [`SagaHandle`](saga::SagaHandle).
+//! - [`Catga::builder`] (`builder/`): registrations, [`merge`](CatgaBuilder::merge)
+//!   of modules, one-call [`idempotency`](CatgaBuilder::idempotency); then
+//!   [`build`](CatgaBuilder::build) a mediator for in-process dispatch, or
+//!   [`start`](CatgaBuilder::start) a peer.
 //!
 //! ```
 //! use catga_core::{Catga, Context, Event, Message, Request, Result};

@@ -167,7 +167,7 @@ impl CatgaBuilder {
     }
 
     /// Validates every `M` with [`Validate`] before its handler runs; a failure
-    /// returns [`ErrorKind::Validation`] and the handler never sees the message.
+    /// returns [`ErrorKind::Validation`](crate::ErrorKind::Validation) and the handler never sees the message.
     pub fn validate<M: Message + Validate>(self) -> Self {
         self.behavior_for::<M, _>(Validation::<M>::new())
     }

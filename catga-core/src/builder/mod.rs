@@ -1,5 +1,5 @@
-//! The fluent builder: registrations in, a [`Mediator`] (`build`) or a
-//! running [`Peer`] (`start`) out.
+//! The fluent builder: registrations in, a [`Mediator`](crate::Mediator)
+//! (`build`) or a running [`Peer`](crate::Peer) (`start`) out.
 //!
 //! - `mod.rs`: [`CatgaBuilder`] and what it holds.
 //! - `handlers.rs`: handlers and behaviors.
@@ -83,8 +83,10 @@ type EventHandlers<E> = Vec<(
     Option<&'static str>,
 )>;
 
-/// Registers handlers, behaviors and a transport; [`build`](CatgaBuilder::build)
-/// checks the whole set and returns a [`Mediator`].
+/// Registers handlers, behaviors, a transport and stores;
+/// [`build`](CatgaBuilder::build) checks the whole set and returns a
+/// [`Mediator`](crate::Mediator) for in-process dispatch, and
+/// [`start`](CatgaBuilder::start) a running [`Peer`](crate::Peer).
 ///
 /// ```
 /// # use catga_core::*;

@@ -109,7 +109,7 @@ impl CatgaBuilder {
     }
 
     /// Registers a saga definition: its coordinator runs as a leader-only task
-    /// (in the lock store), and [`Mediator::start_saga`] can start it here.
+    /// (in the lock store), and its [`SagaHandle`](crate::saga::SagaHandle) starts it.
     pub fn saga<D: SagaData>(mut self, saga: Saga<D>) -> Self {
         self.sagas.push(Arc::new(Arc::new(saga)));
         self
@@ -162,14 +162,14 @@ impl CatgaBuilder {
     /// behavior, remote sends answered `overloaded`, saga steps. Default: 20 %
     /// of first attempts, at least 10 retries per second.
     ///
-    /// [`Retry`]: crate::dispatch::behavior::Retry
+    /// [`Retry`]: crate::behavior::retry::Retry
     pub fn retry_budget(mut self, budget: RetryBudget) -> Self {
         self.settings.push("retry_budget");
         self.retry_budget = budget;
         self
     }
 
-    /// The longest [`Mediator::shutdown`] waits for leader tasks, the
+    /// The longest [`Peer::shutdown`](crate::Peer::shutdown) waits for leader tasks, the
     /// outbox relay's last pass and the transport's drain (default 30 s),
     /// whatever the state of NATS and Redis.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {

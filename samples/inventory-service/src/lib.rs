@@ -7,16 +7,17 @@
 
 use std::sync::Arc;
 
-use catga::{CatgaBuilder, Error, Result};
+use catga::{Catga, CatgaBuilder, Error, Result};
 use shop_common::Infra;
 use shop_common::messages::{GetStock, OrderCancelled, ReleaseStock, ReserveStock};
 use shop_common::store::StockStore;
 
-/// Adds the inventory handlers to `builder`.
-pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
+/// The inventory service as a module: its handlers (and sagas), merged into a
+/// peer with `CatgaBuilder::merge`.
+pub fn module(infra: &Infra) -> CatgaBuilder {
     let stock: Arc<dyn StockStore> = infra.stock.clone();
     let (s1, s2, s3, s4) = (stock.clone(), stock.clone(), stock.clone(), stock);
-    builder
+    Catga::builder()
         .validate::<ReserveStock>()
         .request_fn(move |cmd: ReserveStock, _| {
             let stock = s1.clone();
@@ -51,6 +52,6 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
 /// Seeds stock and serves until shut down.
 pub async fn run(infra: Infra) -> Result<()> {
     infra.seed_stock().await?;
-    let peer = register(&infra, infra.builder()).start().await?;
+    let peer = infra.builder().merge(module(&infra)).start().await?;
     infra.serve(peer, axum::Router::new()).await
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use catga::saga::{Saga, SagaHandle, Step};
-use catga::{CatgaBuilder, Context, Mediator, Result};
+use catga::{Catga, CatgaBuilder, Context, Mediator, Result};
 use serde::{Deserialize, Serialize};
 use shop_common::Infra;
 use shop_common::messages::{
@@ -133,7 +133,7 @@ async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Res
 }
 
 /// Adds the order handlers and the payment saga to `builder`.
-pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
+pub fn module(infra: &Infra) -> CatgaBuilder {
     let orders: Arc<dyn OrderStore> = infra.orders.clone();
     let (o1, o2, o3, o4, o5, o6, o7) = (
         orders.clone(),
@@ -144,7 +144,7 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
         orders.clone(),
         orders,
     );
-    builder
+    Catga::builder()
         .validate::<CreateOrder>()
         .saga(payment_saga())
         .request_fn(move |cmd: CreateOrder, ctx: Context| {
@@ -274,9 +274,11 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
 
 /// The whole shop in one mediator (embedded mode): orders, inventory, payment.
 pub fn embedded(infra: &Infra) -> CatgaBuilder {
-    let b = register(infra, infra.builder());
-    let b = inventory_service::register(infra, b);
-    payment_service::register(infra, b)
+    infra
+        .builder()
+        .merge(module(infra))
+        .merge(inventory_service::module(infra))
+        .merge(payment_service::module(infra))
 }
 
 /// The HTTP API over `mediator`.
@@ -288,7 +290,7 @@ pub fn app(mediator: Mediator) -> axum::Router {
 /// the whole shop in this one process.
 pub async fn run(infra: Infra) -> Result<()> {
     let builder = if infra.config.is_cluster() {
-        register(&infra, infra.builder())
+        infra.builder().merge(module(&infra))
     } else {
         infra.seed_stock().await?;
         embedded(&infra)

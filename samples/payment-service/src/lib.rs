@@ -9,17 +9,18 @@
 
 use std::sync::Arc;
 
-use catga::{CatgaBuilder, Context, Error, Result};
+use catga::{Catga, CatgaBuilder, Context, Error, Result};
 use shop_common::Infra;
 use shop_common::messages::{ChargePayment, OrderCancelled, OrderPaid, RefundPayment};
 use shop_common::store::{OrderStore, PaymentStore};
 
-/// Adds the payment handlers to `builder`.
-pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
+/// The payment service as a module: its handlers (and sagas), merged into a
+/// peer with `CatgaBuilder::merge`.
+pub fn module(infra: &Infra) -> CatgaBuilder {
     let payments: Arc<dyn PaymentStore> = infra.payments.clone();
     let (p1, p2, p3) = (payments.clone(), payments.clone(), payments);
     let receipts: Arc<dyn OrderStore> = infra.orders.clone();
-    builder
+    Catga::builder()
         .event_fn_named("receipt", move |e: OrderPaid, ctx: Context| {
             let receipts = receipts.clone();
             async move { receipts.receipt(&ctx, e.order_id).await }
@@ -54,6 +55,6 @@ pub fn register(infra: &Infra, builder: CatgaBuilder) -> CatgaBuilder {
 
 /// Serves until shut down.
 pub async fn run(infra: Infra) -> Result<()> {
-    let peer = register(&infra, infra.builder()).start().await?;
+    let peer = infra.builder().merge(module(&infra)).start().await?;
     infra.serve(peer, axum::Router::new()).await
 }
