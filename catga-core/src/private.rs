@@ -121,6 +121,12 @@ impl<M: Event, H: FnHandler<M, Output = ()>> RegisterFn<M, H> for EventRoute {
     }
 }
 
+/// Notes that handler `who` takes a `&T` state, so that `build()` fails
+/// when no resource of type `T` was given.
+pub fn requires<T: Send + Sync + 'static>(builder: CatgaBuilder, who: &'static str) -> CatgaBuilder {
+    builder.requires::<T>(who)
+}
+
 /// Registers a `#[handler]` function.
 pub fn register_fn<M, H>(builder: CatgaBuilder, handler: H, name: &'static str) -> CatgaBuilder
 where

@@ -53,16 +53,38 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
              message type, or register each instantiation with the builder",
         ));
     }
-    if sig.inputs.len() != 2 {
+    if sig.inputs.len() != 2 && sig.inputs.len() != 3 {
         return Err(syn::Error::new(
             if sig.inputs.is_empty() {
                 sig.ident.span()
             } else {
                 sig.inputs.span()
             },
-            "a handler function takes two parameters: `(message: &YourMessage, ctx: &Context)`",
+            "a handler function takes `(message: &YourMessage, ctx: &Context)`, and may take \
+             its state as a third: `state: &YourState` (given to the builder with `.resource(..)`)",
         ));
     }
+    // The state a handler takes as its third parameter, `&T`: found among the
+    // builder's resources, and checked to be there when the peer is built.
+    let state = match sig.inputs.iter().nth(2) {
+        None => None,
+        Some(FnArg::Typed(p)) => match &*p.ty {
+            Type::Reference(r) if r.mutability.is_none() => Some((*r.elem).clone()),
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "the third parameter is the handler's state, taken by reference: \
+                     `state: &YourState`",
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(syn::Error::new(
+                other.span(),
+                "a handler function is a free function, not a method",
+            ));
+        }
+    };
     let message = message_type(&sig.inputs[0])?;
     if let FnArg::Typed(ctx) = &sig.inputs[1] {
         if !matches!(&*ctx.ty, Type::Reference(r) if r.mutability.is_none()) {
@@ -87,6 +109,23 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
     let output_check = quote_spanned! {output.span()=>
         <#output as #private::HandlerResult>::Ok
     };
+    let (call, builder) = match &state {
+        None => (quote!(#ident(message, ctx)), quote!(builder)),
+        Some(state) => (
+            quote! {
+                async move {
+                    let state = ctx.resource::<#state>()?;
+                    #ident(message, ctx, state).await
+                }
+            },
+            quote! {
+                #private::requires::<#state>(
+                    builder,
+                    ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
+                )
+            },
+        ),
+    };
     Ok(quote! {
         #f
 
@@ -102,7 +141,7 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
                 message: &#message,
                 ctx: &#ctx_ty,
             ) -> impl ::core::future::Future<Output = #private::Result<Self::Output>> + ::core::marker::Send {
-                #ident(message, ctx)
+                #call
             }
         }
 
@@ -110,7 +149,7 @@ fn expand_fn(krate: &syn::Path, f: ItemFn) -> syn::Result<TokenStream> {
             #private::Registration {
                 name: ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                 register: |builder| #private::register_fn::<#message, #shim>(
-                    builder,
+                    #builder,
                     #shim,
                     ::core::concat!(::core::module_path!(), "::", ::core::stringify!(#ident)),
                 ),

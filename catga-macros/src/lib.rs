@@ -7,9 +7,11 @@
 //!
 //! - `#[derive(Request)]` with `#[catga(name = "orders.CreateOrder", response = OrderId)]`
 //! - `#[derive(Event)]` with `#[catga(name = "orders.OrderCreated")]`
-//! - `#[handler]` on an `async fn(&Message, &Context) -> Result<T>` or on an
-//!   `impl RequestHandler<M> for H` / `impl EventHandler<M> for H` (the handler is
-//!   built with `Default`; shared state comes from `ctx.resource::<T>()`)
+//! - `#[handler]` on an `async fn(&Message, &Context) -> Result<T>`, which may
+//!   take its state as a third parameter, `state: &YourState` (a resource given
+//!   to the builder; `build()` fails naming the handler when it is missing), or
+//!   on an `impl RequestHandler<M> for H` / `impl EventHandler<M> for H` (the
+//!   handler is built with `Default`)
 //! - `CatgaBuilder::auto_register()` then adds every `#[handler]` in the program.
 //!
 //! When `name` is omitted, the wire name is the type's name (`CreateOrder`):
@@ -53,7 +55,9 @@ pub fn derive_event(input: TokenStream) -> TokenStream {
 
 /// Registers a handler for `CatgaBuilder::auto_register()`.
 ///
-/// On a function: `async fn name(message: &M, ctx: &Context) -> Result<T>`.
+/// On a function: `async fn name(message: &M, ctx: &Context) -> Result<T>`, or
+/// `async fn name(message: &M, ctx: &Context, state: &S) -> Result<T>` with `S`
+/// a resource of the builder (checked when the peer is built).
 /// On an impl block: `impl RequestHandler<M> for H` or `impl EventHandler<M> for H`,
 /// where `H: Default`.
 #[proc_macro_attribute]

@@ -290,6 +290,17 @@ impl CatgaBuilder {
         ));
         errors.extend(same_names("sagas", self.sagas.iter().map(|s| s.name())));
         errors.extend(self.deferred.iter().cloned());
+        for (type_id, type_name, who) in &self.required {
+            if !self.resources.contains_key(type_id) {
+                errors.push(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "handler `{who}` takes a `{type_name}` as its state, but none was given: \
+                         add `.resource(..)` with one to the builder"
+                    ),
+                ));
+            }
+        }
         errors.extend(self.distributed_stores());
         errors.extend(self.idempotency_errors());
         errors

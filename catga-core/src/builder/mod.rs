@@ -132,6 +132,8 @@ pub struct CatgaBuilder {
     resource_names: HashMap<TypeId, &'static str>,
     /// Errors found while merging modules, reported at build.
     deferred: Vec<Error>,
+    /// Resources handlers take as state: type, type name, handler.
+    required: Vec<(TypeId, &'static str, &'static str)>,
 }
 
 impl Default for CatgaBuilder {
@@ -160,6 +162,7 @@ impl Default for CatgaBuilder {
             settings: Vec::new(),
             resource_names: HashMap::new(),
             deferred: Vec::new(),
+            required: Vec::new(),
         }
     }
 }

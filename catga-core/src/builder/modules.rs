@@ -81,6 +81,7 @@ impl CatgaBuilder {
         self.sagas.append(&mut module.sagas);
         self.idempotent.append(&mut module.idempotent);
         self.deferred.append(&mut module.deferred);
+        self.required.append(&mut module.required);
         for (type_id, value) in module.resources {
             let name = module.resource_names.get(&type_id).copied().unwrap_or("?");
             if self.resources.insert(type_id, value).is_some() {

@@ -29,6 +29,17 @@ impl CatgaBuilder {
         self
     }
 
+    /// Says that handler `who` takes a `T` as its state (a `#[handler]`
+    /// function's `state: &T` parameter does): [`build`](CatgaBuilder::build)
+    /// and [`start`](CatgaBuilder::start) fail, naming both, when no
+    /// [`resource`](CatgaBuilder::resource) of type `T` was given, instead of
+    /// the handler failing at its first message.
+    pub fn requires<T: Send + Sync + 'static>(mut self, who: &'static str) -> Self {
+        self.required
+            .push((TypeId::of::<T>(), std::any::type_name::<T>(), who));
+        self
+    }
+
     /// Makes message types declared idempotent (`Message::IDEMPOTENT`, or
     /// [`CatgaBuilder::idempotent`]) take effect once per message id, with
     /// `store` keeping claims, results and the outbox, relayed by this peer:
