@@ -123,7 +123,10 @@ impl<M: Event, H: FnHandler<M, Output = ()>> RegisterFn<M, H> for EventRoute {
 
 /// Notes that handler `who` takes a `&T` state, so that `build()` fails
 /// when no resource of type `T` was given.
-pub fn requires<T: Send + Sync + 'static>(builder: CatgaBuilder, who: &'static str) -> CatgaBuilder {
+pub fn requires<T: Send + Sync + 'static>(
+    builder: CatgaBuilder,
+    who: &'static str,
+) -> CatgaBuilder {
     builder.requires::<T>(who)
 }
 

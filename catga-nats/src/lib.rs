@@ -10,8 +10,10 @@
 //! - **Events** go to `<prefix>.evt.<NAME>`; each service subscribes in a queue
 //!   group named after itself, so every service gets each event once and its
 //!   copies share them. Core events are at most once.
-//! - **Reliable events** (opt-in per type, [`NatsOptions::reliable_event`]) go
-//!   through JetStream: stored, one durable consumer per (service, event),
+//! - **Reliable events** (declared on the type: `Event::RELIABLE`,
+//!   `#[catga(reliable)]`; or [`NatsOptions::reliable_event`] on one peer) go
+//!   through JetStream on `<prefix>.rel.<NAME>`, a stream that holds nothing
+//!   else: stored, one durable consumer per (service, event),
 //!   explicit acks, redelivery with backoff, dead-letter subject after too many
 //!   failures; an event published while a service is down reaches it when it
 //!   returns.
@@ -25,11 +27,13 @@
 //! - **Discovery**: every peer answers the NATS service API (`$SRV.PING`,
 //!   `INFO`, `STATS`), so `nats micro ls` lists Catga services.
 //!
-//! Where things are: `transport.rs` (connecting, sending, starting),
-//! `serve.rs` (core subscriptions), `admission.rs` (limits and counts),
+//! Where things are: `transport.rs` ([`NatsTransport`], starting and stopping
+//! a peer's subscriptions), `connect.rs` (client options, reconnects),
+//! `outgoing.rs` (requests and events leaving a peer), `serve.rs` (core
+//! subscriptions), `admission.rs` (limits and counts),
 //! `jetstream.rs` (streams, reliable events, dead letters), `discovery.rs`
 //! (service API), `protocol.rs` (the wire contract), `shared.rs` (what they
-//! share), `options.rs`.
+//! share), `options.rs` (also read from configuration files with serde).
 //!
 //! - **Tracing**: each received message is handled in a `catga.receive` span with
 //!   its name and ids. With the `otel` feature, the current span's OpenTelemetry

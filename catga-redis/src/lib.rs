@@ -31,9 +31,11 @@
 //!
 //! Each atomic operation that must compare before it acts is one Lua script in
 //! `catga-redis/lua/`. Keys of one operation share a hash tag, so the same code
-//! runs on Redis Cluster. The files follow the stores: `options.rs`, `store.rs`
-//! (connection, keys, scripts), `idempotency.rs`, `outbox.rs`, `lock.rs`,
-//! `saga.rs`.
+//! runs on Redis Cluster. The files follow the stores: `options.rs` (also read
+//! from configuration files with serde), `conn.rs` (one connection type over a
+//! node or a cluster), `keys.rs` (key layout and shards), `store.rs`
+//! ([`RedisStore`], scripts; `from_connection_manager` wraps a connection the
+//! application has), `idempotency.rs`, `outbox.rs`, `lock.rs`, `saga.rs`.
 //!
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> catga_core::Result<()> {

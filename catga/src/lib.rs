@@ -14,7 +14,13 @@
 //!   concurrency limit, idempotency (with a transactional outbox).
 //! - Add a transport (`catga::nats`, feature `nats`) and copies of a service
 //!   share its requests and events; add Redis (`catga::redis`) and they share
-//!   idempotency records, the outbox, locks and saga state.
+//!   idempotency records, the outbox, locks and saga state. Such a peer is
+//!   [`start`](CatgaBuilder::start)ed: the returned [`Peer`] owns what runs in
+//!   its background until `shutdown`.
+//! - Declare on the messages what must hold across copies:
+//!   `#[catga(idempotent)]` (once per message id, with `.idempotency(store)`)
+//!   and, on events, `#[catga(reliable)]` (stored until handled).
+//! - Compose a service of modules with [`CatgaBuilder::merge`].
 //! - Run work on one peer at a time with [`leader`] tasks, and business flows
 //!   with compensation as [`saga`]s.
 //!
