@@ -81,6 +81,8 @@ pub use dispatch::handle::Mediator;
 pub use dispatch::handler::{EventHandler, FnHandler, RequestHandler};
 pub use error::{Error, ErrorKind, Result, ResultExt, panic_message};
 pub use message::{Event, Message, MessageKind, Request, validate_name};
-pub use metadata::{FENCE_HEADER, Fence, Headers, Metadata, RELIABLE_HEADER, new_id};
+pub use metadata::{
+    DURABLE_HEADER, FENCE_HEADER, Fence, Headers, Metadata, RELIABLE_HEADER, new_id,
+};
 pub use runtime::{Peer, leader, relay, saga};
 pub use uuid::Uuid;

@@ -46,6 +46,13 @@ pub trait Message: Serialize + DeserializeOwned + Send + Sync + 'static {
 pub trait Request: Message {
     /// What the handler returns.
     type Response: Serialize + DeserializeOwned + Send + Sync + 'static;
+
+    /// Whether this command may be sent durably, declared on the type
+    /// (`#[catga(durable)]` when derived): [`Mediator::send_durable`](crate::Mediator::send_durable)
+    /// stores it (a JetStream work queue on NATS) and its handling service
+    /// takes it when it can, with redelivery and dead letters. Peers that
+    /// handle it serve that queue. Default `false`.
+    const DURABLE: bool = false;
 }
 
 /// A fact delivered to every interested handler.

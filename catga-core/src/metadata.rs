@@ -77,6 +77,11 @@ impl Headers {
 /// record and does not send it on.
 pub const RELIABLE_HEADER: &str = "Catga-Reliable";
 
+/// Marks an outbox record of a command sent durably
+/// ([`Context::send_durable`](crate::Context::send_durable)); the relay reads
+/// it off the record and sends the command durably.
+pub const DURABLE_HEADER: &str = "Catga-Durable";
+
 /// The header that carries a leader's fence: `<token>:<lock name>`.
 pub const FENCE_HEADER: &str = "Catga-Fence";
 

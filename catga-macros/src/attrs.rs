@@ -13,6 +13,8 @@ pub(crate) struct MessageArgs {
     pub(crate) idempotent: bool,
     /// Where `reliable` was written, when it was.
     pub(crate) reliable: Option<proc_macro2::Span>,
+    /// Where `durable` was written, when it was.
+    pub(crate) durable: Option<proc_macro2::Span>,
 }
 
 pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
@@ -32,12 +34,14 @@ pub(crate) fn message_args(attrs: &[Attribute]) -> syn::Result<MessageArgs> {
                 args.partition = Some(meta.value()?.parse()?);
             } else if meta.path.is_ident("idempotent") {
                 args.idempotent = true;
+            } else if meta.path.is_ident("durable") {
+                args.durable = Some(syn::spanned::Spanned::span(&meta.path));
             } else if meta.path.is_ident("reliable") {
                 args.reliable = Some(syn::spanned::Spanned::span(&meta.path));
             } else {
                 return Err(meta.error(
                     "unknown catga attribute; expected `name = \"...\"`, `response = Type`, \
-                     `partition = field`, `idempotent`, `reliable` or `crate = \"path\"`",
+                     `partition = field`, `idempotent`, `reliable`, `durable` or `crate = \"path\"`",
                 ));
             }
             Ok(())

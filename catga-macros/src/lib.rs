@@ -22,7 +22,8 @@
 //! for sharded stores) and `#[catga(idempotent)]` (its handlers take effect
 //! once per message id on a peer built with `.idempotency(store)`); on an
 //! event, `#[catga(reliable)]` (delivered at least once, through JetStream on
-//! NATS).
+//! NATS); on a request, `#[catga(durable)]` (may be sent with `send_durable`:
+//! stored, taken by its service when it can).
 //!
 //! `#[catga(crate = "path")]` on a message, or `#[handler(crate = "path")]`,
 //! points generated code at another path than `::catga`.

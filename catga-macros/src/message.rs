@@ -62,9 +62,15 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
                      (use `response = ()` for a command that returns nothing)",
                 ));
             };
+            let durable = args.durable.map(|_| {
+                quote!(
+                    const DURABLE: bool = true;
+                )
+            });
             quote! {
                 impl #private::Request for #ident {
                     type Response = #response;
+                    #durable
                 }
                 impl #private::MessageRoute for #ident {
                     type Route = #private::RequestRoute;
@@ -72,6 +78,13 @@ pub(crate) fn expand(input: TokenStream, kind: Kind) -> syn::Result<TokenStream>
             }
         }
         Kind::Event => {
+            if let Some(span) = args.durable {
+                return Err(syn::Error::new(
+                    span,
+                    "only commands are sent durably; an event that must not be lost is \
+                     `reliable`",
+                ));
+            }
             if let Some(response) = args.response {
                 return Err(syn::Error::new_spanned(
                     response,

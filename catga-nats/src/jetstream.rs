@@ -34,9 +34,23 @@ impl Shared {
                     let nodes = self.client.server_info().connect_urls.len();
                     nodes.clamp(1, 3)
                 });
-                for (name, subject) in [
-                    (o.stream_name(), format!("{}.rel.>", o.prefix)),
-                    (o.dead_letter_stream_name(), format!("{}.dlq.>", o.prefix)),
+                for (name, subject, retention) in [
+                    (
+                        o.stream_name(),
+                        format!("{}.rel.>", o.prefix),
+                        stream::RetentionPolicy::Limits,
+                    ),
+                    (
+                        o.dead_letter_stream_name(),
+                        format!("{}.dlq.>", o.prefix),
+                        stream::RetentionPolicy::Limits,
+                    ),
+                    // Each command is taken by one copy and gone once acked.
+                    (
+                        o.commands_stream_name(),
+                        format!("{}.cmd.>", o.prefix),
+                        stream::RetentionPolicy::WorkQueue,
+                    ),
                 ] {
                     let stream = self
                         .js
@@ -48,6 +62,7 @@ impl Shared {
                             num_replicas: replicas,
                             max_bytes: js.max_bytes,
                             discard: stream::DiscardPolicy::Old,
+                            retention,
                             ..Default::default()
                         })
                         .await
@@ -146,14 +161,45 @@ fn durable_name(service: &str, name: &str) -> String {
         .collect()
 }
 
+/// What a stored message is to the peer that takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// A reliable event: every handling service has its consumer.
+    Event,
+    /// A durable command: one consumer, shared by the copies of its service.
+    Command,
+}
+
+impl Stored {
+    fn what(self) -> &'static str {
+        match self {
+            Stored::Event => "event",
+            Stored::Command => "command",
+        }
+    }
+}
+
+/// The durable consumer of `service` for stored messages `name` of kind
+/// `stored`: per (service, event) for events, one per command.
 pub(crate) async fn reliable_consumer(
     shared: &Shared,
     service: &str,
     name: &str,
+    stored: Stored,
 ) -> Result<jetstream::consumer::PullConsumer> {
     let o = &shared.options;
-    let stream = o.stream_name();
-    let durable = durable_name(service, name);
+    let (stream, durable, filter) = match stored {
+        Stored::Event => (
+            o.stream_name(),
+            durable_name(service, name),
+            protocol::reliable_subject(&o.prefix, name),
+        ),
+        Stored::Command => (
+            o.commands_stream_name(),
+            durable_name("cmd", name),
+            protocol::command_subject(&o.prefix, name),
+        ),
+    };
     let stream_handle =
         shared.js.get_stream(&stream).await.map_err(|e| {
             transport_error(format!("cannot open JetStream stream `{stream}`: {e}"))
@@ -163,7 +209,7 @@ pub(crate) async fn reliable_consumer(
     stream_handle
         .create_consumer(pull::Config {
             durable_name: Some(durable.clone()),
-            filter_subject: protocol::reliable_subject(&o.prefix, name),
+            filter_subject: filter,
             ack_policy: AckPolicy::Explicit,
             ack_wait: o.jetstream.ack_wait,
             // Catga dead-letters after `max_deliveries`; the server limit is a
@@ -180,6 +226,7 @@ pub(crate) async fn serve_reliable(
     shared: Arc<Shared>,
     inbound: Arc<dyn Inbound>,
     name: &'static str,
+    stored: Stored,
     consumer: jetstream::consumer::PullConsumer,
     shutdown: CancellationToken,
     work: TaskTracker,
@@ -217,7 +264,7 @@ pub(crate) async fn serve_reliable(
                     };
                     let (shared, inbound) = (shared.clone(), inbound.clone());
                     work.spawn(async move {
-                        handle_reliable(&shared, &*inbound, name, msg).await;
+                        handle_reliable(&shared, &*inbound, name, stored, msg).await;
                         drop(permit);
                     });
                 }
@@ -235,6 +282,7 @@ async fn handle_reliable(
     shared: &Shared,
     inbound: &dyn Inbound,
     name: &'static str,
+    stored: Stored,
     msg: jetstream::Message,
 ) {
     let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone());
@@ -243,9 +291,13 @@ async fn handle_reliable(
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
         let result = match wire {
             Ok(mut wire) => {
-                // A stored event is worth handling whenever it is delivered.
+                // A stored message is worth handling whenever it is delivered.
                 wire.timeout = None;
-                inbound.event(wire).await
+                match stored {
+                    Stored::Event => inbound.event(wire).await,
+                    // The response goes nowhere: the sender did not wait.
+                    Stored::Command => inbound.request(wire).await.map(drop),
+                }
             }
             Err(e) => Err(e),
         };
@@ -257,12 +309,12 @@ async fn handle_reliable(
                 let delay = Backoff::new(js.backoff, js.max_backoff)
                     .cap(delivered)
                     .mul_f64(fastrand::f64());
-                tracing::warn!(error = %e, delivered, ?delay, "event failed; redelivering later");
+                tracing::warn!(error = %e, delivered, ?delay, what = stored.what(), "failed; redelivering later");
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
             Err(e) => match dead_letter(shared, name, &msg, &e, delivered).await {
                 Ok(()) => {
-                    tracing::error!(error = %e, delivered, "event dead-lettered");
+                    tracing::error!(error = %e, delivered, what = stored.what(), "dead-lettered");
                     msg.ack_with(AckKind::Term).await
                 }
                 Err(dl) => {
@@ -304,6 +356,9 @@ async fn dead_letter(
         headers.insert(header::ERROR_MESSAGE, v);
     }
     headers.insert(header::DELIVERIES, delivered.to_string().as_str());
+    if let Ok(subject) = msg.subject.as_str().parse::<async_nats::HeaderValue>() {
+        headers.insert(header::SUBJECT, subject);
+    }
     if let Some(service) = msg
         .info()
         .ok()

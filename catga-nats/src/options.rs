@@ -319,6 +319,13 @@ impl NatsOptions {
     pub(crate) fn dead_letter_stream_name(&self) -> String {
         format!("{}_DLQ", self.stream_name().trim_end_matches("_EVENTS"))
     }
+
+    pub(crate) fn commands_stream_name(&self) -> String {
+        format!(
+            "{}_COMMANDS",
+            self.stream_name().trim_end_matches("_EVENTS")
+        )
+    }
 }
 
 #[cfg(test)]

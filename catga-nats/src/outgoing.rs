@@ -122,6 +122,18 @@ impl Shared {
         .with_message_name(name)
     }
 
+    /// Stores a durable command in the commands work queue and waits for the
+    /// stream's ack (the message id is `Nats-Msg-Id`: a re-sent command is
+    /// stored once within the duplicate window).
+    pub(crate) async fn send_durable(&self, mut msg: WireMessage) -> Result<()> {
+        msg.timeout = None;
+        with_current_trace(&mut msg);
+        let headers =
+            protocol::to_headers(&msg).map_err(|e| e.with_message_name(msg.name.clone()))?;
+        let subject = protocol::command_subject(self.prefix(), &msg.name);
+        self.publish_reliable(msg, subject.into(), headers).await
+    }
+
     /// Publishes an event: on core NATS, or through JetStream when its type is
     /// reliable. As with requests, the core future holds only async-nats's own.
     pub(crate) fn publish(&self, mut msg: WireMessage) -> BoxFuture<'_, Result<()>> {

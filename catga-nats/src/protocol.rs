@@ -49,6 +49,8 @@ pub mod header {
     pub const ERROR_MESSAGE: &str = "Catga-Error-Message";
     /// JetStream de-duplication id (set to the message id).
     pub const NATS_MSG_ID: &str = "Nats-Msg-Id";
+    /// On a dead letter: the subject it was taken from (where a replay sends it).
+    pub const SUBJECT: &str = "Catga-Subject";
     /// A leader's fence, `<token>:<lock name>` (see `catga_core::Fence`): the
     /// receiver refuses the message when a newer term of that lock has begun.
     pub const FENCE: &str = catga_core::FENCE_HEADER;
@@ -75,7 +77,14 @@ pub fn reliable_subject(prefix: &str, name: &str) -> String {
     format!("{prefix}.rel.{name}")
 }
 
-/// `<prefix>.dlq.<NAME>`: where reliable events that could not be handled go.
+/// `<prefix>.cmd.<NAME>`: where command NAME is stored when sent durably (a
+/// JetStream work queue: each command is taken by one copy of its service).
+pub fn command_subject(prefix: &str, name: &str) -> String {
+    format!("{prefix}.cmd.{name}")
+}
+
+/// `<prefix>.dlq.<NAME>`: where reliable events and durable commands that
+/// could not be handled go.
 pub fn dead_letter_subject(prefix: &str, name: &str) -> String {
     format!("{prefix}.dlq.{name}")
 }

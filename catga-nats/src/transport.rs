@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admission::{Gauge, Peer, ServeStats};
 use crate::discovery::{self, Endpoint, Identity};
-use crate::jetstream::{reliable_consumer, serve_reliable, with_retries};
+use crate::jetstream::{Stored, reliable_consumer, serve_reliable, with_retries};
 use crate::options::NatsOptions;
 use crate::protocol;
 use crate::serve::{Reading, Serving, serve_core, serve_event, serve_request};
@@ -119,6 +119,10 @@ impl Transport for NatsTransport {
         self.shared.publish(message)
     }
 
+    fn send_durable(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.shared.send_durable(message))
+    }
+
     fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>> {
         Box::pin(start(self.shared.clone(), peer, inbound))
     }
@@ -219,18 +223,38 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
         )
         .await?;
     }
+    // Durable commands: one work-queue consumer per command, shared by
+    // every copy of the service that handles it.
+    for name in &peer.durable_requests {
+        let name: &'static str = name;
+        let consumer = with_retries("JetStream setup", || async {
+            shared.ensure_streams().await?;
+            reliable_consumer(&shared, &peer.service, name, Stored::Command).await
+        })
+        .await?;
+        running.loops.spawn(serve_reliable(
+            shared.clone(),
+            inbound.clone(),
+            name,
+            Stored::Command,
+            consumer,
+            running.shutdown.clone(),
+            running.work.clone(),
+        ));
+    }
     for name in &peer.events {
         let name: &'static str = name;
         if shared.is_reliable(name, peer.reliable_events.contains(&name)) {
             let consumer = with_retries("JetStream setup", || async {
                 shared.ensure_streams().await?;
-                reliable_consumer(&shared, &peer.service, name).await
+                reliable_consumer(&shared, &peer.service, name, Stored::Event).await
             })
             .await?;
             running.loops.spawn(serve_reliable(
                 shared.clone(),
                 inbound.clone(),
                 name,
+                Stored::Event,
                 consumer,
                 running.shutdown.clone(),
                 running.work.clone(),

@@ -75,6 +75,13 @@ impl CatgaBuilder {
             return Err(error);
         }
         let behaviors = self.pipelines();
+        let mut durable_requests: Vec<&'static str> = self
+            .requests
+            .iter()
+            .filter(|p| p.durable)
+            .map(|p| p.name)
+            .collect();
+        durable_requests.sort_unstable();
         let (requests, inbound_requests) = request_routes(self.requests, &behaviors, &self.remote);
         let mut reliable_events: Vec<&'static str> = self
             .events
@@ -104,6 +111,7 @@ impl CatgaBuilder {
                 inbound_requests,
                 inbound_events,
                 reliable_events,
+                durable_requests,
                 transport: self.transport,
                 format: self.format,
                 service: self.service,

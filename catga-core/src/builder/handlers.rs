@@ -53,6 +53,7 @@ impl CatgaBuilder {
             make,
             inbound: inbound_request::<R>,
             idempotent: R::IDEMPOTENT,
+            durable: R::DURABLE,
         });
         self
     }

@@ -57,6 +57,8 @@ struct PendingRequest {
     inbound: InboundRequestFn,
     /// `R::IDEMPOTENT`.
     idempotent: bool,
+    /// `R::DURABLE`.
+    durable: bool,
 }
 
 struct PendingEvents {

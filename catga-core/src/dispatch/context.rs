@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::dispatch::handle::Mediator;
 use crate::error::Result;
-use crate::message::Event;
+use crate::message::{Event, Message};
 use crate::metadata::{Headers, Metadata};
 use crate::store::{OutboxRecord, UnitOfWork};
 
@@ -104,12 +104,25 @@ impl Context {
         event: &E,
         meta: &Metadata,
     ) -> Result<()> {
+        let mark = E::RELIABLE.then_some(crate::metadata::RELIABLE_HEADER);
+        self.hold_message(buffer, event, meta, mark)
+    }
+
+    /// Holds a message back in `buffer`, with the header `mark` (what the
+    /// relay does with it) when given.
+    pub(crate) fn hold_message<M: Message>(
+        &self,
+        buffer: &OutboxBuffer,
+        message: &M,
+        meta: &Metadata,
+        mark: Option<&'static str>,
+    ) -> Result<()> {
         let format = self.mediator.format();
         let payload = format
-            .encode_bytes(event)
-            .map_err(|e| e.with_message_name(E::NAME))?;
+            .encode_bytes(message)
+            .map_err(|e| e.with_message_name(M::NAME))?;
         let record = OutboxRecord {
-            name: E::NAME.to_owned(),
+            name: M::NAME.to_owned(),
             payload,
             content_type: format.content_type().to_owned(),
             message_id: meta.message_id(),
@@ -119,12 +132,7 @@ impl Context {
                 .headers()
                 .iter()
                 .map(|(n, v)| (n.to_owned(), v.to_owned()))
-                .chain(E::RELIABLE.then(|| {
-                    (
-                        crate::metadata::RELIABLE_HEADER.to_owned(),
-                        "true".to_owned(),
-                    )
-                }))
+                .chain(mark.map(|h| (h.to_owned(), "true".to_owned())))
                 .collect(),
         };
         buffer

@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     pub(crate) inbound_events: HashMap<&'static str, InboundEventFn>,
     /// Names of the handled event types declared reliable.
     pub(crate) reliable_events: Vec<&'static str>,
+    /// Names of the handled request types declared durable.
+    pub(crate) durable_requests: Vec<&'static str>,
     pub(crate) transport: Option<Arc<dyn Transport>>,
     pub(crate) format: Format,
     pub(crate) service: String,

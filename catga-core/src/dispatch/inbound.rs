@@ -28,6 +28,7 @@ pub(crate) fn serving(mediator: &Mediator) -> (PeerSpec, Arc<dyn Inbound>) {
         requests,
         events,
         reliable_events: inner.reliable_events.clone(),
+        durable_requests: inner.durable_requests.clone(),
     };
     let inbound = Arc::new(MediatorInbound {
         mediator: Arc::downgrade(inner),

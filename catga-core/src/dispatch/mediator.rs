@@ -248,10 +248,12 @@ impl Mediator {
             .with_retryable(false)
         })?;
         let mut headers = crate::metadata::Headers::new();
-        let mut reliable = false;
+        let (mut reliable, mut durable) = (false, false);
         for (n, v) in &record.headers {
             if n.eq_ignore_ascii_case(crate::metadata::RELIABLE_HEADER) {
                 reliable = true;
+            } else if n.eq_ignore_ascii_case(crate::metadata::DURABLE_HEADER) {
+                durable = true;
             } else {
                 headers.insert(n.clone(), v.clone());
             }
@@ -268,6 +270,10 @@ impl Mediator {
             handled_by: None,
             reliable,
         };
+        if durable {
+            // A command a handler sent durably, stored with its result.
+            return self.store_command(wire).await;
+        }
         match &self.inner.transport {
             Some(transport) => transport.publish(wire).await,
             None => match self.inner.inbound_events.get(&*wire.name) {
@@ -276,6 +282,107 @@ impl Mediator {
             },
         }
     }
+}
+
+impl Mediator {
+    /// Sends `command` durably and returns once it is stored: its handling
+    /// service takes it when it can, at least once, with redelivery after a
+    /// failure and dead letters after too many (JetStream on NATS). The
+    /// handler's response is not returned; declare the handler idempotent so
+    /// that a redelivery takes effect once.
+    ///
+    /// `R` must be declared durable (`Request::DURABLE`,
+    /// `#[catga(durable)]`): its handlers serve the stored queue. Without a
+    /// transport, the command runs here on a task of its own, retried with
+    /// backoff (five attempts): in memory, it is lost with the process.
+    pub async fn send_durable<R: Request>(&self, command: R) -> Result<()> {
+        self.send_durable_with(command, Metadata::new()).await
+    }
+
+    /// Like [`Mediator::send_durable`], with per-call metadata (ids,
+    /// headers; a deadline is not kept: a stored command has none).
+    pub async fn send_durable_with<R: Request>(&self, command: R, meta: Metadata) -> Result<()> {
+        durable::<R>()?;
+        let payload = self
+            .inner
+            .format
+            .encode_bytes(&command)
+            .map_err(|e| e.with_message_name(R::NAME))?;
+        let mut wire = WireMessage::new(R::NAME, payload, self.inner.format, &meta);
+        wire.timeout = None;
+        self.store_command(wire).await
+    }
+
+    /// Hands a command to the transport's store, or runs it here in the
+    /// background when there is no transport.
+    async fn store_command(&self, wire: WireMessage) -> Result<()> {
+        match &self.inner.transport {
+            Some(transport) => transport.send_durable(wire).await,
+            None => {
+                let handle = self
+                    .inner
+                    .inbound_requests
+                    .get(&*wire.name)
+                    .copied()
+                    .ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::NoHandler,
+                            format!(
+                                "`{}` was sent durably, but this peer has no transport and no \
+                                 handler for it",
+                                wire.name
+                            ),
+                        )
+                    })?;
+                let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+                    Error::new(ErrorKind::Config, "send_durable needs a Tokio runtime")
+                })?;
+                runtime.spawn(run_durably(handle, self.clone(), wire));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs a durable command on this peer: up to five attempts with jittered
+/// backoff while it fails with a retryable error; a command that still
+/// fails is logged (there is no store to dead-letter it in).
+async fn run_durably(
+    handle: crate::dispatch::handle::InboundRequestFn,
+    mediator: Mediator,
+    wire: WireMessage,
+) {
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    for attempt in 1..=5 {
+        match handle(mediator.clone(), wire.clone()).await {
+            Ok(_) => return,
+            Err(e) if e.is_retryable() && attempt < 5 => {
+                tracing::warn!(command = %wire.name, attempt, error = %e, "durable command failed; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::error!(command = %wire.name, attempt, error = %e, "durable command failed; giving up (no store to dead-letter it in)");
+                return;
+            }
+        }
+    }
+}
+
+/// `Ok` when `R` is declared durable.
+fn durable<R: Request>() -> Result<()> {
+    if R::DURABLE {
+        return Ok(());
+    }
+    Err(Error::new(
+        ErrorKind::Config,
+        format!(
+            "`{}` was sent durably but is not declared durable: add `#[catga(durable)]` (or \
+             `const DURABLE: bool = true`), so that its handlers serve the stored queue",
+            R::NAME
+        ),
+    )
+    .with_message_name(R::NAME))
 }
 
 /// Whether `e` is a peer's transport turning a request away at its limit
@@ -298,6 +405,24 @@ impl Context {
         self.mediator()
             .send_with(request, self.metadata().child().overridden_by(meta))
             .await
+    }
+
+    /// Sends a command durably as a consequence of the current message (see
+    /// [`Mediator::send_durable`]). Under idempotency with an outbox it is
+    /// held back like an event and stored with the handler's result: sent if
+    /// and only if the result is stored.
+    pub async fn send_durable<R: Request>(&self, command: R) -> Result<()> {
+        durable::<R>()?;
+        let meta = self.metadata().child().without_deadline();
+        match self.held_events() {
+            Some(buffer) => self.hold_message(
+                buffer,
+                &command,
+                &meta,
+                Some(crate::metadata::DURABLE_HEADER),
+            ),
+            None => self.mediator().send_durable_with(command, meta).await,
+        }
     }
 
     /// Publishes an event as a consequence of the current message.

@@ -39,6 +39,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::{Inbound, PeerSpec, Transport, WireMessage, WireReply};
+use crate::backoff::Backoff;
 use crate::error::{Error, ErrorKind, Result};
 
 #[derive(Clone)]
@@ -134,34 +135,33 @@ impl fmt::Debug for MemoryTransport {
 
 impl Transport for MemoryTransport {
     fn request(&self, message: WireMessage, timeout: Duration) -> BoxFuture<'_, Result<WireReply>> {
-        Box::pin(async move {
-            let member = self
-                .bus
-                .lock()
-                .requests
-                .get_mut(&*message.name)
-                .and_then(Group::pick);
-            let Some(member) = member else {
-                return Err(Error::new(
-                    ErrorKind::NoHandler,
-                    format!(
-                        "no peer handles `{}` (no responders); start a peer with a handler for it",
-                        message.name
-                    ),
-                )
-                .with_message_name(message.name.clone()));
-            };
-            let name = message.name.clone();
-            let task = member.tasks.spawn(member.inbound.request(message));
-            match tokio::time::timeout(timeout, task).await {
-                Ok(Ok(reply)) => reply,
-                Ok(Err(join)) => Err(Error::transport(format!(
-                    "the peer handling `{name}` lost the request: {join}"
-                ))
-                .with_message_name(name)),
-                Err(_) => Err(Error::timeout(&name, timeout)),
+        Box::pin(request_via(&self.bus, message, timeout))
+    }
+
+    /// Keeps the command in this process and offers it to a peer that handles
+    /// it until one succeeds: attempts with jittered backoff (capped at 1 s)
+    /// for about half a minute, so a handler that starts meanwhile gets it.
+    /// In memory: lost with the process, and logged when given up.
+    fn send_durable(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        let bus = self.bus.clone();
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+            for attempt in 1..=40 {
+                match request_via(&bus, message.clone(), Duration::from_secs(30)).await {
+                    Ok(_) => return,
+                    Err(e) if e.is_retryable() || e.kind() == ErrorKind::NoHandler => {
+                        tracing::debug!(command = %message.name, attempt, error = %e, "durable command not handled yet");
+                        tokio::time::sleep(backoff.next_delay()).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(command = %message.name, attempt, error = %e, "durable command failed; dropped (in memory)");
+                        return;
+                    }
+                }
             }
-        })
+            tracing::error!(command = %message.name, "durable command never handled; dropped (in memory)");
+        });
+        Box::pin(std::future::ready(Ok(())))
     }
 
     fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
@@ -226,5 +226,38 @@ impl Transport for MemoryTransport {
             }
             Ok(())
         })
+    }
+}
+
+/// A request through `bus` to one peer that handles its name.
+async fn request_via(
+    bus: &MemoryBus,
+    message: WireMessage,
+    timeout: Duration,
+) -> Result<WireReply> {
+    let member = bus
+        .lock()
+        .requests
+        .get_mut(&*message.name)
+        .and_then(Group::pick);
+    let Some(member) = member else {
+        return Err(Error::new(
+            ErrorKind::NoHandler,
+            format!(
+                "no peer handles `{}` (no responders); start a peer with a handler for it",
+                message.name
+            ),
+        )
+        .with_message_name(message.name.clone()));
+    };
+    let name = message.name.clone();
+    let task = member.tasks.spawn(member.inbound.request(message));
+    match tokio::time::timeout(timeout, task).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(join)) => Err(Error::transport(format!(
+            "the peer handling `{name}` lost the request: {join}"
+        ))
+        .with_message_name(name)),
+        Err(_) => Err(Error::timeout(&name, timeout)),
     }
 }

@@ -126,6 +126,9 @@ pub struct PeerSpec {
     /// Those of `events` whose type is declared reliable (`Event::RELIABLE`):
     /// a transport that can store events serves them from its store.
     pub reliable_events: Vec<&'static str>,
+    /// Those of `requests` declared durable (`Request::DURABLE`): a
+    /// transport that stores commands serves them from its store too.
+    pub durable_requests: Vec<&'static str>,
 }
 
 /// Receives messages a transport delivers to this peer (implemented by the mediator).
@@ -145,6 +148,19 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Hands an event to every other service that handles it.
     fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>>;
+
+    /// Stores a command for the service that handles it, which takes it when
+    /// it can (at least once, with redelivery and dead letters); returns once
+    /// it is stored. The default: this transport cannot store commands.
+    fn send_durable(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        Box::pin(std::future::ready(Err(crate::Error::new(
+            crate::ErrorKind::Config,
+            format!(
+                "`{}` was sent durably, but this transport cannot store commands",
+                message.name
+            ),
+        ))))
+    }
 
     /// Starts delivering this peer's messages to `inbound`.
     fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>>;
@@ -181,6 +197,10 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
 
     fn publish(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
         (**self).publish(message)
+    }
+
+    fn send_durable(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
+        (**self).send_durable(message)
     }
 
     fn start(&self, peer: PeerSpec, inbound: Arc<dyn Inbound>) -> BoxFuture<'_, Result<()>> {

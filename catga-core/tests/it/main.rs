@@ -1,6 +1,7 @@
 //! Integration tests of catga-core, one binary for the whole crate.
 
 mod codec;
+mod durable;
 mod effectively_once;
 mod layers;
 mod leader;

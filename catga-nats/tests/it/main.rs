@@ -2,6 +2,7 @@
 
 mod common;
 mod discovery;
+mod durable;
 mod events;
 mod faults;
 mod overload;

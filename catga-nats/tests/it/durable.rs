@@ -1,0 +1,135 @@
+//! Durable commands over JetStream: stored while their service is down,
+//! handled once when it returns, dead-lettered when they cannot be handled.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use catga_core::{Catga, Error, Message, Request};
+use catga_nats::JetStreamOptions;
+use catga_test_support::NatsServer;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::common::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Ship {
+    order: u64,
+    poison: bool,
+}
+impl Message for Ship {
+    const NAME: &'static str = "test.Ship";
+}
+impl Request for Ship {
+    type Response = ();
+    const DURABLE: bool = true;
+}
+
+async fn shipping(url: &str, handled: Arc<AtomicUsize>) -> catga_core::Peer {
+    let nats = catga_nats::NatsTransport::connect(options(&[url.to_owned()]).jetstream(
+        JetStreamOptions {
+            max_deliveries: 2,
+            backoff: Duration::from_millis(20),
+            ..JetStreamOptions::default()
+        },
+    ))
+    .await
+    .unwrap();
+    Catga::builder()
+        .service("shipping")
+        .transport(nats)
+        .request_fn(move |s: Ship, _| {
+            let handled = handled.clone();
+            async move {
+                if s.poison {
+                    return Err(Error::validation("this parcel cannot be shipped"));
+                }
+                handled.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_command_sent_while_its_service_is_down_is_handled_once_when_it_returns() {
+    let server = NatsServer::start();
+    let handled = Arc::new(AtomicUsize::new(0));
+    // The service ran once (its queue exists), then stopped.
+    shipping(&server.url(), handled.clone())
+        .await
+        .shutdown()
+        .await
+        .unwrap();
+    let client = Catga::builder()
+        .service("orders")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    for order in 0..5 {
+        client
+            .send_durable(Ship {
+                order,
+                poison: false,
+            })
+            .await
+            .unwrap();
+    }
+    assert_eq!(handled.load(Ordering::SeqCst), 0, "nobody serves it yet");
+    // Two copies come back; the work queue gives each command to one of them.
+    let a = shipping(&server.url(), handled.clone()).await;
+    let b = shipping(&server.url(), handled.clone()).await;
+    eventually("the 5 stored commands", || {
+        handled.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 5, "each once");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_command_ends_in_dead_letters_naming_where_it_came_from() {
+    let server = NatsServer::start();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let peer = shipping(&server.url(), handled.clone()).await;
+    peer.send_durable(Ship {
+        order: 9,
+        poison: true,
+    })
+    .await
+    .unwrap();
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut dlq = js
+        .get_stream("CATGA_DLQ")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+    let entry = tokio::time::timeout(Duration::from_secs(20), dlq.next())
+        .await
+        .expect("a dead letter")
+        .unwrap()
+        .unwrap();
+    assert_eq!(entry.subject.as_str(), "catga.dlq.test.Ship");
+    let headers = entry.headers.clone().unwrap();
+    assert_eq!(
+        headers.get("Catga-Subject").unwrap().as_str(),
+        "catga.cmd.test.Ship"
+    );
+    assert_eq!(
+        headers.get("Catga-Error-Kind").unwrap().as_str(),
+        "validation"
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 0);
+    peer.shutdown().await.unwrap();
+}
