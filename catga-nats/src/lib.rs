@@ -62,6 +62,7 @@
 
 mod admission;
 mod connect;
+mod dead_letters;
 mod discovery;
 mod jetstream;
 mod options;
@@ -74,5 +75,6 @@ mod shared;
 mod transport;
 
 pub use admission::ServeStats;
+pub use dead_letters::{DeadLetter, DeadLetters};
 pub use options::{Auth, JetStreamOptions, NatsOptions, Tls};
 pub use transport::NatsTransport;

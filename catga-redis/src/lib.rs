@@ -57,6 +57,7 @@
 #![forbid(unsafe_code)]
 
 mod conn;
+mod dead_letters;
 mod idempotency;
 mod keys;
 mod lock;
@@ -65,5 +66,6 @@ mod outbox;
 mod saga;
 mod store;
 
+pub use dead_letters::{OutboxDeadLetter, RelayConsumer};
 pub use options::RedisOptions;
 pub use store::RedisStore;

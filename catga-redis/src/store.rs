@@ -28,6 +28,7 @@ pub(crate) struct Scripts {
     pub(crate) lock_release: Script,
     pub(crate) saga_save: Script,
     pub(crate) saga_create: Script,
+    pub(crate) replay_dead_letter: Script,
 }
 
 impl Scripts {
@@ -44,6 +45,7 @@ impl Scripts {
             lock_release: Script::new(include_str!("../lua/lock_release.lua")),
             saga_save: Script::new(include_str!("../lua/saga_save.lua")),
             saga_create: Script::new(include_str!("../lua/saga_create.lua")),
+            replay_dead_letter: Script::new(include_str!("../lua/replay_dead_letter.lua")),
         }
     }
 }
