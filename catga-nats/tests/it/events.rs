@@ -336,3 +336,77 @@ async fn an_event_stream_of_an_earlier_version_is_narrowed_to_reliable_events() 
     .await;
     peer.shutdown().await.unwrap();
 }
+
+/// On the 3-node cluster, reliable events keep flowing while the node that
+/// leads the event stream is SIGKILLed (R3): every publish that was
+/// acknowledged is delivered, none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reliable_events_survive_the_stream_leader_being_killed() {
+    let mut cluster = catga_test_support::NatsCluster::start();
+    let urls = cluster.urls();
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    let s = seen.clone();
+    let listener = Catga::builder()
+        .service("ledger")
+        .transport(connect(&urls).await)
+        .event_fn(move |e: Settled, _| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().insert(e.n);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let publisher = Catga::builder()
+        .service("orders")
+        .transport(connect(&urls).await)
+        .build()
+        .unwrap();
+    let addrs: Vec<async_nats::ServerAddr> = urls.iter().map(|u| u.parse().unwrap()).collect();
+    let nats = async_nats::connect(addrs).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let leader = js
+        .get_stream("CATGA_EVENTS")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .clone()
+        .and_then(|c| c.leader)
+        .expect("the stream has a leader");
+    let leader: usize = leader.trim_start_matches('n').parse::<usize>().unwrap() - 1;
+    let mut acked = Vec::new();
+    for n in 0..120u32 {
+        if n == 40 {
+            cluster.kill(leader);
+        }
+        // A publish the cluster could not take during the election is
+        // retried with the same message id (the stream drops a duplicate).
+        let id = catga_core::new_id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let meta = catga_core::Metadata::new().with_message_id(id);
+            match publisher.publish_with(Settled { n }, meta).await {
+                Ok(()) => break,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no publish taken for 90 s after the kill: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        acked.push(n);
+    }
+    eventually("every acknowledged event delivered", || {
+        let seen = seen.lock().unwrap();
+        acked.iter().all(|n| seen.contains(n))
+    })
+    .await;
+    listener.shutdown().await.unwrap();
+}
