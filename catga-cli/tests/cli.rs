@@ -12,7 +12,7 @@ use catga_core::store::{OutboxRecord, OutboxStore};
 use catga_core::{Catga, Error, Message, Request};
 use catga_nats::{JetStreamOptions, NatsOptions, NatsTransport};
 use catga_redis::{RedisOptions, RedisStore};
-use catga_test_support::{NatsServer, RedisServer};
+use catga_test_support::{NatsCluster, RedisServer};
 use serde::{Deserialize, Serialize};
 
 /// Runs `catga` with `args` on a blocking thread (it has its own runtime).
@@ -52,19 +52,21 @@ impl Request for Ship {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_command_is_replayed_from_dead_letters_once_its_handler_is_fixed() {
-    let server = NatsServer::start();
-    let url = server.url();
+    // On the 3-node cluster, as the services run.
+    let cluster = NatsCluster::start();
+    let url = cluster.urls().join(",");
     let broken = Arc::new(AtomicBool::new(true));
     let shipped = Arc::new(AtomicUsize::new(0));
     let (b, s) = (broken.clone(), shipped.clone());
-    let nats =
-        NatsTransport::connect(NatsOptions::new([url.clone()]).jetstream(JetStreamOptions {
+    let nats = NatsTransport::connect(NatsOptions::new(cluster.urls()).jetstream(
+        JetStreamOptions {
             max_deliveries: 2,
             backoff: Duration::from_millis(20),
             ..JetStreamOptions::default()
-        }))
-        .await
-        .unwrap();
+        },
+    ))
+    .await
+    .unwrap();
     let peer = Catga::builder()
         .service("shipping")
         .transport(nats)

@@ -26,14 +26,12 @@ impl Request for Ship {
     const DURABLE: bool = true;
 }
 
-async fn shipping(url: &str, handled: Arc<AtomicUsize>) -> catga_core::Peer {
-    let nats = catga_nats::NatsTransport::connect(options(&[url.to_owned()]).jetstream(
-        JetStreamOptions {
-            max_deliveries: 2,
-            backoff: Duration::from_millis(20),
-            ..JetStreamOptions::default()
-        },
-    ))
+async fn shipping(urls: &[String], handled: Arc<AtomicUsize>) -> catga_core::Peer {
+    let nats = catga_nats::NatsTransport::connect(options(urls).jetstream(JetStreamOptions {
+        max_deliveries: 2,
+        backoff: Duration::from_millis(20),
+        ..JetStreamOptions::default()
+    }))
     .await
     .unwrap();
     Catga::builder()
@@ -56,17 +54,19 @@ async fn shipping(url: &str, handled: Arc<AtomicUsize>) -> catga_core::Peer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_durable_command_sent_while_its_service_is_down_is_handled_once_when_it_returns() {
-    let server = NatsServer::start();
+    // On the 3-node cluster: the commands stream has three replicas.
+    let cluster = catga_test_support::NatsCluster::start();
+    let urls = cluster.urls();
     let handled = Arc::new(AtomicUsize::new(0));
     // The service ran once (its queue exists), then stopped.
-    shipping(&server.url(), handled.clone())
+    shipping(&urls, handled.clone())
         .await
         .shutdown()
         .await
         .unwrap();
     let client = Catga::builder()
         .service("orders")
-        .transport(connect(&[server.url()]).await)
+        .transport(connect(&urls[1..]).await)
         .build()
         .unwrap();
     for order in 0..5 {
@@ -80,8 +80,8 @@ async fn a_durable_command_sent_while_its_service_is_down_is_handled_once_when_i
     }
     assert_eq!(handled.load(Ordering::SeqCst), 0, "nobody serves it yet");
     // Two copies come back; the work queue gives each command to one of them.
-    let a = shipping(&server.url(), handled.clone()).await;
-    let b = shipping(&server.url(), handled.clone()).await;
+    let a = shipping(&urls[..1], handled.clone()).await;
+    let b = shipping(&urls[2..], handled.clone()).await;
     eventually("the 5 stored commands", || {
         handled.load(Ordering::SeqCst) >= 5
     })
@@ -96,7 +96,7 @@ async fn a_durable_command_sent_while_its_service_is_down_is_handled_once_when_i
 async fn a_poison_command_ends_in_dead_letters_naming_where_it_came_from() {
     let server = NatsServer::start();
     let handled = Arc::new(AtomicUsize::new(0));
-    let peer = shipping(&server.url(), handled.clone()).await;
+    let peer = shipping(&[server.url()], handled.clone()).await;
     peer.send_durable(Ship {
         order: 9,
         poison: true,
