@@ -8,6 +8,8 @@
 //!   came from, with its message id, so consumers' idempotency still knows it.
 //! - `catga outbox`: the outbox backlog, its dead letters and the relays
 //!   reading it.
+//! - `catga saga failed NAME | show ID | compensate ID…`: sagas whose
+//!   compensation failed, and resuming it once the cause is fixed.
 //!
 //! Where: `--nats URL` (repeatable) or `CATGA_NATS_URL`, `--redis URL` or
 //! `CATGA_REDIS_URL` (`--redis-cluster` for a cluster), `--prefix` (default
@@ -62,6 +64,31 @@ enum Command {
     },
     /// The outbox backlog, its dead letters and the relays reading it.
     Outbox,
+    /// Sagas kept in Redis: the failed ones, one saga, resuming a compensation.
+    Saga {
+        #[command(subcommand)]
+        action: Saga,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum Saga {
+    /// The sagas of definition NAME that ended Failed (an undo kept failing).
+    Failed {
+        /// The saga definition's name.
+        name: String,
+    },
+    /// One saga: status, step, error, history.
+    Show {
+        /// The saga's id.
+        id: String,
+    },
+    /// Resumes the compensation of failed sagas once the cause is fixed;
+    /// the coordinator, wherever it leads, undoes what is left.
+    Compensate {
+        /// Saga ids.
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -197,6 +224,78 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dlq { action } => dlq(&backends, action).await,
         Command::Outbox => outbox(backends.redis()?).await,
+        Command::Saga { action } => saga(backends.redis()?, action).await,
+    }
+}
+
+fn saga_id(s: &str) -> Result<catga_core::Uuid> {
+    s.parse().map_err(|_| {
+        Error::new(
+            ErrorKind::Validation,
+            format!("`{s}` is not a saga id (a UUID)"),
+        )
+    })
+}
+
+async fn saga(redis: &RedisStore, action: Saga) -> Result<()> {
+    use catga_core::saga::SagaStore;
+    match action {
+        Saga::Failed { name } => {
+            for id in redis.failed(&name).await? {
+                if let Some(s) = redis.load(id).await? {
+                    println!(
+                        "{id}\t{}\t{}",
+                        s.failed_step.as_deref().unwrap_or("-"),
+                        s.error.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Saga::Show { id } => {
+            let id = saga_id(&id)?;
+            let s = redis.load(id).await?.ok_or_else(|| {
+                Error::new(
+                    ErrorKind::Validation,
+                    format!("no saga {id} (or it expired)"),
+                )
+            })?;
+            println!("id: {}\nsaga: {}\nstatus: {:?}", s.id, s.saga, s.status);
+            println!(
+                "step: {}\ncompleted: {:?}\nversion: {}",
+                s.step, s.completed, s.version
+            );
+            println!("failed step: {}", s.failed_step.as_deref().unwrap_or("-"));
+            println!("error: {}", s.error.as_deref().unwrap_or("-"));
+            for e in &s.history {
+                println!("history {}\t{}\t{}\t{}", e.at_ms, e.step, e.what, e.detail);
+            }
+            Ok(())
+        }
+        Saga::Compensate { ids } => {
+            let mut failed = 0;
+            for id in &ids {
+                let resumed = match saga_id(id) {
+                    Ok(id) => catga_core::saga::resume_compensation(redis, id).await,
+                    Err(e) => Err(e),
+                };
+                match resumed {
+                    Ok(_) => println!("compensating {id}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{id}: {e}");
+                    }
+                }
+            }
+            if failed == 0 {
+                Ok(())
+            } else {
+                Err(Error::new(
+                    ErrorKind::Store,
+                    format!("{failed} not resumed"),
+                ))
+            }
+        }
     }
 }
 

@@ -202,3 +202,111 @@ async fn no_backend_is_a_clear_error() {
         "{out:?}"
     );
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Reserve;
+impl Message for Reserve {
+    const NAME: &'static str = "cli.Reserve";
+}
+impl Request for Reserve {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Release;
+impl Message for Release {
+    const NAME: &'static str = "cli.Release";
+}
+impl Request for Release {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charge;
+impl Message for Charge {
+    const NAME: &'static str = "cli.Charge";
+}
+impl Request for Charge {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Order;
+
+/// A saga whose compensation kept failing ends Failed, is listed by
+/// `catga saga failed`, and `catga saga compensate` resumes it once the
+/// cause is fixed: the stock is released once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_saga_is_listed_and_its_compensation_resumed() {
+    use catga_core::saga::{Saga, SagaHandle, SagaStatus, SagaStore, Step};
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let store = RedisStore::connect(RedisOptions::new(url.clone()))
+        .await
+        .unwrap();
+    let broken = Arc::new(AtomicBool::new(true));
+    let released = Arc::new(AtomicUsize::new(0));
+    let (b, r) = (broken.clone(), released.clone());
+    let saga = Saga::<Order>::new("cli.order")
+        .step(
+            Step::send("reserve", |_: &Order| Reserve)
+                .compensate(|_: &Order| Release)
+                .timeout(Duration::from_secs(2)),
+        )
+        .step(Step::send("charge", |_: &Order| Charge).timeout(Duration::from_secs(2)))
+        .compensation_retries(2, Duration::from_millis(10))
+        .polling(Duration::from_millis(50), Duration::from_secs(5));
+    let peer = Catga::builder()
+        .saga_store(store.clone())
+        .lock_store(store.clone())
+        .saga(saga)
+        .request_fn(|_: Reserve, _| async { Ok(()) })
+        .request_fn(|_: Charge, _| async { Err(Error::validation("card declined")) })
+        .request_fn(move |_: Release, _| {
+            let (b, r) = (b.clone(), r.clone());
+            async move {
+                if b.load(Ordering::SeqCst) {
+                    return Err(Error::validation("the warehouse is offline"));
+                }
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let id = SagaHandle::<Order>::of(&peer)
+        .unwrap()
+        .start(Order)
+        .await
+        .unwrap();
+    let status = |store: RedisStore| async move { store.load(id).await.unwrap().map(|s| s.status) };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status(store.clone()).await != Some(SagaStatus::Failed) {
+        assert!(tokio::time::Instant::now() < deadline, "never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let failed = catga(&["--redis", &url, "saga", "failed", "cli.order"]).await;
+    assert!(failed.status.success(), "{failed:?}");
+    assert!(stdout(&failed).contains(&id.to_string()), "{failed:?}");
+    assert!(
+        stdout(&failed).contains("the warehouse is offline"),
+        "{failed:?}"
+    );
+
+    broken.store(false, Ordering::SeqCst);
+    let resumed = catga(&["--redis", &url, "saga", "compensate", &id.to_string()]).await;
+    assert!(resumed.status.success(), "{resumed:?}");
+    while status(store.clone()).await != Some(SagaStatus::Compensated) {
+        assert!(tokio::time::Instant::now() < deadline, "never compensated");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(released.load(Ordering::SeqCst), 1, "released once");
+    assert!(store.failed("cli.order").await.unwrap().is_empty());
+    let shown = catga(&["--redis", &url, "saga", "show", &id.to_string()]).await;
+    assert!(stdout(&shown).contains("compensation_resumed"), "{shown:?}");
+    // Resuming what is not failed is refused.
+    let again = catga(&["--redis", &url, "saga", "compensate", &id.to_string()]).await;
+    assert!(!again.status.success());
+    peer.shutdown().await.unwrap();
+}

@@ -1,13 +1,17 @@
 -- Save a saga state with optimistic versioning and fencing; a finished saga
--- leaves the unfinished set and expires after the retention, in the same step.
+-- leaves the unfinished set and expires after the retention, in the same step;
+-- a saga saved unfinished (a failed one an operator resumed) is listed again
+-- and kept. The failed set lists the definition's sagas that ended Failed.
 -- KEYS[1]  saga hash (fields: state, version, fence)
 -- KEYS[2]  unfinished set of its definition in this shard (same hash slot)
+-- KEYS[3]  failed set of its definition in this shard (same hash slot)
 -- ARGV[1]  the version the writer read (the stored version must equal it)
 -- ARGV[2]  the new version
 -- ARGV[3]  the writer's fencing token (must not be below the stored one)
 -- ARGV[4]  the encoded state
 -- ARGV[5]  saga id
 -- ARGV[6]  retention of a finished saga in milliseconds, or 0 while unfinished
+-- ARGV[7]  1 when the saga ends Failed, else 0
 -- Returns 'ok', 'missing', 'version' or 'fence'.
 local stored = redis.call('HMGET', KEYS[1], 'version', 'fence')
 if not stored[1] then
@@ -23,5 +27,13 @@ redis.call('HSET', KEYS[1], 'state', ARGV[4], 'version', ARGV[2], 'fence', ARGV[
 if tonumber(ARGV[6]) > 0 then
   redis.call('SREM', KEYS[2], ARGV[5])
   redis.call('PEXPIRE', KEYS[1], ARGV[6])
+else
+  redis.call('SADD', KEYS[2], ARGV[5])
+  redis.call('PERSIST', KEYS[1])
+end
+if ARGV[7] == '1' then
+  redis.call('SADD', KEYS[3], ARGV[5])
+else
+  redis.call('SREM', KEYS[3], ARGV[5])
 end
 return 'ok'

@@ -112,6 +112,17 @@ impl Keys {
         )
     }
 
+    /// The failed set of definition `saga` for saga `id` (its shard).
+    pub(crate) fn failed_saga_set(&self, id: uuid::Uuid, saga: &str) -> String {
+        let tag = self.saga_tag(self.shard_of(&id.to_string()));
+        format!("{tag}:failed:{saga}")
+    }
+
+    /// The failed set of definition `saga` in `shard`.
+    pub(crate) fn failed_sagas(&self, shard: u32, saga: &str) -> String {
+        format!("{}:failed:{saga}", self.saga_tag(shard))
+    }
+
     /// The unfinished set of definition `saga` in `shard`.
     pub(crate) fn unfinished_sagas(&self, shard: u32, saga: &str) -> String {
         format!("{}:unfinished:{saga}", self.saga_tag(shard))

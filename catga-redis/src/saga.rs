@@ -2,7 +2,7 @@
 //! definition and shard; the shard comes from the saga id, so the hash and the
 //! set it is listed in share a hash slot and every change to both is one script.
 
-use catga_core::saga::{SagaState, SagaStore, conflict};
+use catga_core::saga::{SagaState, SagaStatus, SagaStore, conflict};
 use catga_core::{Error, Result, Uuid};
 use futures_util::future::BoxFuture;
 use redis::AsyncCommands;
@@ -66,12 +66,14 @@ impl SagaStore for RedisStore {
                 .saga_save
                 .key(&key)
                 .key(&unfinished)
+                .key(self.keys.failed_saga_set(state.id, &state.saga))
                 .arg(state.version.saturating_sub(1))
                 .arg(state.version)
                 .arg(state.fence)
                 .arg(state.to_bytes()?)
                 .arg(state.id.to_string())
                 .arg(retention)
+                .arg(u8::from(state.status == SagaStatus::Failed))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("saving `{key}`"), e))?;
@@ -81,6 +83,32 @@ impl SagaStore for RedisStore {
                 "fence" => Err(conflict(state.id, "a newer coordinator wrote it")),
                 _ => Err(conflict(state.id, "it does not exist")),
             }
+        })
+    }
+
+    fn failed<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut out = Vec::new();
+            for shard in 0..self.keys.shards() {
+                let set = self.keys.failed_sagas(shard, saga);
+                let ids: Vec<String> = conn
+                    .smembers(&set)
+                    .await
+                    .map_err(|e| store_error(&format!("listing `{set}`"), e))?;
+                for id in ids.iter().filter_map(|id| id.parse::<Uuid>().ok()) {
+                    // Its state expired with the retention: drop the entry.
+                    if self.load(id).await?.is_some() {
+                        out.push(id);
+                    } else {
+                        let _: usize = conn
+                            .srem(&set, id.to_string())
+                            .await
+                            .map_err(|e| store_error(&format!("updating `{set}`"), e))?;
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -236,7 +236,8 @@ async fn a_step_timeout_compensates() {
 
 #[tokio::test]
 async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator() {
-    let (_, m) = started().await;
+    let store = Arc::new(MemorySagaStore::new());
+    let m = mediator(Journal::default(), store.clone()).await;
     let order = Order {
         fail_at: Some("charge".into()),
         undo_fails: true,
@@ -251,6 +252,35 @@ async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator
         reason.contains("after 3 attempts") && reason.contains("cannot undo"),
         "{reason}"
     );
+    // Listed for an operator; resumed, the coordinator compensates again
+    // (and fails again here: its undo still cannot succeed).
+    assert_eq!(store.failed("test.fulfilment").await.unwrap(), vec![id]);
+    let resumed = catga_core::saga::resume_compensation(&*store, id)
+        .await
+        .unwrap();
+    assert_eq!(resumed.status, SagaStatus::Compensating);
+    assert!(store.failed("test.fulfilment").await.unwrap().is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = store.load(id).await.unwrap().unwrap();
+        let attempts = s
+            .history
+            .iter()
+            .filter(|h| h.what == "compensation_failed")
+            .count();
+        if s.status == SagaStatus::Failed && attempts == 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not compensated again: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let e = catga_core::saga::resume_compensation(&*store, catga_core::new_id())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Validation);
     m.shutdown().await.unwrap();
 }
 

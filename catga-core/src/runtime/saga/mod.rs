@@ -70,7 +70,9 @@ use serde::de::DeserializeOwned;
 pub(crate) use coordinator::SagaRunner;
 pub use coordinator::{SagaCompensated, SagaCompleted, SagaFailed};
 pub use handle::SagaHandle;
-pub use state::{MemorySagaStore, SagaEvent, SagaState, SagaStatus, SagaStore, conflict};
+pub use state::{
+    MemorySagaStore, SagaEvent, SagaState, SagaStatus, SagaStore, conflict, resume_compensation,
+};
 
 use crate::dispatch::handle::Mediator;
 use crate::error::Result;

@@ -172,6 +172,45 @@ pub trait SagaStore: Send + Sync + 'static {
     /// between saving a finished state and updating the list, and the
     /// coordinator calls this when it finds such an entry.
     fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>>;
+
+    /// Ids of the sagas of definition `saga` that ended
+    /// [`Failed`](SagaStatus::Failed) and are still kept (for an operator:
+    /// see [`resume_compensation`]). By default this store cannot list them.
+    fn failed<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        Box::pin(std::future::ready(Err(Error::new(
+            ErrorKind::Config,
+            format!("this saga store cannot list the failed sagas of `{saga}`"),
+        ))))
+    }
+}
+
+/// Resumes the compensation of saga `id`, which ended
+/// [`Failed`](SagaStatus::Failed) because an undo kept failing: once the
+/// cause is fixed, an operator (the `catga saga compensate` command) sets it
+/// back to compensating, and the coordinator, wherever it leads, undoes what
+/// is left (the step that failed to undo first). Returns the saved state;
+/// fails when the saga is not failed.
+pub async fn resume_compensation(store: &dyn SagaStore, id: Uuid) -> Result<SagaState> {
+    let mut state = store.load(id).await?.ok_or_else(|| {
+        Error::new(
+            ErrorKind::Validation,
+            format!("no saga {id} (or it expired)"),
+        )
+    })?;
+    if state.status != SagaStatus::Failed {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!(
+                "saga {id} is {:?}, not failed: nothing to resume",
+                state.status
+            ),
+        ));
+    }
+    state.status = SagaStatus::Compensating;
+    state.version += 1;
+    state.record("", "compensation_resumed", "by an operator");
+    store.save(&state).await?;
+    Ok(state)
 }
 
 /// A shared store is a store: pass `Arc<S>` (or `Arc<dyn SagaStore>`).
@@ -198,6 +237,10 @@ impl<S: SagaStore + ?Sized> SagaStore for std::sync::Arc<S> {
 
     fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
         (**self).forget(saga, id)
+    }
+
+    fn failed<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        (**self).failed(saga)
     }
 }
 
@@ -289,10 +332,14 @@ impl SagaStore for MemorySagaStore {
             }
             Some(old) => {
                 let finishes = state.status.is_finished() && !old.status.is_finished();
+                let resumes = !state.status.is_finished() && old.status.is_finished();
                 sagas.states.insert(state.id, state.clone());
                 if finishes {
                     let until = Instant::now() + self.retention;
                     sagas.finished.push_back((until, state.id));
+                }
+                if resumes {
+                    sagas.finished.retain(|(_, id)| *id != state.id);
                 }
                 Ok(())
             }
@@ -311,6 +358,18 @@ impl SagaStore for MemorySagaStore {
             .states
             .values()
             .filter(|s| s.saga == saga && !s.status.is_finished())
+            .map(|s| s.id)
+            .collect();
+        ids.sort_unstable();
+        Box::pin(std::future::ready(Ok(ids)))
+    }
+
+    fn failed<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, Result<Vec<Uuid>>> {
+        let mut ids: Vec<Uuid> = self
+            .lock()
+            .states
+            .values()
+            .filter(|s| s.saga == saga && s.status == SagaStatus::Failed)
             .map(|s| s.id)
             .collect();
         ids.sort_unstable();
