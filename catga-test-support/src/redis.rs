@@ -19,8 +19,10 @@ fn spawn_redis(port: u16, dir: &std::path::Path, extra: &[&str]) -> Proc {
         .args(["--save", "", "--daemonize", "no", "--protected-mode", "no"])
         .args(extra);
     let mut proc = Proc::spawn(&mut cmd, &dir.join("redis.log"));
+    // A server that requires a password answers NOAUTH: it is up too.
     proc.wait_until("redis-server", || {
-        redis_command(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+        redis_command(port, "PING")
+            .is_some_and(|r| r.starts_with("+PONG") || r.starts_with("-NOAUTH"))
     });
     proc
 }
@@ -58,6 +60,26 @@ impl RedisServer {
             proc,
             dir,
         }
+    }
+
+    /// Starts a server that requires `password` (`requirepass`): clients
+    /// connect with `redis://:<password>@...` ([`RedisServer::url_with_password`]).
+    pub fn start_with_password(password: &str) -> RedisServer {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let port = free_port();
+        let proc = spawn_redis(port, dir.path(), &["--requirepass", password]);
+        RedisServer {
+            port,
+            tls_port: None,
+            aof: false,
+            proc,
+            dir,
+        }
+    }
+
+    /// `redis://:<password>@127.0.0.1:<port>/`.
+    pub fn url_with_password(&self, password: &str) -> String {
+        format!("redis://:{password}@127.0.0.1:{}/", self.port)
     }
 
     /// Starts a server that also takes TLS connections, with the server

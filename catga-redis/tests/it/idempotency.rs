@@ -321,3 +321,48 @@ async fn a_store_wraps_a_connection_the_application_already_has() {
     assert_eq!(first, again);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A server that requires a password: the URL's credentials are used; a
+/// missing or wrong one is a clear error, not a hang or a panic.
+#[tokio::test]
+async fn a_password_protected_redis_is_used_with_the_urls_credentials() {
+    let redis = RedisServer::start_with_password("s3cret");
+    let store = RedisStore::connect(RedisOptions::new(redis.url_with_password("s3cret")))
+        .await
+        .unwrap();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let m = charging(store, runs.clone(), Duration::from_secs(60));
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    let charge = Charge {
+        cents: 3,
+        fail: false,
+    };
+    m.send_with(charge.clone(), meta.clone()).await.unwrap();
+    m.send_with(charge, meta).await.unwrap();
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+    for url in [redis.url(), redis.url_with_password("wrong")] {
+        let failed = match RedisStore::connect(RedisOptions::new(url.clone())).await {
+            Err(e) => e,
+            Ok(store) => {
+                let m = charging(store, runs.clone(), Duration::from_secs(60));
+                m.send(Charge {
+                    cents: 1,
+                    fail: false,
+                })
+                .await
+                .unwrap_err()
+            }
+        };
+        let text = failed.to_string().to_lowercase();
+        assert!(
+            text.contains("auth") || text.contains("password"),
+            "{url}: {failed}"
+        );
+    }
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "nothing ran unauthenticated"
+    );
+}
