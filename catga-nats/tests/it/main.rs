@@ -5,6 +5,7 @@ mod discovery;
 mod durable;
 mod events;
 mod faults;
+mod inbound;
 mod overload;
 mod requests;
 mod tls;
