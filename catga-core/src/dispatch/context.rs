@@ -31,6 +31,16 @@ pub struct Context {
     name: &'static str,
     outbox: OnceLock<OutboxBuffer>,
     work: OnceLock<WorkBuffer>,
+    /// Fingerprint of the payload as it arrived from a transport.
+    fingerprint: Option<u64>,
+}
+
+/// A stable 64-bit fingerprint of `bytes` (FNV-1a): the same bytes give the
+/// same value on every peer and version.
+pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Events held back until the handler's result is stored.
@@ -47,7 +57,22 @@ impl Context {
             name,
             outbox: OnceLock::new(),
             work: OnceLock::new(),
+            fingerprint: None,
         }
+    }
+
+    /// With the fingerprint of `payload`, the bytes the message arrived in.
+    pub(crate) fn with_payload(mut self, payload: &[u8]) -> Self {
+        self.fingerprint = Some(fingerprint(payload));
+        self
+    }
+
+    /// The fingerprint of the payload the message arrived in from a
+    /// transport (`None` for a message sent in this process). Idempotency
+    /// stores it with an outcome: a duplicate whose payload differs is
+    /// refused, not given the first one's outcome.
+    pub fn payload_fingerprint(&self) -> Option<u64> {
+        self.fingerprint
     }
 
     /// Starts collecting staged writes for an attempt: anything an earlier

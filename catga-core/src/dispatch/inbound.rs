@@ -152,7 +152,11 @@ pub(crate) fn inbound_request<R: Request>(
         })
         .map_err(|e| undecodable(R::NAME, &e))?;
         let route = request_route::<R>(&mediator.inner)?;
-        let ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
+        let mut ctx = Context::new(mediator.clone(), message.metadata(), R::NAME);
+        // Only a route with idempotency (the behavior that detaches) reads it.
+        if route.detached {
+            ctx = ctx.with_payload(&message.payload);
+        }
         let response = route.dispatch_inbound(&request, &ctx).await?;
         let payload = unwinding(R::NAME, "encoding the response", || {
             message.format.encode_bytes(&response)
@@ -178,7 +182,10 @@ pub(crate) fn inbound_event<E: Event>(
         let Some(route) = event_route::<E>(&mediator.inner).transpose()? else {
             return Ok(());
         };
-        let ctx = Context::new(mediator.clone(), message.metadata(), E::NAME);
+        let mut ctx = Context::new(mediator.clone(), message.metadata(), E::NAME);
+        if route.detached {
+            ctx = ctx.with_payload(&message.payload);
+        }
         Error::combine(E::NAME, route.dispatch_inbound(&event, &ctx).await)
     })
 }

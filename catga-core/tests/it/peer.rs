@@ -299,3 +299,41 @@ async fn merging_modules_that_clash_is_a_build_error() {
         .unwrap_err();
     assert!(e.message().contains("a transport"), "{e}");
 }
+
+/// The same message id with a different payload is refused, as Stripe and
+/// the IETF Idempotency-Key draft do, instead of silently getting the first
+/// request's outcome; the same payload gets the stored outcome.
+#[tokio::test]
+async fn the_same_id_with_another_payload_is_a_conflict() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let peer = Catga::builder()
+        .idempotency(MemoryIdempotencyStore::new())
+        .request_fn(move |c: Charge, _| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(c.cents)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    assert_eq!(
+        peer.send_with(Charge { cents: 5 }, meta.clone())
+            .await
+            .unwrap(),
+        5
+    );
+    let e = peer
+        .send_with(Charge { cents: 6 }, meta.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(e.code(), Some("catga.idempotency_key_reused"));
+    assert!(!e.is_retryable());
+    assert_eq!(peer.send_with(Charge { cents: 5 }, meta).await.unwrap(), 5);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    peer.shutdown().await.unwrap();
+}

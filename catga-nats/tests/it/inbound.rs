@@ -100,7 +100,7 @@ fn any_request_on_the_wire_gets_a_response_or_a_documented_error() {
     let (peer, client) = runtime.block_on(async {
         let peer = Catga::builder()
             .service("calc")
-            .transport(connect(&[url.clone()]).await)
+            .transport(connect(std::slice::from_ref(&url)).await)
             .request_fn(|a: Add, _| async move { Ok(a.a.wrapping_add(a.b)) })
             .start()
             .await
@@ -160,7 +160,7 @@ fn any_request_on_the_wire_gets_a_response_or_a_documented_error() {
     runtime.block_on(async {
         let m = Catga::builder()
             .service("gateway")
-            .transport(connect(&[url.clone()]).await)
+            .transport(connect(std::slice::from_ref(&url)).await)
             .build()
             .unwrap();
         assert_eq!(m.send(Add { a: 2, b: 3 }).await.unwrap(), 5);

@@ -262,3 +262,56 @@ async fn a_transport_wraps_a_client_the_application_already_has() {
     assert_eq!(client.send(Add { a: 2, b: 3 }).await.unwrap(), 5);
     peer.shutdown().await.unwrap();
 }
+
+/// Over NATS, a duplicate is compared by the bytes it arrived in: the same
+/// id with another payload is `conflict` (`catga.idempotency_key_reused`),
+/// the same bytes get the stored answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_message_id_with_another_payload_is_refused_over_nats() {
+    let server = NatsServer::start();
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let peer = Catga::builder()
+        .service("calc")
+        .transport(connect(&[server.url()]).await)
+        .idempotency(catga_core::store::MemoryIdempotencyStore::new())
+        .idempotent::<Add>()
+        .request_fn(move |a: Add, _| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(a.a + a.b)
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = Catga::builder()
+        .service("gateway")
+        .transport(connect(&[server.url()]).await)
+        .build()
+        .unwrap();
+    let meta = Metadata::new().with_message_id(catga_core::new_id());
+    assert_eq!(
+        client
+            .send_with(Add { a: 1, b: 2 }, meta.clone())
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        client
+            .send_with(Add { a: 1, b: 2 }, meta.clone())
+            .await
+            .unwrap(),
+        3
+    );
+    let e = client
+        .send_with(Add { a: 1, b: 3 }, meta)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Conflict, "{e}");
+    assert_eq!(e.code(), Some("catga.idempotency_key_reused"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    peer.shutdown().await.unwrap();
+}

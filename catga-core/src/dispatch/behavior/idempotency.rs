@@ -35,6 +35,12 @@ use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 ///   [`Conflict`](ErrorKind::Conflict), code `catga.claim_lost`): the lease ran
 ///   out while the peer was paused and another attempt took the key. Nothing of
 ///   this attempt is stored, neither its response nor its events.
+/// - **A duplicate must carry the same payload.** The outcome is stored with a
+///   fingerprint of the message's payload (the bytes it arrived in; its
+///   MessagePack encoding when sent in this process). The same message id
+///   with another payload is refused with [`Conflict`](ErrorKind::Conflict)
+///   (code `catga.idempotency_key_reused`, not retryable) instead of getting
+///   the first request's outcome.
 /// - **A duplicate that finds the key in progress waits** for the outcome with
 ///   jittered exponential backoff (10 ms doubling to 500 ms), at most `wait` and
 ///   never past its own deadline, then fails with [`ErrorKind::InProgress`]
@@ -181,6 +187,10 @@ fn claim_lost(env: &Envelope<'_>) -> Error {
 /// Tag of a stored outcome: the first byte of the stored value.
 const OK: u8 = 0;
 const FAILED: u8 = 1;
+/// An outcome stored with its message's payload fingerprint: the tag, eight
+/// bytes of fingerprint (big-endian), then an `OK` or `FAILED` outcome.
+/// Outcomes stored before fingerprints existed have none and are not checked.
+const FINGERPRINTED: u8 = 2;
 
 /// A stored failure: what a duplicate gets back instead of running again.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -224,6 +234,9 @@ impl Idempotency {
             finished: false,
         };
         let ctx = env.context();
+        // Taken before the handler runs. A message that cannot be encoded
+        // (it arrived some other way) is stored without one.
+        let fingerprint = env.payload_fingerprint().ok();
         // Hold back published events only when a relay will move them.
         let held = ctx.mediator().has_outbox().then(|| ctx.hold_events());
         let staged = ctx.hold_work();
@@ -259,7 +272,16 @@ impl Idempotency {
             }
             Err(_) => None,
         };
-        let Some(bytes) = outcome else {
+        let Some(bytes) = outcome.map(|inner| match fingerprint {
+            Some(fp) => {
+                let mut bytes = Vec::with_capacity(9 + inner.len());
+                bytes.push(FINGERPRINTED);
+                bytes.extend_from_slice(&fp.to_be_bytes());
+                bytes.extend(inner);
+                bytes
+            }
+            None => inner,
+        }) else {
             // The handler said it failed: nothing happened, the next attempt runs.
             if let Err(e) = self.store.release(key, token).await {
                 tracing::warn!(key, error = %e, "could not release idempotency claim; it expires with its lease");
@@ -348,6 +370,29 @@ impl Idempotency {
             )
             .with_message_name(env.name())
             .with_retryable(false)
+        };
+        let bytes = match bytes.split_first() {
+            Some((&FINGERPRINTED, rest)) if rest.len() >= 8 => {
+                let (stored, outcome) = rest.split_at(8);
+                let stored = u64::from_be_bytes(stored.try_into().unwrap_or_default());
+                if env.payload_fingerprint().is_ok_and(|fp| fp != stored) {
+                    return Err(Error::new(
+                        ErrorKind::Conflict,
+                        format!(
+                            "message id {} of `{}` was used before with a different payload; \
+                             the first one's outcome is kept: send a new request with a new \
+                             message id",
+                            env.context().message_id(),
+                            env.name()
+                        ),
+                    )
+                    .with_code("catga.idempotency_key_reused")
+                    .with_retryable(false)
+                    .with_message_name(env.name()));
+                }
+                outcome
+            }
+            _ => bytes,
         };
         match bytes.split_first() {
             Some((&OK, response)) => env

@@ -117,6 +117,7 @@ pub(crate) struct MessageInfo {
     pub(crate) encode_reply: fn(&Reply, Format) -> Result<Vec<u8>>,
     pub(crate) decode_reply: fn(&[u8], Format) -> Result<Reply>,
     pub(crate) partition: fn(&(dyn Any + Send + Sync)) -> Option<String>,
+    pub(crate) encode_message: fn(&(dyn Any + Send + Sync), Format) -> Result<Vec<u8>>,
 }
 
 impl MessageInfo {
@@ -140,6 +141,13 @@ impl MessageInfo {
             },
             decode_reply: |bytes, format| format.decode::<Resp>(bytes).map(Reply::new),
             partition: |message| message.downcast_ref::<M>().and_then(M::partition),
+            encode_message: |message, format| match message.downcast_ref::<M>() {
+                Some(m) => format.encode(m),
+                None => Err(Error::new(
+                    ErrorKind::Codec,
+                    "the envelope holds another message type",
+                )),
+            },
         }
     }
 }
@@ -228,6 +236,17 @@ impl<'a> Envelope<'a> {
     /// Encodes a reply of this message type (used by stores that keep responses).
     pub fn encode_reply(&self, reply: &Reply, format: Format) -> Result<Vec<u8>> {
         (self.info.encode_reply)(reply, format)
+    }
+
+    /// The fingerprint of the message's payload (see
+    /// [`Context::payload_fingerprint`]): of the bytes it arrived in, or of
+    /// its MessagePack encoding when it was sent in this process.
+    pub fn payload_fingerprint(&self) -> Result<u64> {
+        match self.ctx.payload_fingerprint() {
+            Some(fp) => Ok(fp),
+            None => (self.info.encode_message)(self.message, Format::MsgPack)
+                .map(|bytes| crate::dispatch::context::fingerprint(&bytes)),
+        }
     }
 
     /// Decodes a reply of this message type encoded by [`Envelope::encode_reply`].
