@@ -78,5 +78,7 @@ echo "==> $(nats-server --version 2>&1 | head -n1); $(redis-server --version | c
 cargo test --workspace "$@"
 # Feature-gated: Redis over TLS.
 cargo test -p catga-redis --features tls --test it tls "$@"
+# Feature-gated: the framework's metrics (its own binary: a global recorder).
+cargo test -p catga-core --features metrics --test metrics "$@"
 # Feature-gated: OpenTelemetry trace continuation across NATS.
 exec cargo test -p catga-nats --features otel --test otel "$@"

@@ -84,5 +84,5 @@ pub use message::{Event, Message, MessageKind, Request, validate_name};
 pub use metadata::{
     DURABLE_HEADER, FENCE_HEADER, Fence, Headers, Metadata, RELIABLE_HEADER, new_id,
 };
-pub use runtime::{Peer, leader, relay, saga};
+pub use runtime::{Health, Peer, leader, relay, saga};
 pub use uuid::Uuid;

@@ -108,6 +108,23 @@ impl NatsTransport {
     pub fn stats(&self) -> ServeStats {
         self.shared.peer.stats(self.slow_consumer_drops())
     }
+
+    /// Records [`NatsTransport::stats`] through the `metrics` facade
+    /// (feature `metrics`): gauges `catga_in_flight_total` and
+    /// `catga_in_flight_bytes`; counters `catga_admitted_total`,
+    /// `catga_shed_total`, `catga_expired_total`, `catga_panicked_total`
+    /// and `catga_slow_consumer_drops_total`. Call it before rendering.
+    #[cfg(feature = "metrics")]
+    pub fn record_metrics(&self) {
+        let s = self.stats();
+        metrics::gauge!("catga_in_flight_total").set(s.in_flight as f64);
+        metrics::gauge!("catga_in_flight_bytes").set(s.in_flight_bytes as f64);
+        metrics::counter!("catga_admitted_total").absolute(s.admitted);
+        metrics::counter!("catga_shed_total").absolute(s.shed);
+        metrics::counter!("catga_expired_total").absolute(s.expired);
+        metrics::counter!("catga_panicked_total").absolute(s.panicked);
+        metrics::counter!("catga_slow_consumer_drops_total").absolute(s.slow_consumer_drops);
+    }
 }
 
 impl Transport for NatsTransport {

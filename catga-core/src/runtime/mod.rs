@@ -18,5 +18,5 @@ mod peer;
 pub mod relay;
 pub mod saga;
 
-pub use peer::Peer;
 pub(crate) use peer::Plan;
+pub use peer::{Check, Health, Peer};

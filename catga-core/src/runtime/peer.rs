@@ -64,8 +64,58 @@ pub struct Peer {
     leading: Leading,
     outbox: Option<Arc<dyn OutboxStore>>,
     saga_store: Arc<dyn SagaStore>,
+    lock_store: Arc<dyn LockStore>,
+    /// Names of every leader task this peer competes for.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    tasks_named: Vec<Arc<str>>,
     grace: Duration,
     stopped: AtomicBool,
+}
+/// One check of [`Peer::health`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked: `transport`, `lock_store`, `outbox`, `saga_store`.
+    pub name: &'static str,
+    /// `None` when it answered in time; otherwise why not.
+    pub problem: Option<String>,
+}
+
+/// What [`Peer::health`] found: ready when every check passed. An HTTP layer
+/// serves it as a readiness probe (503 with the problems when not ready).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Every check, in a fixed order.
+    pub checks: Vec<Check>,
+}
+
+impl Health {
+    /// Whether every check passed.
+    pub fn is_ready(&self) -> bool {
+        self.checks.iter().all(|c| c.problem.is_none())
+    }
+
+    /// The failed checks, `name: problem` each, one per line.
+    pub fn problems(&self) -> String {
+        self.checks
+            .iter()
+            .filter_map(|c| c.problem.as_ref().map(|p| format!("{}: {p}", c.name)))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Runs `check` within `timeout` as check `name`.
+async fn within(
+    name: &'static str,
+    timeout: Duration,
+    check: impl std::future::Future<Output = Result<()>>,
+) -> Check {
+    let problem = match tokio::time::timeout(timeout, check).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {timeout:?}")),
+    };
+    Check { name, problem }
 }
 
 impl fmt::Debug for Peer {
@@ -91,6 +141,8 @@ impl Peer {
             leading: Leading::default(),
             outbox: plan.outbox.as_ref().map(|(store, _)| store.clone()),
             saga_store: plan.saga_store,
+            lock_store: plan.lock_store.clone(),
+            tasks_named: plan.leader_tasks.iter().map(|t| t.name.clone()).collect(),
             grace: plan.shutdown_grace,
             stopped: AtomicBool::new(false),
         };
@@ -134,6 +186,55 @@ impl Peer {
     /// step, data and history.
     pub async fn saga_state(&self, id: Uuid) -> Result<Option<SagaState>> {
         self.saga_store.load(id).await
+    }
+
+    /// Checks what this peer depends on, each within `timeout`: the
+    /// transport (connected, every subscription serving), the lock store,
+    /// the outbox and the saga store (each asked a cheap read). For a
+    /// readiness probe; liveness needs no check (the process answers).
+    pub async fn health(&self, timeout: Duration) -> Health {
+        let mut checks = vec![Check {
+            name: "transport",
+            problem: self.mediator.ready().err().map(|e| e.to_string()),
+        }];
+        let lock = async {
+            self.lock_store
+                .current_fence("catga.health")
+                .await
+                .map(drop)
+        };
+        checks.push(within("lock_store", timeout, lock).await);
+        if let Some(outbox) = &self.outbox {
+            let backlog = async { outbox.backlog().await.map(drop) };
+            checks.push(within("outbox", timeout, backlog).await);
+        }
+        let sagas = async { self.saga_store.load(Uuid::nil()).await.map(drop) };
+        checks.push(within("saga_store", timeout, sagas).await);
+        Health { checks }
+    }
+
+    /// Records this peer's gauges through the `metrics` facade (feature
+    /// `metrics`): `catga_outbox_backlog`, `catga_leader{task}` (1 while this
+    /// peer leads the task, 0 otherwise) and `catga_retry_denied_total`.
+    /// Call it before rendering the metrics (on a Prometheus scrape).
+    #[cfg(feature = "metrics")]
+    pub async fn record_metrics(&self) {
+        if let Some(outbox) = &self.outbox {
+            if let Ok(n) = outbox.backlog().await {
+                metrics::gauge!("catga_outbox_backlog").set(n as f64);
+            }
+        }
+        let leading = self.leading.names();
+        for task in &self.tasks_named {
+            let on = leading.iter().any(|l| l.as_str() == &**task);
+            metrics::gauge!("catga_leader", "task" => task.to_string()).set(if on {
+                1.0
+            } else {
+                0.0
+            });
+        }
+        metrics::counter!("catga_retry_denied_total")
+            .absolute(self.mediator.retry_budget().denied());
     }
 
     /// Names of the leader-only tasks this peer runs right now (sagas'

@@ -8,7 +8,7 @@ use std::time::Duration;
 use catga_core::behavior::idempotency::Idempotency;
 use catga_core::store::{MemoryIdempotencyStore, MemoryLockStore};
 use catga_core::transport::memory::MemoryBus;
-use catga_core::{Catga, Context, ErrorKind, Event, Message, Metadata, Request};
+use catga_core::{Catga, Context, Error, ErrorKind, Event, Message, Metadata, Request};
 use serde::{Deserialize, Serialize};
 
 async fn eventually(what: &str, check: impl FnMut() -> bool) {
@@ -336,4 +336,68 @@ async fn the_same_id_with_another_payload_is_a_conflict() {
     assert_eq!(peer.send_with(Charge { cents: 5 }, meta).await.unwrap(), 5);
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     peer.shutdown().await.unwrap();
+}
+
+/// A lock store that cannot be reached.
+struct Unreachable;
+impl catga_core::store::LockStore for Unreachable {
+    fn try_acquire<'a>(
+        &'a self,
+        _: &'a str,
+        _: Duration,
+    ) -> futures_util::future::BoxFuture<'a, catga_core::Result<Option<catga_core::store::Lease>>>
+    {
+        Box::pin(async { Err(Error::store("connection refused")) })
+    }
+    fn renew<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+        _: Duration,
+    ) -> futures_util::future::BoxFuture<'a, catga_core::Result<bool>> {
+        Box::pin(async { Err(Error::store("connection refused")) })
+    }
+    fn release<'a>(
+        &'a self,
+        _: &'a str,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, catga_core::Result<bool>> {
+        Box::pin(async { Err(Error::store("connection refused")) })
+    }
+    fn current_fence<'a>(
+        &'a self,
+        _: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, catga_core::Result<u64>> {
+        Box::pin(std::future::pending())
+    }
+}
+
+/// `Peer::health` checks the transport and every store within its timeout,
+/// and names what does not answer.
+#[tokio::test]
+async fn health_names_what_does_not_answer() {
+    let fine = Catga::builder()
+        .idempotency(MemoryIdempotencyStore::new())
+        .start()
+        .await
+        .unwrap();
+    let h = fine.health(Duration::from_millis(500)).await;
+    assert!(h.is_ready(), "{}", h.problems());
+    let names: Vec<_> = h.checks.iter().map(|c| c.name).collect();
+    assert_eq!(names, ["transport", "lock_store", "outbox", "saga_store"]);
+    fine.shutdown().await.unwrap();
+
+    let stuck = Catga::builder()
+        .lock_store(Unreachable)
+        .start()
+        .await
+        .unwrap();
+    let h = stuck.health(Duration::from_millis(100)).await;
+    assert!(!h.is_ready());
+    assert!(
+        h.problems().starts_with("lock_store: no answer within"),
+        "{}",
+        h.problems()
+    );
+    stuck.shutdown().await.unwrap();
 }

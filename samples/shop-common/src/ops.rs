@@ -1,15 +1,14 @@
 //! Operations: logs, metrics, health endpoints, graceful shutdown.
 
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use catga::Peer;
-use catga::behavior::{Behavior, Envelope, Next, Reply};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::store::StockStore;
 
@@ -25,32 +24,21 @@ pub fn metrics() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            // Histograms (not summaries) for every `_seconds` metric, so the
+            // copies of a service aggregate.
+            let buckets = [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let builder = || {
+                PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                    .expect("buckets are not empty")
+            };
+            builder()
                 .install_recorder()
-                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder().handle())
+                .unwrap_or_else(|_| builder().build_recorder().handle())
         })
         .clone()
-}
-
-/// Counts dispatches, errors and latency per message through the `metrics` facade.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metrics;
-
-impl Behavior for Metrics {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> catga::Result<Reply> {
-        let started = Instant::now();
-        let result = next.run(env).await;
-        let message = env.name();
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.kind().as_str(),
-        };
-        metrics::counter!("catga_dispatch_total", "message" => message, "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("catga_dispatch_seconds", "message" => message)
-            .record(started.elapsed().as_secs_f64());
-        result
-    }
 }
 
 /// What the health and metrics endpoints look at.
@@ -86,9 +74,11 @@ async fn leading(State(p): State<Probe>) -> String {
 }
 
 async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
-    // NATS connected and every subscription serving.
-    if let Err(e) = p.peer.ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("nats: {e}"));
+    // NATS connected and every subscription serving; the lock, outbox and
+    // saga stores answering.
+    let health = p.peer.health(Duration::from_secs(2)).await;
+    if !health.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, health.problems());
     }
     match tokio::time::timeout(Duration::from_secs(2), p.store.available("__health")).await {
         Ok(Ok(_)) => (StatusCode::OK, "ready".into()),
@@ -98,25 +88,10 @@ async fn ready(State(p): State<Probe>) -> (StatusCode, String) {
 }
 
 async fn render(State(p): State<Probe>) -> String {
-    if let Some(outbox) = p.peer.outbox_store()
-        && let Ok(n) = outbox.backlog().await
-    {
-        metrics::gauge!("catga_outbox_backlog").set(n as f64);
-    }
-    for task in p.peer.leading() {
-        metrics::gauge!("catga_leader", "task" => task).set(1.0);
-    }
+    p.peer.record_metrics().await;
     if let Some(nats) = &p.nats {
-        let s = nats.stats();
-        metrics::gauge!("catga_in_flight").set(s.in_flight as f64);
-        metrics::gauge!("catga_in_flight_bytes").set(s.in_flight_bytes as f64);
-        metrics::counter!("catga_admitted_total").absolute(s.admitted);
-        metrics::counter!("catga_shed_total").absolute(s.shed);
-        metrics::counter!("catga_expired_total").absolute(s.expired);
-        metrics::counter!("catga_panicked_total").absolute(s.panicked);
-        metrics::counter!("catga_slow_consumer_drops_total").absolute(s.slow_consumer_drops);
+        nats.record_metrics();
     }
-    metrics::counter!("catga_retry_denied_total").absolute(p.peer.retry_budget().denied());
     metrics().render()
 }
 

@@ -13,7 +13,7 @@ use catga::store::MemoryIdempotencyStore;
 use catga::{Catga, CatgaBuilder, Error, Peer, Result};
 
 use crate::config::Config;
-use crate::ops::{self, Metrics, Probe};
+use crate::ops::{self, Probe};
 use crate::store::{MemoryStores, OrderStore, PaymentStore, RedisStores, StockStore};
 
 /// Everything a service process connects to.
@@ -87,7 +87,7 @@ impl Infra {
         let mut b = Catga::builder()
             .service(self.config.service.clone())
             .behavior(Tracing::new())
-            .behavior(Metrics)
+            .behavior(catga::behavior::metrics::Metrics)
             .behavior(Retry::new(3).backoff(Duration::from_millis(50), Duration::from_secs(1)))
             .request_timeout(Duration::from_secs(10))
             .shutdown_grace(self.config.shutdown_grace);

@@ -27,6 +27,8 @@
 
 pub mod concurrency;
 pub mod idempotency;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod retry;
 pub mod timeout;
 pub mod tracing;
