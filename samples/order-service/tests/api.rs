@@ -186,10 +186,20 @@ async fn errors_map_to_status_codes_with_a_json_body() {
         "POST",
         "/orders",
         Some(order("d", 1)),
-        Some("not-a-uuid"),
+        Some("not a key: spaces"),
     )
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    // Any visible-ASCII key works, a UUID or not (as Stripe's do).
+    let (status, body) = call_with(
+        &app,
+        "POST",
+        "/orders",
+        Some(order("d", 1)),
+        Some("order-d-1"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     m.shutdown().await.unwrap();
 }
 

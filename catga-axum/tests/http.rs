@@ -1,0 +1,206 @@
+//! catga-axum through a router, as a client sees it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, to_bytes};
+use axum::extract::State;
+use axum::http::{Request as HttpRequest, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use catga_axum::{ApiError, IdempotencyKey, SendService, admission, health_routes};
+use catga_core::store::MemoryIdempotencyStore;
+use catga_core::{Catga, Error, ErrorKind, Mediator, Message, Request};
+use serde::{Deserialize, Serialize};
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charge {
+    cents: i64,
+}
+impl Message for Charge {
+    const NAME: &'static str = "http.Charge";
+    const IDEMPOTENT: bool = true;
+}
+impl Request for Charge {
+    type Response = i64;
+}
+
+async fn charge(
+    State(m): State<Mediator>,
+    key: IdempotencyKey,
+    Json(cmd): Json<Charge>,
+) -> Result<Json<i64>, ApiError> {
+    Ok(Json(m.send_with(cmd, key.metadata()).await?))
+}
+
+async fn shop(runs: Arc<AtomicUsize>) -> (catga_core::Peer, Router) {
+    let peer = Catga::builder()
+        .idempotency(MemoryIdempotencyStore::new())
+        .request_fn(move |c: Charge, _| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                match c.cents {
+                    n if n < 0 => Err(Error::validation("a charge is positive")),
+                    0 => Err(Error::new(ErrorKind::Overloaded, "busy")),
+                    1 => {
+                        Err(Error::new(ErrorKind::Conflict, "taken").with_code("billing.not_found"))
+                    }
+                    n => Ok(n),
+                }
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let app = Router::new()
+        .route("/charges", post(charge))
+        .with_state(peer.mediator().clone());
+    (peer, app)
+}
+
+async fn post_charge(
+    app: &Router,
+    cents: i64,
+    key: Option<&str>,
+) -> (StatusCode, String, Option<String>) {
+    let mut req = HttpRequest::post("/charges").header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let resp = app
+        .clone()
+        .oneshot(
+            req.body(Body::from(format!(r#"{{"cents":{cents}}}"#)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    (status, String::from_utf8(body.to_vec()).unwrap(), retry)
+}
+
+#[tokio::test]
+async fn errors_become_statuses_and_an_idempotency_key_charges_once() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (peer, app) = shop(runs.clone()).await;
+    let (s, body, _) = post_charge(&app, 1500, Some("order-17-charge")).await;
+    assert_eq!((s, body.as_str()), (StatusCode::OK, "1500"));
+    let (s, body, _) = post_charge(&app, 1500, Some("order-17-charge")).await;
+    assert_eq!(
+        (s, body.as_str()),
+        (StatusCode::OK, "1500"),
+        "the stored answer"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "charged once");
+    // The same key with another body: a new request under an old key.
+    let (s, body, _) = post_charge(&app, 1600, Some("order-17-charge")).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{body}");
+    assert!(body.contains("catga.idempotency_key_reused"), "{body}");
+
+    let (s, body, _) = post_charge(&app, -5, None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains(r#""error":"validation""#), "{body}");
+    let (s, _, retry) = post_charge(&app, 0, None).await;
+    assert_eq!(
+        (s, retry.as_deref()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("1"))
+    );
+    let (s, _, _) = post_charge(&app, 1, None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body, _) = post_charge(&app, 5, Some("bad key with spaces")).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    peer.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn health_routes_answer_from_the_peer() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (peer, _) = shop(runs).await;
+    let app = health_routes(Arc::new(peer), Duration::from_secs(1));
+    for path in ["/health/live", "/health/ready"] {
+        let resp = app
+            .clone()
+            .oneshot(HttpRequest::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+}
+
+/// Past the admission limit, a request is answered 503 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_sheds_what_is_over_the_limit() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let (g, e) = (gate.clone(), entered.clone());
+    let app = admission(
+        Router::new().route(
+            "/slow",
+            post(move || {
+                let (g, e) = (g.clone(), e.clone());
+                async move {
+                    e.notify_one();
+                    let _ = g.acquire().await;
+                    "done"
+                }
+            }),
+        ),
+        1,
+    );
+    let first = tokio::spawn(
+        app.clone()
+            .oneshot(HttpRequest::post("/slow").body(Body::empty()).unwrap()),
+    );
+    // The first holds the only slot, inside its handler.
+    tokio::time::timeout(Duration::from_secs(20), entered.notified())
+        .await
+        .expect("the first request runs");
+    let shed = tokio::time::timeout(
+        Duration::from_secs(20),
+        app.clone()
+            .oneshot(HttpRequest::post("/slow").body(Body::empty()).unwrap()),
+    )
+    .await
+    .expect("answered at once, not queued")
+    .unwrap();
+    assert_eq!(shed.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(shed.headers().get("retry-after").unwrap(), "1");
+    gate.add_permits(10);
+    assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
+}
+
+/// `send` as a tower Service: layers apply in front of the mediator.
+#[tokio::test]
+async fn send_is_a_tower_service() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (peer, _) = shop(runs.clone()).await;
+    let mut charges = ServiceBuilder::new()
+        .concurrency_limit(4)
+        .service(SendService::<Charge>::new(peer.mediator().clone()));
+    let n = charges
+        .ready()
+        .await
+        .unwrap()
+        .call(Charge { cents: 42 })
+        .await
+        .unwrap();
+    assert_eq!(n, 42);
+    let e = charges
+        .ready()
+        .await
+        .unwrap()
+        .call(Charge { cents: -1 })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Validation);
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    peer.shutdown().await.unwrap();
+}
