@@ -35,10 +35,13 @@
 //! (service API), `protocol.rs` (the wire contract), `shared.rs` (what they
 //! share), `options.rs` (also read from configuration files with serde).
 //!
-//! - **Tracing**: each received message is handled in a `catga.receive` span with
-//!   its name and ids. With the `otel` feature, the current span's OpenTelemetry
-//!   context travels as `traceparent` and becomes the remote parent of the
-//!   receiving span, so a trace continues across peers.
+//! - **Tracing**: each received message is handled in a `catga.receive` span
+//!   (an OpenTelemetry consumer span with the messaging attributes) with its
+//!   name and ids. With the `otel` feature, the application's global
+//!   propagator writes the current context into the headers (`traceparent`,
+//!   `tracestate`, `baggage` with the W3C ones) and reads it back as the
+//!   remote parent of the receiving span, so a trace and its baggage continue
+//!   across peers.
 //!
 //! The wire contract, for clients in other languages, is in `docs/protocol.md`;
 //! [`protocol`] has the same names in code.

@@ -1,13 +1,59 @@
 //! OpenTelemetry trace context across NATS (feature `otel`).
 //!
-//! Sending: the current `tracing` span's OpenTelemetry context travels as the
-//! W3C `traceparent` header. Receiving: a `traceparent` becomes the remote
-//! parent of the `catga.receive` span the handler runs in, so with a
-//! tracing-opentelemetry layer installed the handler's spans continue the
-//! caller's trace.
+//! Sending: the current `tracing` span's OpenTelemetry context is written into
+//! the message's headers by the application's global text-map propagator
+//! (`opentelemetry::global::set_text_map_propagator`): with the W3C
+//! propagators, `traceparent`, `tracestate` and `baggage`; with another, its
+//! own headers. With no propagator installed, Catga writes `traceparent`
+//! itself. Receiving: the same propagator reads them back, and the context
+//! (its baggage included) becomes the remote parent of the `catga.receive`
+//! span the handler runs in, so with a tracing-opentelemetry layer
+//! installed the handler's spans continue the caller's trace.
 
+use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use catga_core::Headers;
+
+/// Writes propagator fields into Catga headers.
+struct Inject<'a>(&'a mut Headers);
+
+impl Injector for Inject<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        self.0.insert(key, value);
+    }
+}
+
+/// Reads propagator fields from Catga headers (names in any case).
+struct Extract<'a>(&'a Headers);
+
+impl Extractor for Extract<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key)
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| k).collect()
+    }
+}
+
+/// Writes the current span's context into `headers` (see the module docs);
+/// nothing when the current span has no valid OpenTelemetry context.
+pub(crate) fn inject(headers: &mut Headers) {
+    let cx = tracing::Span::current().context();
+    if !cx.span().span_context().is_valid() {
+        return;
+    }
+    let before = headers.len();
+    opentelemetry::global::get_text_map_propagator(|p| p.inject_context(&cx, &mut Inject(headers)));
+    // The default global propagator writes nothing: Catga's own traceparent.
+    if headers.len() == before {
+        if let Some(tp) = current_traceparent() {
+            headers.insert(crate::protocol::header::TRACEPARENT, tp);
+        }
+    }
+}
 
 /// The current span's context as a W3C `traceparent`, when it has a valid one
 /// (an OpenTelemetry layer is installed and the span is recorded).
@@ -25,12 +71,21 @@ pub(crate) fn current_traceparent() -> Option<String> {
     })
 }
 
-/// Makes the remote caller `traceparent` names the parent of `span`; a
-/// malformed value is ignored (the span then starts a trace of its own).
-pub(crate) fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
-    if let Some(sc) = parse(traceparent) {
-        let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(sc));
+/// Makes the context carried by `headers` the current OpenTelemetry context
+/// until the guard drops, so a span created meanwhile has it as its remote
+/// parent (from creation, so its sampling decision and `tracestate` follow
+/// the parent's). Read by the global propagator (baggage included), or from
+/// `traceparent` alone when that finds none; `None` when there is none (a
+/// malformed value is ignored: the span then starts a trace of its own).
+pub(crate) fn attach_remote_parent(headers: &Headers) -> Option<opentelemetry::ContextGuard> {
+    let cx = opentelemetry::global::get_text_map_propagator(|p| p.extract(&Extract(headers)));
+    if cx.span().span_context().is_valid() {
+        return Some(cx.attach());
     }
+    let sc = headers
+        .get(crate::protocol::header::TRACEPARENT)
+        .and_then(parse)?;
+    Some(cx.with_remote_span_context(sc).attach())
 }
 
 /// Parses `version-traceid-parentid-flags` (W3C Trace Context, level 1).

@@ -185,9 +185,7 @@ impl Shared {
 /// message's `traceparent` (over one inherited from an incoming message).
 fn with_current_trace(msg: &mut WireMessage) {
     #[cfg(feature = "otel")]
-    if let Some(tp) = crate::otel::current_traceparent() {
-        msg.headers.insert(protocol::header::TRACEPARENT, tp);
-    }
+    crate::otel::inject(&mut msg.headers);
     #[cfg(not(feature = "otel"))]
     let _ = msg;
 }

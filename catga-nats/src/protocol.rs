@@ -96,7 +96,7 @@ fn is_reserved(name: &str) -> bool {
     };
     starts("catga-")
         || starts("nats-")
-        || ["content-type", "traceparent", "tracestate"]
+        || ["content-type", "traceparent"]
             .iter()
             .any(|r| name.eq_ignore_ascii_case(r))
 }

@@ -130,17 +130,24 @@ pub(crate) async fn serve_core<Fut>(
 pub(crate) fn receive_span(name: &str, wire: &Result<WireMessage>) -> tracing::Span {
     match wire {
         Ok(w) => {
+            // The caller's trace, as the span's parent from its creation.
+            #[cfg(feature = "otel")]
+            let _parent = crate::otel::attach_remote_parent(&w.headers);
+            // OpenTelemetry messaging conventions: a consumer span that
+            // processes one NATS message.
             let span = tracing::info_span!(
                 "catga.receive",
                 message = name,
                 message_id = %w.message_id,
                 correlation_id = %w.correlation_id,
                 traceparent = %protocol::Traceparent(w),
+                "otel.kind" = "consumer",
+                "messaging.system" = "nats",
+                "messaging.operation.type" = "process",
+                "messaging.destination.name" = name,
+                "messaging.message.id" = %w.message_id,
+                "messaging.message.conversation_id" = %w.correlation_id,
             );
-            #[cfg(feature = "otel")]
-            if let Some(tp) = w.headers.get(protocol::header::TRACEPARENT) {
-                crate::otel::set_remote_parent(&span, tp);
-            }
             span
         }
         Err(_) => tracing::info_span!("catga.receive", message = name),
