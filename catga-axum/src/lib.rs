@@ -9,7 +9,7 @@
 //! - [`IdempotencyKey`]: the `Idempotency-Key` header as the message id, so a
 //!   client retrying with the same key gets the same answer, once.
 //! - [`health_routes`]: `/health/live` and `/health/ready` (from
-//!   [`Peer::health`]).
+//!   [`Peer::health`]); [`metrics_route`]: `/metrics` from any renderer.
 //! - [`admission`]: at most N requests in flight, the rest answered 503 at
 //!   once (load shedding), instead of queueing past their deadlines.
 //! - [`SendService`]: `send` as a tower [`Service`](tower::Service), so
@@ -190,6 +190,22 @@ pub fn health_routes(peer: Arc<Peer>, timeout: Duration) -> Router {
             }),
         )
         .with_state(peer)
+}
+
+/// `/metrics`: what `render` returns, e.g. `Peer::record_metrics` (feature
+/// `metrics`, for the gauges read on demand) then the Prometheus text of a
+/// `metrics-exporter-prometheus` handle.
+///
+/// ```
+/// let app: axum::Router = catga_axum::metrics_route(|| async { "# no metrics yet\n".to_owned() });
+/// # drop(app);
+/// ```
+pub fn metrics_route<F, Fut>(render: F) -> Router
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = String> + Send + 'static,
+{
+    Router::new().route("/metrics", get(render))
 }
 
 /// Admission control for `router`: at most `limit` requests are handled at

@@ -204,3 +204,15 @@ async fn send_is_a_tower_service() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
     peer.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_metrics_route_serves_what_the_renderer_returns() {
+    let app = catga_axum::metrics_route(|| async { "catga_up 1\n".to_owned() });
+    let resp = app
+        .oneshot(HttpRequest::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    assert_eq!(&body[..], b"catga_up 1\n");
+}

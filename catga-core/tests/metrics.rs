@@ -28,6 +28,7 @@ async fn dispatches_and_peer_state_are_recorded() {
     metrics::set_global_recorder(recorder).unwrap();
     let peer = Catga::builder()
         .behavior(Metrics)
+        .saga(catga_core::saga::Saga::<u32>::new("metrics.saga"))
         .leader_task("metrics.job", |ctx| async move {
             ctx.cancelled().await;
             Ok(())
@@ -72,6 +73,8 @@ async fn dispatches_and_peer_state_are_recorded() {
     assert!(line(r#"catga_in_flight{message="metrics.Charge"}"#).ends_with(" 0"));
     assert!(line(r#"catga_leader{task="metrics.job"}"#).ends_with(" 1"));
     line("catga_retry_denied_total");
+    assert!(line(r#"catga_sagas_unfinished{saga="metrics.saga"}"#).ends_with(" 0"));
+    assert!(line(r#"catga_sagas_failed{saga="metrics.saga"}"#).ends_with(" 0"));
     // The leader gauge returns to 0 when the peer no longer leads.
     peer.shutdown().await.unwrap();
     peer.record_metrics().await;

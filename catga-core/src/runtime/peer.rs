@@ -215,7 +215,8 @@ impl Peer {
 
     /// Records this peer's gauges through the `metrics` facade (feature
     /// `metrics`): `catga_outbox_backlog`, `catga_leader{task}` (1 while this
-    /// peer leads the task, 0 otherwise) and `catga_retry_denied_total`.
+    /// peer leads the task, 0 otherwise), `catga_retry_denied_total`, and per
+    /// saga `catga_sagas_unfinished{saga}` and `catga_sagas_failed{saga}`.
     /// Call it before rendering the metrics (on a Prometheus scrape).
     #[cfg(feature = "metrics")]
     pub async fn record_metrics(&self) {
@@ -235,6 +236,20 @@ impl Peer {
         }
         metrics::counter!("catga_retry_denied_total")
             .absolute(self.mediator.retry_budget().denied());
+        // Saga coordinators are the leader tasks `catga.saga.<name>`.
+        for saga in self
+            .tasks_named
+            .iter()
+            .filter_map(|t| t.strip_prefix("catga.saga."))
+        {
+            if let Ok(n) = self.saga_store.count_unfinished(saga).await {
+                metrics::gauge!("catga_sagas_unfinished", "saga" => saga.to_owned()).set(n as f64);
+            }
+            if let Ok(failed) = self.saga_store.failed(saga).await {
+                metrics::gauge!("catga_sagas_failed", "saga" => saga.to_owned())
+                    .set(failed.len() as f64);
+            }
+        }
     }
 
     /// Names of the leader-only tasks this peer runs right now (sagas'
