@@ -109,6 +109,19 @@ impl RedisStore {
 
     /// Whether it is time to look for relay consumers of dead peers: at most
     /// once per ten idle times.
+    /// Whether it is time to reclaim entries a dead relay left: at most every
+    /// quarter of the idle time (nothing can be reclaimed sooner than that
+    /// anyway), so an idle relay asks Redis one command per shard per round.
+    fn reclaim_due(&self, min_idle: Duration) -> bool {
+        let mut last = self.reclaimed.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let due = last.is_none_or(|at| now.duration_since(at) >= min_idle / 4);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
     fn prune_due(&self, min_idle: Duration) -> bool {
         let mut last = self.pruned.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
@@ -150,43 +163,16 @@ impl RedisStore {
         consumer: &str,
         max: usize,
         min_idle: Duration,
+        reclaim: bool,
         out: &mut Vec<OutboxEntry>,
     ) -> Result<()> {
         self.ensure_group(shard).await?;
         let stream = self.keys.outbox(shard);
         let group = self.keys.group();
         let mut conn = self.conn.clone();
-        let reclaimed: StreamAutoClaimReply = conn
-            .xautoclaim_options(
-                &stream,
-                &group,
-                consumer,
-                ms(min_idle),
-                "0-0",
-                StreamAutoClaimOptions::default().count(max),
-            )
-            .await
-            .map_err(|e| {
-                self.forget_group(shard, &e);
-                store_error("XAUTOCLAIM on the outbox", e)
-            })?;
-        if !reclaimed.deleted_ids.is_empty() {
-            let _: redis::RedisResult<usize> =
-                conn.xack(&stream, &group, &reclaimed.deleted_ids).await;
-        }
-        for sid in reclaimed.claimed {
-            let pending: StreamPendingCountReply = conn
-                .xpending_count(&stream, &group, &sid.id, &sid.id, 1)
-                .await
-                .map_err(|e| store_error("XPENDING on the outbox", e))?;
-            let deliveries = pending
-                .ids
-                .first()
-                .map_or(2, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX));
-            out.extend(
-                self.decode_or_dead_letter(shard, &stream, sid, deliveries)
-                    .await?,
-            );
+        if reclaim {
+            self.reclaim_shard(shard, &stream, &group, consumer, max, min_idle, out)
+                .await?;
         }
         let room = max.saturating_sub(out.len());
         if room == 0 {
@@ -209,6 +195,55 @@ impl RedisStore {
             for sid in key.ids {
                 out.extend(self.decode_or_dead_letter(shard, &stream, sid, 1).await?);
             }
+        }
+        Ok(())
+    }
+
+    /// Takes over the entries of `shard` another relay left unacknowledged
+    /// for `min_idle`.
+    #[allow(clippy::too_many_arguments)]
+    async fn reclaim_shard(
+        &self,
+        shard: u32,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        max: usize,
+        min_idle: Duration,
+        out: &mut Vec<OutboxEntry>,
+    ) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let reclaimed: StreamAutoClaimReply = conn
+            .xautoclaim_options(
+                stream,
+                group,
+                consumer,
+                ms(min_idle),
+                "0-0",
+                StreamAutoClaimOptions::default().count(max),
+            )
+            .await
+            .map_err(|e| {
+                self.forget_group(shard, &e);
+                store_error("XAUTOCLAIM on the outbox", e)
+            })?;
+        if !reclaimed.deleted_ids.is_empty() {
+            let _: redis::RedisResult<usize> =
+                conn.xack(stream, group, &reclaimed.deleted_ids).await;
+        }
+        for sid in reclaimed.claimed {
+            let pending: StreamPendingCountReply = conn
+                .xpending_count(stream, group, &sid.id, &sid.id, 1)
+                .await
+                .map_err(|e| store_error("XPENDING on the outbox", e))?;
+            let deliveries = pending
+                .ids
+                .first()
+                .map_or(2, |p| u32::try_from(p.times_delivered).unwrap_or(u32::MAX));
+            out.extend(
+                self.decode_or_dead_letter(shard, stream, sid, deliveries)
+                    .await?,
+            );
         }
         Ok(())
     }
@@ -335,13 +370,14 @@ impl OutboxStore for RedisStore {
                     }
                 }
             }
+            let reclaim = self.reclaim_due(min_idle);
             let mut out = Vec::new();
             for i in 0..shards {
                 if out.len() >= max {
                     break;
                 }
                 let shard = (start + i) % shards;
-                self.claim_shard(shard, consumer, max, min_idle, &mut out)
+                self.claim_shard(shard, consumer, max, min_idle, reclaim, &mut out)
                     .await?;
             }
             Ok(out)

@@ -64,6 +64,8 @@ pub struct RedisStore {
     pub(crate) next_shard: Arc<AtomicU32>,
     /// When this store last removed relay consumers of dead peers.
     pub(crate) pruned: Arc<Mutex<Option<std::time::Instant>>>,
+    /// When this store last reclaimed entries of dead relays.
+    pub(crate) reclaimed: Arc<Mutex<Option<std::time::Instant>>>,
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
 }
@@ -120,6 +122,7 @@ impl RedisStore {
             groups: Arc::default(),
             next_shard: Arc::default(),
             pruned: Arc::default(),
+            reclaimed: Arc::default(),
             saga_retention: options.saga_retention,
             dead_letters_max: options.dead_letters_max,
         }

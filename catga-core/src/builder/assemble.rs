@@ -122,6 +122,7 @@ impl CatgaBuilder {
                 resources,
                 fence_store: lock_store.clone(),
                 holds_events: self.outbox.is_some(),
+                relay_wake: Arc::default(),
             }),
         };
         let plan = Plan {

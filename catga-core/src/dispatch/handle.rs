@@ -75,6 +75,8 @@ pub(crate) struct Inner {
     pub(crate) fence_store: Arc<dyn LockStore>,
     /// Events published under idempotency go to the outbox with the result.
     pub(crate) holds_events: bool,
+    /// Wakes this peer's outbox relay when a handler stored events.
+    pub(crate) relay_wake: Arc<tokio::sync::Notify>,
 }
 
 /// Dispatches messages: a cheap `Clone` handle, built by [`Catga::builder`](crate::Catga::builder).
@@ -108,6 +110,16 @@ impl Mediator {
     /// The lock store a message's leader fence is checked against.
     pub(crate) fn fence_store(&self) -> &dyn LockStore {
         &*self.inner.fence_store
+    }
+
+    /// Wakes this peer's outbox relay (a handler stored events).
+    pub(crate) fn wake_relay(&self) {
+        self.inner.relay_wake.notify_one();
+    }
+
+    /// What wakes this peer's outbox relay.
+    pub(crate) fn relay_wake(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.relay_wake.clone()
     }
 
     /// The transport, if any.

@@ -24,9 +24,16 @@ use crate::store::{OutboxEntry, OutboxStore};
 pub struct RelayOptions {
     /// Entries taken per round. Default 100.
     pub batch: usize,
-    /// Pause when the outbox is empty. Default 50 ms.
+    /// Pause after a round that found the outbox empty; it doubles with each
+    /// empty round up to `max_poll_interval`, and is back to this after a
+    /// round with entries. Default 50 ms. A peer wakes its relay at once when
+    /// one of its handlers stored events, so the wait only delays entries
+    /// another peer stored and could not relay.
     #[serde(with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// The longest pause of an idle relay. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub max_poll_interval: Duration,
     /// How long an entry stays with a relay that does not acknowledge it before
     /// another relay takes it. Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -40,6 +47,7 @@ impl Default for RelayOptions {
         RelayOptions {
             batch: 100,
             poll_interval: Duration::from_millis(50),
+            max_poll_interval: Duration::from_secs(1),
             min_idle: Duration::from_secs(30),
             max_deliveries: 10,
         }
@@ -58,6 +66,10 @@ pub(crate) async fn run(
     // An outbox that cannot be read is asked again after a growing, jittered
     // wait: relays that lost their store together do not return together.
     let mut backoff = Backoff::new(options.poll_interval, Duration::from_secs(5));
+    // An idle relay asks less and less often (Redis is left alone when
+    // nothing happens); a local handler that stored events wakes it.
+    let mut idle = options.poll_interval;
+    let wake = mediator.relay_wake();
     loop {
         let stopping = shutdown.is_cancelled();
         let round = relay_once(&*store, &mediator, &consumer, &options).await;
@@ -68,14 +80,18 @@ pub(crate) async fn run(
             Ok(n) => {
                 backoff.reset();
                 if n > 0 {
+                    idle = options.poll_interval;
                     continue;
                 }
-                options.poll_interval
+                let wait = idle;
+                idle = (idle * 2).min(options.max_poll_interval.max(options.poll_interval));
+                wait
             }
             Err(()) => backoff.next_delay(),
         };
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = wake.notified() => idle = options.poll_interval,
             () = shutdown.cancelled() => {}
         }
     }

@@ -344,3 +344,82 @@ async fn a_corrupt_entry_is_dead_lettered_alone_and_the_rest_flows() {
         "{text}"
     );
 }
+
+/// Commands Redis has served so far, `INFO` itself left out.
+async fn commands_served(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_") && !l.starts_with("cmdstat_info:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
+
+/// An idle peer leaves Redis alone: its relay asks less and less often while
+/// the outbox stays empty (about one read per shard per second), instead of
+/// every 50 ms; an event stored by a handler still goes out at once (the
+/// handler wakes the relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_leaves_redis_alone_and_wakes_for_new_events() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    let peer = Catga::builder()
+        .idempotency(store.clone())
+        .idempotent::<Charge>()
+        .request_fn(|c: Charge, ctx: Context| async move {
+            ctx.publish(Charged { cents: c.cents }).await?;
+            Ok("charged".to_owned())
+        })
+        .event_fn(move |_: Charged, _| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    // Let the relay settle into its idle pace, then count for 4 s.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = commands_served(&mut conn).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let per_second = (commands_served(&mut conn).await - before) / 4;
+    eprintln!("an idle peer: {per_second} Redis commands/s");
+    // 8 shards read about once a second, and now and then a reclaim: tens,
+    // where polling every 50 ms made about 320 per second.
+    assert!(
+        per_second <= 40,
+        "{per_second} commands/s from an idle peer"
+    );
+    // An event stored now is relayed without waiting for the idle pace.
+    let sent = tokio::time::Instant::now();
+    peer.send(Charge {
+        cents: 5,
+        fail: false,
+    })
+    .await
+    .unwrap();
+    let deadline = sent + Duration::from_secs(30);
+    while seen.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "never relayed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    peer.shutdown().await.unwrap();
+}

@@ -300,8 +300,14 @@ impl Idempotency {
                 &mut *staged.lock().unwrap_or_else(|p| p.into_inner()),
             ));
         }
+        let stored_events = !completion.events.is_empty();
         let changed = match self.store.complete(key, token, completion).await? {
-            Completed::Stored => return result,
+            Completed::Stored => {
+                if stored_events {
+                    ctx.mediator().wake_relay();
+                }
+                return result;
+            }
             Completed::ConditionFailed { key: changed } => changed,
             _ => return Err(claim_lost(&env)),
         };
