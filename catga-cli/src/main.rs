@@ -276,25 +276,14 @@ async fn saga(redis: &RedisStore, action: Saga) -> Result<()> {
             let mut failed = 0;
             for id in &ids {
                 let resumed = match saga_id(id) {
-                    Ok(id) => catga_core::saga::resume_compensation(redis, id).await,
+                    Ok(id) => catga_core::saga::resume_compensation(redis, id)
+                        .await
+                        .map(drop),
                     Err(e) => Err(e),
                 };
-                match resumed {
-                    Ok(_) => println!("compensating {id}"),
-                    Err(e) => {
-                        failed += 1;
-                        eprintln!("{id}: {e}");
-                    }
-                }
+                report("compensating", id, resumed, &mut failed);
             }
-            if failed == 0 {
-                Ok(())
-            } else {
-                Err(Error::new(
-                    ErrorKind::Store,
-                    format!("{failed} not resumed"),
-                ))
-            }
+            verdict(failed, "resumed")
         }
     }
 }
@@ -406,14 +395,26 @@ where
     };
     let mut failed = 0;
     for id in ids {
-        match act(b, id.clone()).await {
-            Ok(()) => println!("{done} {id}"),
-            Err(e) => {
-                failed += 1;
-                eprintln!("{id}: {e}");
-            }
+        let outcome = act(b, id.clone()).await;
+        report(done, &id, outcome, &mut failed);
+    }
+    verdict(failed, done)
+}
+
+/// Prints what became of one target (`<done> <id>`, or the error on
+/// stderr) and counts the failures.
+fn report(done: &str, id: &dyn std::fmt::Display, outcome: Result<()>, failed: &mut usize) {
+    match outcome {
+        Ok(()) => println!("{done} {id}"),
+        Err(e) => {
+            *failed += 1;
+            eprintln!("{id}: {e}");
         }
     }
+}
+
+/// `Ok` when nothing failed; otherwise how many were not `done`.
+fn verdict(failed: usize, done: &str) -> Result<()> {
     if failed == 0 {
         Ok(())
     } else {
