@@ -122,6 +122,11 @@ async fn coordinate<D: SagaData>(
     // and feed the drivers from what the last listing returned.
     let mut next_listing = tokio::time::Instant::now();
     let mut woken = Box::pin(wake.notified());
+    // With nothing to do, the listing interval doubles up to a second, so an
+    // idle coordinator leaves its store alone; a start on this peer wakes it,
+    // and any saga found brings the interval back to `poll_interval`.
+    let idle_max = saga.poll_interval.max(Duration::from_secs(1));
+    let mut interval = saga.poll_interval;
     while !ctx.is_cancelled() {
         if pending.is_empty() && tokio::time::Instant::now() >= next_listing {
             woken = Box::pin(wake.notified()); // armed before the query
@@ -131,7 +136,12 @@ async fn coordinate<D: SagaData>(
                     tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas")
                 }
             }
-            next_listing = tokio::time::Instant::now() + saga.poll_interval;
+            interval = if pending.is_empty() && active.is_empty() {
+                (interval * 2).min(idle_max)
+            } else {
+                saga.poll_interval
+            };
+            next_listing = tokio::time::Instant::now() + interval;
         }
         while active.len() < saga.max_concurrent {
             let Some(id) = pending.pop_front() else { break };
@@ -157,6 +167,7 @@ async fn coordinate<D: SagaData>(
             }
             () = &mut woken => {
                 next_listing = tokio::time::Instant::now();
+                interval = saga.poll_interval;
                 woken = Box::pin(wake.notified());
             }
             () = tokio::time::sleep_until(next_listing), if pending.is_empty() => {}

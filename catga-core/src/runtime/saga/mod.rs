@@ -319,7 +319,9 @@ impl<D: SagaData> Saga<D> {
     }
 
     /// How often the coordinator looks for sagas started elsewhere (default
-    /// 100 ms), and the coordinator's leader lease (default 10 s).
+    /// 100 ms; while it finds none, the interval doubles up to a second, and
+    /// a start on the coordinator's own peer wakes it at once), and the
+    /// coordinator's leader lease (default 10 s).
     pub fn polling(mut self, poll_interval: Duration, lease: Duration) -> Self {
         self.poll_interval = poll_interval;
         self.lease = lease;
