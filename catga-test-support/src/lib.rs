@@ -27,7 +27,7 @@ mod tls;
 pub use nats::{NatsCluster, NatsServer};
 pub use process::{http_get, signal};
 pub use proxy::{Fault, FaultProxy};
-pub use redis::{RedisCluster, RedisServer};
+pub use redis::{RedisCluster, RedisServer, command_calls};
 pub use tls::TestCa;
 
 /// Waits until `check` holds, polling every few milliseconds; panics naming

@@ -233,3 +233,36 @@ impl RedisCluster {
         self.dirs[i].path()
     }
 }
+
+/// Calls per command in the text of `INFO commandstats`, the `INFO` command
+/// itself left out (so reading the counts does not count): for tests that
+/// count what a peer asks of Redis.
+pub fn command_calls(info: &str) -> std::collections::BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let calls = rest
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()?;
+            (name != "info").then(|| (name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_calls_reads_commandstats_without_info() {
+        let info = "# Commandstats\r\ncmdstat_get:calls=12,usec=30,usec_per_call=2.50\r\n\
+                    cmdstat_info:calls=3,usec=9\r\ncmdstat_evalsha:calls=7,usec=70\r\n";
+        let calls = super::command_calls(info);
+        assert_eq!(calls.get("get"), Some(&12));
+        assert_eq!(calls.get("evalsha"), Some(&7));
+        assert_eq!(calls.get("info"), None);
+        assert_eq!(calls.len(), 2);
+    }
+}

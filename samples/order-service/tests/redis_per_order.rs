@@ -36,19 +36,7 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<Stri
         .query_async(conn)
         .await
         .unwrap();
-    info.lines()
-        .filter_map(|l| {
-            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
-            let calls = rest
-                .split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse()
-                .ok()?;
-            (name != "info").then(|| (name.to_owned(), calls))
-        })
-        .collect()
+    catga_test_support::command_calls(&info)
 }
 
 fn total(m: &BTreeMap<String, u64>) -> u64 {
