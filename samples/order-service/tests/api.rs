@@ -4,10 +4,13 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{call, call_with};
 use serde_json::{Value, json};
 use shop_common::messages::GetStock;
 use shop_common::{Config, Infra};
 use tower::ServiceExt;
+
+mod common;
 
 async fn shop() -> (axum::Router, catga::Peer) {
     shop_common::ops::init_tracing();
@@ -24,42 +27,6 @@ async fn shop() -> (axum::Router, catga::Peer) {
     infra.seed_stock().await.unwrap();
     let mediator = order_service::embedded(&infra).start().await.unwrap();
     (order_service::app(mediator.mediator().clone()), mediator)
-}
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    call_with(app, method, uri, body, None).await
-}
-
-async fn call_with(
-    app: &axum::Router,
-    method: &str,
-    uri: &str,
-    body: Option<Value>,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut req = Request::builder().method(method).uri(uri);
-    if let Some(k) = key {
-        req = req.header("idempotency-key", k);
-    }
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let status = res.status();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-    (status, value)
 }
 
 async fn settled(app: &axum::Router, id: &str) -> Value {

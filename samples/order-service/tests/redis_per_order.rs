@@ -7,27 +7,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Request;
-use serde_json::{Value, json};
+use common::call;
+use serde_json::json;
 use shop_common::{Config, Infra};
-use tower::ServiceExt;
 
-async fn call(app: &axum::Router, method: &str, uri: &str, body: Option<Value>) -> Value {
-    let req = Request::builder().method(method).uri(uri);
-    let req = match body {
-        Some(b) => req
-            .header("content-type", "application/json")
-            .body(Body::from(b.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let res = app.clone().oneshot(req).await.unwrap();
-    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-}
+mod common;
 
 /// Calls per command so far, `INFO` left out.
 async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
@@ -65,7 +49,7 @@ async fn redis_commands_per_paid_order() {
     async fn pay_orders(app: &axum::Router, n: usize) {
         let mut ids = Vec::new();
         for i in 0..n {
-            let order = call(
+            let (_, order) = call(
                 app,
                 "POST",
                 "/orders",
@@ -79,7 +63,7 @@ async fn redis_commands_per_paid_order() {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         for id in ids {
             loop {
-                let o = call(app, "GET", &format!("/orders/{id}"), None).await;
+                let (_, o) = call(app, "GET", &format!("/orders/{id}"), None).await;
                 if o["status"] == "paid" {
                     break;
                 }
