@@ -114,6 +114,8 @@ impl Shared {
     ) -> Result<()> {
         self.ensure_streams().await?;
         headers.insert(header::NATS_MSG_ID, protocol::uuid_value(msg.message_id));
+        // For the error: an event's `.rel.` subject or a command's `.cmd.` one.
+        let shown = subject.clone();
         let acked = match self
             .js
             .publish_with_headers(subject, headers, msg.payload)
@@ -122,7 +124,7 @@ impl Shared {
             Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        acked.map_err(|why| self.publish_error(msg.name, why))
+        acked.map_err(|why| Shared::publish_error(msg.name, &shown, why))
     }
 }
 

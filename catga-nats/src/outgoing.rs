@@ -167,22 +167,23 @@ impl Shared {
                         } else {
                             e.to_string()
                         };
-                        self.publish_error(name, why)
+                        let subject = protocol::event_subject(self.prefix(), &name);
+                        Shared::publish_error(name, &subject, why)
                     })
                 }),
         )
     }
 
     #[cold]
-    pub(crate) fn publish_error(&self, name: Cow<'static, str>, why: String) -> Error {
-        let subject = protocol::event_subject(self.prefix(), &name);
+    pub(crate) fn publish_error(name: Cow<'static, str>, subject: &str, why: String) -> Error {
         transport_error(format!("could not publish `{name}` on `{subject}`: {why}"))
             .with_message_name(name)
     }
 }
 
-/// With the `otel` feature: the current span's OpenTelemetry context becomes the
-/// message's `traceparent` (over one inherited from an incoming message).
+/// With the `otel` feature: the current span's OpenTelemetry context goes
+/// into the message's headers (see `otel::inject`), over what it inherited
+/// from an incoming message.
 fn with_current_trace(msg: &mut WireMessage) {
     #[cfg(feature = "otel")]
     crate::otel::inject(&mut msg.headers);
