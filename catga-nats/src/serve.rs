@@ -99,6 +99,10 @@ pub(crate) async fn serve_core<Fut>(
     };
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
+    // Made once: a fresh `cancelled()` per pass would register and drop a
+    // waiter on the token for every message.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let room = match reading {
             Reading::Always => true,
@@ -107,7 +111,7 @@ pub(crate) async fn serve_core<Fut>(
         tokio::select! {
             biased;
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            () = shutdown.cancelled(), if open => {
+            () = &mut cancelled, if open => {
                 open = false;
                 if let Err(e) = sub.drain().await {
                     tracing::warn!(error = %e, "could not drain a NATS subscription");

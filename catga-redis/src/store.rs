@@ -18,6 +18,7 @@ use crate::options::RedisOptions;
 /// (`catga-redis/lua/`), hashed once.
 pub(crate) struct Scripts {
     pub(crate) complete: Script,
+    pub(crate) complete_plain: Script,
     pub(crate) renew: Script,
     pub(crate) release: Script,
     pub(crate) lock_acquire: Script,
@@ -35,6 +36,7 @@ impl Scripts {
     fn load() -> Scripts {
         Scripts {
             complete: Script::new(include_str!("../lua/complete.lua")),
+            complete_plain: Script::new(include_str!("../lua/complete_plain.lua")),
             renew: Script::new(include_str!("../lua/renew.lua")),
             release: Script::new(include_str!("../lua/release.lua")),
             lock_acquire: Script::new(include_str!("../lua/lock_acquire.lua")),
