@@ -92,7 +92,10 @@ impl IdempotencyStore for RedisStore {
             let mut pending = Vec::with_capacity(2 + token.len());
             pending.extend_from_slice(b"p:");
             pending.extend_from_slice(token.as_bytes());
-            let previous: Option<Vec<u8>> = redis::cmd("SET")
+            // Sized up front: the command's buffers grow by reallocation otherwise.
+            let mut set = redis::Cmd::with_capacity(7, idem.len() + pending.len() + 24);
+            let previous: Option<Vec<u8>> = set
+                .arg("SET")
                 .arg(&idem)
                 .arg(pending)
                 .arg("NX")

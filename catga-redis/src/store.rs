@@ -157,7 +157,9 @@ pub(crate) async fn evalsha<T: redis::FromRedisValue>(
     keys: &[&str],
     args: impl FnOnce(&mut redis::Cmd),
 ) -> redis::RedisResult<T> {
-    let mut cmd = redis::cmd("EVALSHA");
+    // Sized for a short call (the common one) so its buffers need not grow.
+    let mut cmd = redis::Cmd::with_capacity(keys.len() + 6, 160);
+    cmd.arg("EVALSHA");
     cmd.arg(script.get_hash()).arg(keys.len());
     for key in keys {
         cmd.arg(*key);
