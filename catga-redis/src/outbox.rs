@@ -199,6 +199,54 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Reads new entries of every shard in one `XREADGROUP` (a single node
+    /// only: on a cluster the streams live in different slots). Each stream
+    /// gives at most `max`, so a burst may return more than `max` in all;
+    /// the relay handles what it gets.
+    async fn claim_all(
+        &self,
+        consumer: &str,
+        max: usize,
+        out: &mut Vec<OutboxEntry>,
+    ) -> Result<()> {
+        let shards = self.keys.shards();
+        for shard in 0..shards {
+            self.ensure_group(shard).await?;
+        }
+        let streams: Vec<String> = (0..shards).map(|s| self.keys.outbox(s)).collect();
+        let ids = vec![">"; streams.len()];
+        let group = self.keys.group();
+        let mut conn = self.conn.clone();
+        let fresh: Option<StreamReadReply> = conn
+            .xread_options(
+                &streams,
+                &ids,
+                &StreamReadOptions::default()
+                    .group(&group, consumer)
+                    .count(max),
+            )
+            .await
+            .map_err(|e| {
+                for shard in 0..shards {
+                    self.forget_group(shard, &e);
+                }
+                store_error("XREADGROUP on the outbox", e)
+            })?;
+        for key in fresh.map(|r| r.keys).unwrap_or_default() {
+            let Some(shard) = streams.iter().position(|s| *s == key.key) else {
+                continue;
+            };
+            let shard = shard as u32;
+            for sid in key.ids {
+                out.extend(
+                    self.decode_or_dead_letter(shard, &streams[shard as usize], sid, 1)
+                        .await?,
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Takes over the entries of `shard` another relay left unacknowledged
     /// for `min_idle`.
     #[allow(clippy::too_many_arguments)]
@@ -372,6 +420,11 @@ impl OutboxStore for RedisStore {
             }
             let reclaim = self.reclaim_due(min_idle);
             let mut out = Vec::new();
+            if !reclaim && shards > 1 && matches!(self.conn, crate::conn::Conn::Single(_)) {
+                // One node holds every shard: one read of all their streams.
+                self.claim_all(consumer, max, &mut out).await?;
+                return Ok(out);
+            }
             for i in 0..shards {
                 if out.len() >= max {
                     break;

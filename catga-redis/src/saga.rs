@@ -128,17 +128,31 @@ impl SagaStore for RedisStore {
         Box::pin(async move {
             let mut conn = self.conn.clone();
             let mut out = Vec::new();
-            for shard in 0..self.keys.shards() {
-                let set = self.keys.unfinished_sagas(shard, saga);
+            let sets: Vec<String> = (0..self.keys.shards())
+                .map(|shard| self.keys.unfinished_sagas(shard, saga))
+                .collect();
+            // One node holds every shard: one `SUNION` lists them all (on a
+            // cluster the sets live in different slots: one read each).
+            let single = matches!(self.conn, crate::conn::Conn::Single(_));
+            let reads: Vec<&[String]> = if single {
+                vec![&sets[..]]
+            } else {
+                sets.chunks(1).collect()
+            };
+            for read in reads {
                 let ids: Vec<String> = conn
-                    .smembers(&set)
+                    .sunion(read)
                     .await
-                    .map_err(|e| store_error(&format!("listing `{set}`"), e))?;
+                    .map_err(|e| store_error(&format!("listing `{}`", read.join(" ")), e))?;
                 for id in ids {
                     match id.parse::<Uuid>() {
                         Ok(id) => out.push(id),
                         Err(_) => {
-                            let _: redis::RedisResult<usize> = conn.srem(&set, &id).await;
+                            // Not an id (written by something else): dropped
+                            // from whichever of the sets holds it.
+                            for set in read {
+                                let _: redis::RedisResult<usize> = conn.srem(set, &id).await;
+                            }
                         }
                     }
                 }

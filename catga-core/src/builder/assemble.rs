@@ -123,6 +123,7 @@ impl CatgaBuilder {
                 fence_store: lock_store.clone(),
                 holds_events: self.outbox.is_some(),
                 relay_wake: Arc::default(),
+                terms: Default::default(),
             }),
         };
         let plan = Plan {

@@ -49,6 +49,17 @@ impl Hasher for TypeIdHasher {
 /// A `TypeId`-keyed map (routes, resources).
 pub(crate) type TypeMap<V> = HashMap<TypeId, V, BuildHasherDefault<TypeIdHasher>>;
 
+/// A leader term this peer holds: while it is live, no newer fence of its
+/// lock can exist (the term ends by this peer's clock before the lease could
+/// pass to another peer).
+pub(crate) trait LiveTerm: Send + Sync {
+    /// Whether the term still holds.
+    fn live(&self) -> bool;
+}
+
+/// The leader terms this peer holds now: lock name → (fence, term).
+pub(crate) type LocalTerms = std::sync::Mutex<HashMap<Arc<str>, (u64, Arc<dyn LiveTerm>)>>;
+
 /// Everything `build()` fixed for dispatch; immutable afterwards.
 pub(crate) struct Inner {
     /// `RequestRoute<R>` by `TypeId::of::<R>()`, erased.
@@ -77,6 +88,9 @@ pub(crate) struct Inner {
     pub(crate) holds_events: bool,
     /// Wakes this peer's outbox relay when a handler stored events.
     pub(crate) relay_wake: Arc<tokio::sync::Notify>,
+    /// Leader terms this peer holds (a message stamped with one of them
+    /// needs no fence lookup in the store).
+    pub(crate) terms: LocalTerms,
 }
 
 /// Dispatches messages: a cheap `Clone` handle, built by [`Catga::builder`](crate::Catga::builder).
@@ -110,6 +124,31 @@ impl Mediator {
     /// The lock store a message's leader fence is checked against.
     pub(crate) fn fence_store(&self) -> &dyn LockStore {
         &*self.inner.fence_store
+    }
+
+    /// Records that this peer leads `name` with `fence` while `term` is live.
+    pub(crate) fn hold_term(&self, name: Arc<str>, fence: u64, term: Arc<dyn LiveTerm>) {
+        self.terms().insert(name, (fence, term));
+    }
+
+    /// Forgets the term of `name` with `fence` (a later term stays).
+    pub(crate) fn end_term(&self, name: &str, fence: u64) {
+        let mut terms = self.terms();
+        if terms.get(name).is_some_and(|(f, _)| *f == fence) {
+            terms.remove(name);
+        }
+    }
+
+    /// Whether this peer leads `name` with `fence` now: then no newer fence
+    /// exists, and a message stamped with it is current.
+    pub(crate) fn holds_term(&self, name: &str, fence: u64) -> bool {
+        self.terms()
+            .get(name)
+            .is_some_and(|(f, term)| *f == fence && term.live())
+    }
+
+    fn terms(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Arc<dyn LiveTerm>)>> {
+        self.inner.terms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Wakes this peer's outbox relay (a handler stored events).

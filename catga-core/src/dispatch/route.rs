@@ -140,6 +140,10 @@ pub(crate) async fn check_fence(name: &'static str, ctx: &Context) -> Result<()>
 async fn check_fence_now(name: &'static str, ctx: &Context, header: &str) -> Result<()> {
     let fence =
         crate::metadata::Fence::from_header(header).map_err(|e| e.with_message_name(name))?;
+    if ctx.mediator().holds_term(&fence.name, fence.token) {
+        // Sent in a term this peer still holds: nothing newer can exist.
+        return Ok(());
+    }
     let current = ctx
         .mediator()
         .fence_store()

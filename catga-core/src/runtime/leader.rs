@@ -49,7 +49,7 @@ use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::handle::Mediator;
+use crate::dispatch::handle::{LiveTerm, Mediator};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Request};
 use crate::metadata::{Fence, Metadata};
@@ -200,6 +200,18 @@ impl TermClock {
     }
 }
 
+/// A term as the mediator sees it: live until cancelled or over by the clock.
+struct LiveTermOf {
+    cancel: CancellationToken,
+    clock: Arc<TermClock>,
+}
+
+impl LiveTerm for LiveTermOf {
+    fn live(&self) -> bool {
+        !self.cancel.is_cancelled() && self.clock.holds()
+    }
+}
+
 type TaskFn = Arc<dyn Fn(LeaderContext) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// A registered leader task: name, lease and body.
@@ -328,6 +340,17 @@ async fn lead(
     let margin = task.safety_margin();
     let clock = Arc::new(TermClock::new(asked + task.ttl - margin));
     let cancel = shutdown.child_token();
+    // Messages this term sends to handlers on this peer skip the fence
+    // lookup while the term is live (see `Mediator::holds_term`).
+    mediator.hold_term(
+        task.name.clone(),
+        lease.fence,
+        Arc::new(LiveTermOf {
+            cancel: cancel.clone(),
+            clock: clock.clone(),
+        }),
+    );
+    let registry = mediator.clone();
     let ctx = LeaderContext {
         name: task.name.clone(),
         fence: lease.fence,
@@ -382,6 +405,7 @@ async fn lead(
         }
     };
     cancel.cancel();
+    registry.end_term(&task.name, lease.fence);
     drop(renewal);
     match store.release(&task.name, &lease.token).await {
         Ok(_) => {}

@@ -81,8 +81,14 @@ pub(crate) async fn run(
                 backoff.reset();
                 if n > 0 {
                     idle = options.poll_interval;
+                }
+                if n >= options.batch.max(1) {
+                    // A full batch: more may be waiting.
                     continue;
                 }
+                // Drained when it was read. What a local handler stores from
+                // now on wakes the relay (the wake is kept until the wait
+                // below), so there is no need to look again at once.
                 let wait = idle;
                 idle = (idle * 2).min(options.max_poll_interval.max(options.poll_interval));
                 wait

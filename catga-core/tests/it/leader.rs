@@ -19,6 +19,8 @@ struct Flaky {
     inner: MemoryLockStore,
     cut_off: AtomicBool,
     hang: AtomicBool,
+    /// Fence lookups made (a receiving peer checking a message's fence).
+    lookups: AtomicUsize,
 }
 impl LockStore for Flaky {
     fn try_acquire<'a>(
@@ -46,6 +48,7 @@ impl LockStore for Flaky {
         self.inner.release(name, token)
     }
     fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
         self.inner.current_fence(name)
     }
 }
@@ -152,6 +155,7 @@ async fn a_leader_cut_off_from_the_store_loses_its_lease_and_another_takes_over(
         inner: MemoryLockStore::new(),
         cut_off: AtomicBool::new(false),
         hang: AtomicBool::new(false),
+        lookups: AtomicUsize::new(0),
     });
     let first = peer(flaky.clone(), Duration::from_millis(300)).await;
     eventually("first leader", || first.running.load(Ordering::SeqCst) == 1).await;
@@ -189,6 +193,7 @@ async fn a_hanging_renewal_ends_the_term_by_the_local_clock_before_the_lease() {
         inner: MemoryLockStore::new(),
         cut_off: AtomicBool::new(false),
         hang: AtomicBool::new(false),
+        lookups: AtomicUsize::new(0),
     });
     let ttl = Duration::from_millis(600);
     let first = peer(flaky.clone(), ttl).await;
@@ -226,6 +231,7 @@ async fn a_task_ignoring_cancellation_is_stopped_when_its_lease_is_lost() {
         inner: MemoryLockStore::new(),
         cut_off: AtomicBool::new(false),
         hang: AtomicBool::new(false),
+        lookups: AtomicUsize::new(0),
     });
     let running = Arc::new(AtomicUsize::new(0));
     let r = running.clone();
@@ -306,6 +312,90 @@ async fn a_message_from_an_earlier_term_is_refused_before_its_handler_runs() {
     );
 }
 
+/// Commands a leader sends to handlers on its own peer need no fence lookup
+/// while its term holds (nothing newer can exist); once the term is over, a
+/// message stamped with its fence is looked up again, and refused when a
+/// newer term has begun.
+#[tokio::test]
+async fn a_term_held_here_needs_no_fence_lookup_and_an_ended_one_does() {
+    use catga_core::{Context, ErrorKind, Fence, Metadata};
+
+    let store = Arc::new(Flaky {
+        inner: MemoryLockStore::new(),
+        cut_off: AtomicBool::new(false),
+        hang: AtomicBool::new(false),
+        lookups: AtomicUsize::new(0),
+    });
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let term = Arc::new(std::sync::Mutex::new(None));
+    let (s, t) = (seen.clone(), term.clone());
+    let task = LeaderTask::new("local.term", move |ctx| {
+        let t = t.clone();
+        async move {
+            for _ in 0..10 {
+                ctx.send(crate::messages::Add { a: 1, b: 1 }).await?;
+            }
+            *t.lock().unwrap() = Some(ctx.fence());
+            ctx.cancelled().await;
+            Ok(())
+        }
+    })
+    .ttl(Duration::from_secs(5));
+    let peer = Catga::builder()
+        .lock_store(store.clone())
+        .request_fn(move |_: crate::messages::Add, ctx: Context| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(ctx.fence().map(|f| f.token));
+                Ok(2)
+            }
+        })
+        .leader(task)
+        .start()
+        .await
+        .unwrap();
+    eventually("the leader sent its commands", || {
+        term.lock().unwrap().is_some()
+    })
+    .await;
+    let fence = term.lock().unwrap().unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![Some(fence); 10]);
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        0,
+        "a term held here is current without asking the store"
+    );
+    let mediator = peer.mediator().clone();
+    peer.shutdown().await.unwrap();
+    let newer = store
+        .inner
+        .try_acquire("local.term", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(newer.fence > fence);
+    let stamped = Metadata::new().with_fence(&Fence {
+        name: "local.term".into(),
+        token: fence,
+    });
+    let refused = mediator
+        .send_with(crate::messages::Add { a: 1, b: 1 }, stamped)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), ErrorKind::Conflict, "{refused}");
+    assert_eq!(refused.code(), Some("catga.stale_fence"));
+    assert_eq!(
+        store.lookups.load(Ordering::SeqCst),
+        1,
+        "the ended term was looked up"
+    );
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        10,
+        "the stale command did not run"
+    );
+}
+
 /// Shutdown is bounded whatever the background work does: a leader task that
 /// ignores its cancellation and a lock store whose release hangs (a Redis that
 /// went away) leave `shutdown` with an error naming what was left, at the
@@ -316,6 +406,7 @@ async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
         inner: MemoryLockStore::new(),
         cut_off: AtomicBool::new(false),
         hang: AtomicBool::new(false),
+        lookups: AtomicUsize::new(0),
     });
     let running = Arc::new(AtomicBool::new(false));
     let r = running.clone();

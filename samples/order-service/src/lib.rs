@@ -123,6 +123,7 @@ async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Res
             o.settled_at_ms = Some(now_ms);
         })
         .await?;
+    tracing::info!(order = %cmd.order_id, ?status, "order settled (commits with this command)");
     if status == OrderStatus::Paid {
         ctx.publish(OrderPaid {
             order_id: cmd.order_id,
@@ -265,10 +266,6 @@ pub fn module(infra: &Infra) -> CatgaBuilder {
         .request_fn(move |cmd: SettleOrder, ctx: Context| {
             let orders = o7.clone();
             async move { settle(&*orders, cmd, &ctx).await }
-        })
-        .event_fn(|e: OrderPaid, _| async move {
-            tracing::info!(order = %e.order_id, "order paid");
-            Ok(())
         })
 }
 

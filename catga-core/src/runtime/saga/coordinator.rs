@@ -220,13 +220,33 @@ impl<D: SagaData> Driver<'_, D> {
             tracing::warn!(saga = %self.saga.name, %id, "listed saga has no state; dropping it from the list");
             return self.store.forget(&self.saga.name, id).await;
         };
+        if state.status.is_finished() {
+            // Listed although finished (a store whose save and list update
+            // are not one step, and whose writer died in between).
+            return self.store.forget(&state.saga, state.id).await;
+        }
         while !self.leader.is_cancelled() {
             match state.status {
                 SagaStatus::Running => self.forward(&mut state).await?,
                 SagaStatus::Compensating => self.backward(&mut state).await?,
-                _ => return self.store.forget(&state.saga, state.id).await,
+                // The save that finished it took it off the list, in the
+                // same step (see `SagaStore::save`).
+                _ => return Ok(()),
             }
         }
+        Ok(())
+    }
+
+    /// Marks the saga completed, saves it and announces it.
+    async fn complete(&self, state: &mut SagaState) -> Result<()> {
+        state.status = SagaStatus::Completed;
+        state.record("", "finished", "completed");
+        self.save(state).await?;
+        let event = SagaCompleted {
+            saga: state.saga.clone(),
+            id: state.id,
+        };
+        self.announce(event).await;
         Ok(())
     }
 
@@ -280,15 +300,7 @@ impl<D: SagaData> Driver<'_, D> {
     async fn forward(&self, state: &mut SagaState) -> Result<()> {
         let i = state.step as usize;
         let Some(step) = self.saga.steps.get(i) else {
-            state.status = SagaStatus::Completed;
-            state.record("", "finished", "completed");
-            self.save(state).await?;
-            let event = SagaCompleted {
-                saga: state.saga.clone(),
-                id: state.id,
-            };
-            self.announce(event).await;
-            return Ok(());
+            return self.complete(state).await;
         };
         let mut data: D = state.data()?;
         if step.when.as_ref().is_some_and(|when| !when(&data)) {
@@ -315,6 +327,11 @@ impl<D: SagaData> Driver<'_, D> {
                     state.completed.push(state.step);
                     state.step += 1;
                     state.record(&step.name, "completed", "");
+                    if state.step as usize == self.saga.steps.len() {
+                        // The last step: its outcome and the saga's end in
+                        // one save.
+                        return self.complete(state).await;
+                    }
                     return self.save(state).await;
                 }
                 Err(e) if e.code() == Some("catga.stale_fence") => return Err(e),
