@@ -58,7 +58,10 @@ pub(crate) trait LiveTerm: Send + Sync {
 }
 
 /// The leader terms this peer holds now: lock name → (fence, term).
-pub(crate) type LocalTerms = std::sync::Mutex<HashMap<Arc<str>, (u64, Arc<dyn LiveTerm>)>>;
+pub(crate) type Terms = HashMap<Arc<str>, (u64, Arc<dyn LiveTerm>)>;
+
+/// [`Terms`], shared by the leader tasks and dispatch.
+pub(crate) type LocalTerms = std::sync::Mutex<Terms>;
 
 /// Everything `build()` fixed for dispatch; immutable afterwards.
 pub(crate) struct Inner {
@@ -147,7 +150,7 @@ impl Mediator {
             .is_some_and(|(f, term)| *f == fence && term.live())
     }
 
-    fn terms(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, (u64, Arc<dyn LiveTerm>)>> {
+    fn terms(&self) -> std::sync::MutexGuard<'_, Terms> {
         self.inner.terms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
