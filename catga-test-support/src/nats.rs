@@ -145,6 +145,11 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// The process ids of the running nodes (e.g. to read their CPU time).
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|(_, p)| p.pid()).collect()
+    }
+
     /// Starts three nodes and waits until every one is routed and healthy. A
     /// node that exits while starting (a port taken by a test running beside
     /// this one) makes it start again on other ports, up to five times.

@@ -53,6 +53,11 @@ impl Proc {
         }
     }
 
+    /// The process id, while it runs.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Sends `sig` (e.g. `"STOP"`, `"CONT"`) to the process.
     pub(crate) fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
@@ -159,4 +164,30 @@ pub(crate) fn redis_command(port: u16, command: &str) -> Option<String> {
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Sends `INFO <section>` to a Redis server and returns the whole reply text
+/// (read to its announced length, however long).
+pub(crate) fn redis_info(port: u16, section: &str) -> Option<String> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "INFO {section}\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        // `$<length>\r\n<text>\r\n`
+        let text = String::from_utf8_lossy(&reply);
+        let (head, body) = text.split_once("\r\n")?;
+        let length: usize = head.strip_prefix('$')?.parse().ok()?;
+        if body.len() >= length {
+            return Some(body[..length].to_owned());
+        }
+    }
 }

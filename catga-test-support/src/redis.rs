@@ -133,6 +133,17 @@ impl RedisServer {
         self.proc.kill();
     }
 
+    /// Commands the server has run so far, by name (`INFO commandstats`,
+    /// the `INFO` calls themselves left out); empty when it does not answer.
+    pub fn command_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        command_calls(&crate::process::redis_info(self.port, "commandstats").unwrap_or_default())
+    }
+
+    /// The server's process id, while it runs (e.g. to read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.proc.pid()
+    }
+
     /// Stops the server process (SIGSTOP): connections stay open, nothing is
     /// answered until [`RedisServer::resume`].
     pub fn pause(&self) {

@@ -22,7 +22,7 @@ use shop_common::store::{OrderStore, PaymentStore, RedisStores, StockStore};
 use uuid::Uuid;
 
 use crate::drive::{self, Conservation, Placed};
-use crate::topology::Topology;
+use crate::topology::{Role, Topology};
 
 /// How to overload.
 #[derive(Debug, Clone)]
@@ -88,6 +88,8 @@ pub struct Phase {
     pub lost: usize,
     /// CPU seconds spent while the orders were offered (Linux `/proc`).
     pub cpu: Cpu,
+    /// The same per paid order, with Redis commands.
+    pub per_paid_order: PerOrder,
 }
 
 /// CPU seconds spent during a phase, by whom (0 where `/proc` is missing).
@@ -101,8 +103,87 @@ pub struct Cpu {
     pub loadgen_s: f64,
     /// The service copies (order, inventory, payment).
     pub services_s: f64,
-    /// The rest: NATS, Redis, the kernel.
+    /// The order-service copies.
+    pub order_s: f64,
+    /// The inventory-service copies.
+    pub inventory_s: f64,
+    /// The payment-service copies.
+    pub payment_s: f64,
+    /// The NATS nodes.
+    pub nats_s: f64,
+    /// Redis.
+    pub redis_s: f64,
+    /// The rest: the kernel's own threads, everything else on the machine.
     pub other_s: f64,
+    /// Redis commands run during the phase (`INFO commandstats`).
+    pub redis_commands: u64,
+}
+
+/// What one paid order cost during a phase: CPU milliseconds by process and
+/// Redis commands (the phase's totals over its paid orders).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PerOrder {
+    /// The order-service copies.
+    pub order_cpu_ms: f64,
+    /// The inventory-service copies.
+    pub inventory_cpu_ms: f64,
+    /// The payment-service copies.
+    pub payment_cpu_ms: f64,
+    /// The NATS nodes.
+    pub nats_cpu_ms: f64,
+    /// Redis.
+    pub redis_cpu_ms: f64,
+    /// Redis commands.
+    pub redis_commands: f64,
+}
+
+impl PerOrder {
+    fn of(cpu: &Cpu, paid: usize) -> PerOrder {
+        if paid == 0 {
+            return PerOrder::default();
+        }
+        let ms = |s: f64| s * 1000.0 / paid as f64;
+        PerOrder {
+            order_cpu_ms: ms(cpu.order_s),
+            inventory_cpu_ms: ms(cpu.inventory_s),
+            payment_cpu_ms: ms(cpu.payment_s),
+            nats_cpu_ms: ms(cpu.nats_s),
+            redis_cpu_ms: ms(cpu.redis_s),
+            redis_commands: cpu.redis_commands as f64 / paid as f64,
+        }
+    }
+}
+
+/// The processes of the topology, by role.
+struct Pids {
+    order: Vec<u32>,
+    inventory: Vec<u32>,
+    payment: Vec<u32>,
+    nats: Vec<u32>,
+    redis: Vec<u32>,
+}
+
+impl Pids {
+    fn of(topo: &Topology) -> Pids {
+        let role = |r: Role| -> Vec<u32> {
+            topo.copies
+                .iter()
+                .filter(|c| c.role == r)
+                .filter_map(|c| c.pid())
+                .collect()
+        };
+        Pids {
+            order: role(Role::Order),
+            inventory: role(Role::Inventory),
+            payment: role(Role::Payment),
+            nats: topo.nats.pids(),
+            redis: topo.redis.pid().into_iter().collect(),
+        }
+    }
+}
+
+fn cpu_of(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| process_cpu(&p.to_string())).sum()
 }
 
 /// Clock ticks per second of `/proc` times (Linux's `USER_HZ`).
@@ -147,31 +228,53 @@ struct CpuMark {
     at: Instant,
     machine: f64,
     loadgen: f64,
-    services: f64,
+    order: f64,
+    inventory: f64,
+    payment: f64,
+    nats: f64,
+    redis: f64,
+    redis_commands: u64,
 }
 
 impl CpuMark {
-    fn now(services: &[u32]) -> CpuMark {
+    fn now(pids: &Pids, topo: &Topology) -> CpuMark {
         CpuMark {
             at: Instant::now(),
             machine: machine_busy(),
             loadgen: process_cpu("self"),
-            services: services.iter().map(|p| process_cpu(&p.to_string())).sum(),
+            order: cpu_of(&pids.order),
+            inventory: cpu_of(&pids.inventory),
+            payment: cpu_of(&pids.payment),
+            nats: cpu_of(&pids.nats),
+            redis: cpu_of(&pids.redis),
+            redis_commands: topo.redis.command_counts().values().sum(),
         }
     }
 
-    fn since(&self, services: &[u32]) -> Cpu {
-        let now = CpuMark::now(services);
+    fn since(&self, pids: &Pids, topo: &Topology) -> Cpu {
+        let now = CpuMark::now(pids, topo);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
         let machine_s = now.machine - self.machine;
         let loadgen_s = now.loadgen - self.loadgen;
-        let services_s = now.services - self.services;
+        let (order_s, inventory_s, payment_s) = (
+            now.order - self.order,
+            now.inventory - self.inventory,
+            now.payment - self.payment,
+        );
+        let services_s = order_s + inventory_s + payment_s;
+        let (nats_s, redis_s) = (now.nats - self.nats, now.redis - self.redis);
         Cpu {
             available_s: now.at.duration_since(self.at).as_secs_f64() * cores,
             machine_s,
             loadgen_s,
             services_s,
-            other_s: (machine_s - loadgen_s - services_s).max(0.0),
+            order_s,
+            inventory_s,
+            payment_s,
+            nats_s,
+            redis_s,
+            other_s: (machine_s - loadgen_s - services_s - nats_s - redis_s).max(0.0),
+            redis_commands: now.redis_commands.saturating_sub(self.redis_commands),
         }
     }
 }
@@ -359,6 +462,7 @@ fn phase(
         paid,
         rejected,
         lost,
+        per_paid_order: PerOrder::of(&cpu, paid),
         cpu,
     }
 }
@@ -369,7 +473,7 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
     let mut topo =
         tokio::task::block_in_place(|| Topology::start(&bins, o.copies, "book=100000000"))?;
     let urls = Arc::new(topo.order_urls());
-    let pids: Vec<u32> = topo.copies.iter().filter_map(|c| c.pid()).collect();
+    let pids = Pids::of(&topo);
     let stores = RedisStores::connect(&topo.redis.url())
         .await
         .map_err(|e| e.to_string())?;
@@ -379,9 +483,9 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
 
     eprintln!("overload: unloaded, 20 orders/s for 10 s");
     let length = Duration::from_secs(10);
-    let mark = CpuMark::now(&pids);
+    let mark = CpuMark::now(&pids, &topo);
     let tried = open_loop(&urls, 20.0, length, o.deadline).await;
-    let cpu = mark.since(&pids);
+    let cpu = mark.since(&pids, &topo);
     let settled = settle(&stores, &tried, settle_within).await;
     let unloaded = phase("unloaded", 20.0, length, &tried, &settled, o.deadline, cpu);
     everything.extend(tried);
@@ -395,9 +499,9 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             "overload: capacity ramp, {rate:.0} orders/s for {:?}",
             o.measure
         );
-        let mark = CpuMark::now(&pids);
+        let mark = CpuMark::now(&pids, &topo);
         let tried = open_loop(&urls, rate, o.measure, o.deadline).await;
-        let cpu = mark.since(&pids);
+        let cpu = mark.since(&pids, &topo);
         let settled = settle(&stores, &tried, settle_within).await;
         let step = phase(
             "capacity", rate, o.measure, &tried, &settled, o.deadline, cpu,
@@ -430,9 +534,9 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             "overload: {factor}x capacity, {rate:.0} orders/s for {:?}",
             o.hold
         );
-        let mark = CpuMark::now(&pids);
+        let mark = CpuMark::now(&pids, &topo);
         let tried = open_loop(&urls, rate, o.hold, o.deadline).await;
-        let cpu = mark.since(&pids);
+        let cpu = mark.since(&pids, &topo);
         let settled = settle(&stores, &tried, settle_within).await;
         let name = format!("{factor}x");
         let p = phase(&name, rate, o.hold, &tried, &settled, o.deadline, cpu);
