@@ -145,6 +145,30 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Messages the nodes have received and sent so far, summed over the
+    /// nodes (`in_msgs`, `out_msgs` of each node's `/varz`: clients' and
+    /// other nodes' alike); nodes that do not answer count 0.
+    pub fn message_counts(&self) -> (u64, u64) {
+        let field = |body: &str, name: &str| -> u64 {
+            body.split(&format!("\"{name}\":"))
+                .nth(1)
+                .and_then(|rest| {
+                    rest.trim_start()
+                        .split(|c: char| !c.is_ascii_digit())
+                        .next()?
+                        .parse()
+                        .ok()
+                })
+                .unwrap_or(0)
+        };
+        self.nodes
+            .iter()
+            .filter_map(|(spec, _)| http_get(spec.monitor, "/varz"))
+            .fold((0, 0), |(i, o), (_, body)| {
+                (i + field(&body, "in_msgs"), o + field(&body, "out_msgs"))
+            })
+    }
+
     /// The process ids of the running nodes (e.g. to read their CPU time).
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().filter_map(|(_, p)| p.pid()).collect()

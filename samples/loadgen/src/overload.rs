@@ -117,6 +117,11 @@ pub struct Cpu {
     pub other_s: f64,
     /// Redis commands run during the phase (`INFO commandstats`).
     pub redis_commands: u64,
+    /// Messages into the NATS nodes during the phase (summed over the
+    /// nodes: routes between them count too).
+    pub nats_in_msgs: u64,
+    /// Messages out of the NATS nodes during the phase (same).
+    pub nats_out_msgs: u64,
 }
 
 /// What one paid order cost during a phase: CPU milliseconds by process and
@@ -135,6 +140,10 @@ pub struct PerOrder {
     pub redis_cpu_ms: f64,
     /// Redis commands.
     pub redis_commands: f64,
+    /// Messages into the NATS nodes (routes between nodes included).
+    pub nats_in_msgs: f64,
+    /// Messages out of the NATS nodes (same).
+    pub nats_out_msgs: f64,
 }
 
 impl PerOrder {
@@ -150,6 +159,8 @@ impl PerOrder {
             nats_cpu_ms: ms(cpu.nats_s),
             redis_cpu_ms: ms(cpu.redis_s),
             redis_commands: cpu.redis_commands as f64 / paid as f64,
+            nats_in_msgs: cpu.nats_in_msgs as f64 / paid as f64,
+            nats_out_msgs: cpu.nats_out_msgs as f64 / paid as f64,
         }
     }
 }
@@ -234,6 +245,7 @@ struct CpuMark {
     nats: f64,
     redis: f64,
     redis_commands: u64,
+    nats_msgs: (u64, u64),
 }
 
 impl CpuMark {
@@ -248,6 +260,7 @@ impl CpuMark {
             nats: cpu_of(&pids.nats),
             redis: cpu_of(&pids.redis),
             redis_commands: topo.redis.command_counts().values().sum(),
+            nats_msgs: topo.nats.message_counts(),
         }
     }
 
@@ -275,6 +288,8 @@ impl CpuMark {
             redis_s,
             other_s: (machine_s - loadgen_s - services_s - nats_s - redis_s).max(0.0),
             redis_commands: now.redis_commands.saturating_sub(self.redis_commands),
+            nats_in_msgs: now.nats_msgs.0.saturating_sub(self.nats_msgs.0),
+            nats_out_msgs: now.nats_msgs.1.saturating_sub(self.nats_msgs.1),
         }
     }
 }
