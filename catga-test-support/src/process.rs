@@ -156,11 +156,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Sends one inline command to a Redis server and returns the first reply line.
 pub(crate) fn redis_command(port: u16, command: &str) -> Option<String> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-            .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "{command}\r\n").ok()?;
+    let mut s = redis_send(port, command)?;
     let mut buf = [0u8; 4096];
     let n = s.read(&mut buf).ok()?;
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
@@ -169,11 +165,7 @@ pub(crate) fn redis_command(port: u16, command: &str) -> Option<String> {
 /// Sends `INFO <section>` to a Redis server and returns the whole reply text
 /// (read to its announced length, however long).
 pub(crate) fn redis_info(port: u16, section: &str) -> Option<String> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
-            .ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(s, "INFO {section}\r\n").ok()?;
+    let mut s = redis_send(port, &format!("INFO {section}"))?;
     let mut reply = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -190,4 +182,14 @@ pub(crate) fn redis_info(port: u16, section: &str) -> Option<String> {
             return Some(body[..length].to_owned());
         }
     }
+}
+
+/// Connects to a Redis server on loopback and sends one inline command.
+fn redis_send(port: u16, command: &str) -> Option<TcpStream> {
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(500))
+            .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "{command}\r\n").ok()?;
+    Some(s)
 }

@@ -13,16 +13,6 @@ use shop_common::{Config, Infra};
 
 mod common;
 
-/// Calls per command so far, `INFO` left out.
-async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> BTreeMap<String, u64> {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .unwrap();
-    catga_test_support::command_calls(&info)
-}
-
 fn total(m: &BTreeMap<String, u64>) -> u64 {
     m.values().sum()
 }
@@ -43,8 +33,6 @@ async fn redis_commands_per_paid_order() {
     infra.seed_stock().await.unwrap();
     let peer = order_service::embedded(&infra).start().await.unwrap();
     let app = order_service::app(peer.mediator().clone());
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
 
     async fn pay_orders(app: &axum::Router, n: usize) {
         let mut ids = Vec::new();
@@ -75,16 +63,16 @@ async fn redis_commands_per_paid_order() {
     // Warm up (scripts loaded, groups made), then measure the idle rate.
     pay_orders(&app, 2).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let idle_start = total(&commands(&mut conn).await);
+    let idle_start = total(&redis.command_counts());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle_per_sec = (total(&commands(&mut conn).await) - idle_start) as f64 / 2.0;
+    let idle_per_sec = (total(&redis.command_counts()) - idle_start) as f64 / 2.0;
 
     const N: usize = 20;
-    let before = commands(&mut conn).await;
+    let before = redis.command_counts();
     let started = tokio::time::Instant::now();
     pay_orders(&app, N).await;
     let took = started.elapsed().as_secs_f64();
-    let after = commands(&mut conn).await;
+    let after = redis.command_counts();
     let mut by_command: Vec<(String, f64)> = after
         .iter()
         .map(|(k, v)| {
