@@ -76,6 +76,20 @@ fn fulfilment() -> Saga<Order> {
         .polling(Duration::from_millis(20), Duration::from_secs(5))
 }
 
+/// A step that only undoes ("hold": what the saga's starter did before it),
+/// then two steps.
+fn guarded() -> Saga<Order> {
+    Saga::new("test.guarded")
+        .step(Step::compensation_only("hold", |o: &Order| Undo {
+            what: "hold".into(),
+            fail: o.undo_fails,
+        }))
+        .step(act("reserve"))
+        .step(act("charge"))
+        .compensation_retries(3, Duration::from_millis(10))
+        .polling(Duration::from_millis(20), Duration::from_secs(5))
+}
+
 async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
     let (j1, j2, j3) = (journal.clone(), journal.clone(), journal.clone());
     let saga = fulfilment();
@@ -94,6 +108,7 @@ async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
         .saga_store(store)
         .saga(saga)
         .saga(conditional)
+        .saga(guarded())
         .request_fn(move |a: Act, ctx: Context| {
             let j = j1.clone();
             async move {
@@ -211,6 +226,41 @@ async fn a_failure_at_step_three_compensates_steps_two_then_one() {
         log(&j, id),
         ["reserve", "charge", "undo charge", "undo reserve"]
     );
+    m.shutdown().await.unwrap();
+}
+
+/// A compensation-only step sends nothing and saves nothing of its own going
+/// forward, and is compensated like any completed step.
+#[tokio::test]
+async fn a_compensation_only_step_costs_nothing_forward_and_is_undone_on_failure() {
+    let (j, m) = started().await;
+    let id = start_saga(&m, &guarded(), Order::default()).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Completed);
+    let commands: Vec<String> = log(&j, id)
+        .into_iter()
+        .filter(|w| !w.starts_with("event"))
+        .collect();
+    assert_eq!(commands, ["reserve", "charge"], "no message for `hold`");
+    assert!(
+        state
+            .history
+            .iter()
+            .any(|h| h.step == "hold" && h.what == "completed"),
+        "{state:?}"
+    );
+    // Created (0), saved with `reserve` (1), with `charge` and the end (2):
+    // `hold` was saved with the step after it.
+    assert_eq!(state.version, 2, "{state:?}");
+
+    let order = Order {
+        fail_at: Some("charge".into()),
+        ..Order::default()
+    };
+    let id = start_saga(&m, &guarded(), order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(log(&j, id), ["reserve", "undo reserve", "undo hold"]);
     m.shutdown().await.unwrap();
 }
 

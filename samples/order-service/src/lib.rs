@@ -38,7 +38,9 @@ pub struct Payment {
 }
 
 /// The payment saga: hold the order, reserve stock, charge, confirm. On failure,
-/// refund, release and reject the order, in that order.
+/// refund, release and reject the order, in that order. `PayOrder` marks the
+/// order `Paying` before it starts the saga, so holding it needs no message:
+/// "hold" is a step that only compensates (rejects the order).
 pub fn payment_saga() -> Saga<Payment> {
     let settle = |status: OrderStatus| {
         move |p: &Payment| SettleOrder {
@@ -48,12 +50,10 @@ pub fn payment_saga() -> Saga<Payment> {
         }
     };
     Saga::new("orders.payment")
-        .step(
-            Step::send("hold", settle(OrderStatus::Paying))
-                .compensate(settle(OrderStatus::Rejected))
-                .timeout(Duration::from_secs(5))
-                .retries(5),
-        )
+        .step(Step::compensation_only(
+            "hold",
+            settle(OrderStatus::Rejected),
+        ))
         .step(
             Step::send("reserve", |p: &Payment| ReserveStock {
                 order_id: p.order_id,

@@ -308,6 +308,18 @@ impl<D: SagaData> Driver<'_, D> {
             state.record(&step.name, "skipped", "");
             return self.save(state).await;
         }
+        let Some(action) = &step.action else {
+            // Nothing to do going forward: completed now, saved with the
+            // next step's outcome (a crash before that does it again, which
+            // is nothing).
+            state.completed.push(state.step);
+            state.step += 1;
+            state.record(&step.name, "completed", "");
+            if state.step as usize == self.saga.steps.len() {
+                return self.complete(state).await;
+            }
+            return Ok(());
+        };
         let give_up = Instant::now() + step.deadline();
         let mut backoff = Backoff::new(self.saga.backoff, Duration::from_secs(10));
         let mut attempt = 0;
@@ -315,7 +327,7 @@ impl<D: SagaData> Driver<'_, D> {
         budget.deposit();
         loop {
             let meta = self.meta(state, i, "do", step.timeout)?;
-            let result = (step.action)(self.leader.mediator().clone(), data.clone(), meta).await;
+            let result = action(self.leader.mediator().clone(), data.clone(), meta).await;
             if self.leader.is_cancelled() {
                 // Whatever the answer, a deposed coordinator records nothing.
                 return Ok(());

@@ -91,10 +91,13 @@ type Undo<D> = Arc<dyn Fn(Mediator, D, Metadata) -> BoxFuture<'static, Result<()
 type When<D> = Arc<dyn Fn(&D) -> bool + Send + Sync>;
 type Record<D, R> = Arc<dyn Fn(&mut D, R) + Send + Sync>;
 
-/// One step of a saga, with its command type erased. Build it with [`Step::send`].
+/// One step of a saga, with its command type erased. Build it with
+/// [`Step::send`], or [`Step::compensation_only`] for a step that only undoes.
 pub struct Step<D> {
     pub(crate) name: Arc<str>,
-    pub(crate) action: Action<D>,
+    /// What the step does going forward; `None`: nothing (a step that only
+    /// compensates).
+    pub(crate) action: Option<Action<D>>,
     pub(crate) undo: Option<Undo<D>>,
     pub(crate) when: Option<When<D>>,
     pub(crate) timeout: Duration,
@@ -166,6 +169,36 @@ impl<D> Step<D> {
     }
 }
 
+impl<D: SagaData> Step<D> {
+    /// A step that does nothing going forward and, when the saga compensates,
+    /// sends the command `make` builds from the data: it undoes what was done
+    /// before the saga started (e.g. an order that the command starting the
+    /// saga marked as being paid, to be rejected if the payment fails).
+    ///
+    /// Going forward it sends no message and makes no save of its own: it is
+    /// marked completed with the step after it. Its compensation is retried
+    /// like every other (see [`Saga::compensation_retries`]) and, like every
+    /// compensation, must accept that there may be nothing to undo.
+    pub fn compensation_only<K: Request>(
+        name: impl Into<Arc<str>>,
+        make: impl Fn(&D) -> K + Send + Sync + 'static,
+    ) -> Step<D> {
+        let undo: Undo<D> = Arc::new(move |mediator: Mediator, data: D, meta: Metadata| {
+            let command = make(&data);
+            Box::pin(async move { mediator.send_with(command, meta).await.map(drop) })
+        });
+        Step {
+            name: name.into(),
+            action: None,
+            undo: Some(undo),
+            when: None,
+            timeout: Duration::from_secs(30),
+            retries: 2,
+            deadline: None,
+        }
+    }
+}
+
 impl<D: SagaData, C: Request> SendStep<D, C> {
     /// Writes the command's response into the data.
     pub fn record(mut self, f: impl Fn(&mut D, C::Response) + Send + Sync + 'static) -> Self {
@@ -226,18 +259,20 @@ impl<D: SagaData, C: Request> From<SendStep<D, C>> for Step<D> {
         let (make, record) = (s.make, s.record);
         Step {
             name: s.name,
-            action: Arc::new(move |mediator: Mediator, data: D, meta: Metadata| {
-                let command = make(&data);
-                let record = record.clone();
-                Box::pin(async move {
-                    let response = mediator.send_with(command, meta).await?;
-                    Ok(Box::new(move |d: &mut D| {
-                        if let Some(record) = record {
-                            record(d, response);
-                        }
-                    }) as Apply<D>)
-                })
-            }),
+            action: Some(Arc::new(
+                move |mediator: Mediator, data: D, meta: Metadata| {
+                    let command = make(&data);
+                    let record = record.clone();
+                    Box::pin(async move {
+                        let response = mediator.send_with(command, meta).await?;
+                        Ok(Box::new(move |d: &mut D| {
+                            if let Some(record) = record {
+                                record(d, response);
+                            }
+                        }) as Apply<D>)
+                    })
+                },
+            )),
             undo: s.undo,
             when: s.when,
             timeout: s.timeout,
