@@ -24,7 +24,7 @@ use crate::store::{OutboxRecord, UnitOfWork};
 /// Under the idempotency behavior with an outbox, events published through the
 /// context are not sent at once: they are kept and written to the outbox
 /// together with the handler's result, and only if the handler succeeds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Context {
     mediator: Mediator,
     meta: Metadata,
@@ -33,6 +33,24 @@ pub struct Context {
     work: OnceLock<WorkBuffer>,
     /// Fingerprint of the payload as it arrived from a transport.
     fingerprint: Option<u64>,
+}
+
+impl Clone for Context {
+    /// A copy that continues the same dispatch. The message id is fixed
+    /// first (generated now if nothing asked for it yet), so the copy and the
+    /// original (every handler of one publish, a task a handler spawned) see
+    /// the same id; a dispatch that is never copied never pays for one.
+    fn clone(&self) -> Self {
+        self.meta.message_id();
+        Context {
+            mediator: self.mediator.clone(),
+            meta: self.meta.clone(),
+            name: self.name,
+            outbox: self.outbox.clone(),
+            work: self.work.clone(),
+            fingerprint: self.fingerprint,
+        }
+    }
 }
 
 /// A stable 64-bit fingerprint of `bytes` (FNV-1a): the same bytes give the

@@ -133,19 +133,16 @@ impl Mediator {
     /// error. Otherwise it returns the first failure in registration order (local
     /// handlers first, the transport last); when more than one thing failed,
     /// [`Error::related`] lists every failure, the returned one included.
-    pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
-        self.publish_with(event, Metadata::new()).await
+    pub fn publish<E: Event>(&self, event: E) -> impl Future<Output = Result<()>> + Send + '_ {
+        self.publish_with(event, Metadata::new())
     }
 
     /// Like [`Mediator::publish`], with per-call metadata.
     pub async fn publish_with<E: Event>(&self, event: E, meta: Metadata) -> Result<()> {
         let route = event_route::<E>(&self.inner).transpose()?;
+        // Every handler and the transport get this one context (or a copy,
+        // which fixes the message id first): they all see the same id.
         let ctx = Context::new(self.clone(), meta, E::NAME);
-        if route.is_some_and(|r| r.slots.len() > 1) || self.inner.transport.is_some() {
-            // Fixed before any handler gets its own copy of the context, so
-            // every handler (and the transport) sees the same message id.
-            ctx.message_id();
-        }
         if let Some(route) = route.filter(|r| r.detached) {
             return Box::pin(self.publish_detached(route, event, ctx)).await;
         }

@@ -291,39 +291,67 @@ impl<E: Event> EventSlot<E> {
 }
 
 /// Runs the handlers of one event concurrently on the caller's task and
-/// collects their failures in registration order. One allocation for the set
-/// (the handler futures are already boxed, so they are `Unpin`).
-struct JoinFailures<'a> {
+/// collects their failures in registration order. Each handler is started
+/// and polled once on the first poll; only those that wait are kept (so a
+/// publish whose handlers all finish at once allocates nothing here).
+struct JoinFailures<'a, E: Event> {
     name: &'static str,
-    running: Vec<Option<(Guarded<'a>, &'static str)>>,
-    left: usize,
+    /// Handlers not started yet (all of them until the first poll).
+    unstarted: &'a [EventSlot<E>],
+    event: &'a E,
+    ctx: &'a Context,
+    info: &'a MessageInfo,
+    running: Vec<(usize, Guarded<'a>, &'static str)>,
     failures: Vec<(usize, Error)>,
 }
 
 type Guarded<'a> = futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<()>>>>;
 
-impl Future for JoinFailures<'_> {
+impl<E: Event> JoinFailures<'_, E> {
+    #[inline]
+    fn record(
+        &mut self,
+        i: usize,
+        handler: &'static str,
+        outcome: std::thread::Result<Result<()>>,
+    ) {
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failures.push((i, e)),
+            Err(panic) => self
+                .failures
+                .push((i, panic_error(self.name, handler, &*panic))),
+        }
+    }
+}
+
+impl<E: Event> Future for JoinFailures<'_, E> {
     type Output = Vec<Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<Error>> {
         let this = &mut *self;
-        for (i, slot) in this.running.iter_mut().enumerate() {
-            let Some((fut, handler)) = slot else { continue };
-            let Poll::Ready(outcome) = Pin::new(fut).poll(cx) else {
-                continue;
-            };
-            match outcome {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => this.failures.push((i, e)),
-                Err(panic) => this
-                    .failures
-                    .push((i, panic_error(this.name, handler, &*panic))),
+        let mut running = std::mem::take(&mut this.running);
+        running.retain_mut(|(i, fut, handler)| match Pin::new(fut).poll(cx) {
+            Poll::Ready(outcome) => {
+                this.record(*i, handler, outcome);
+                false
             }
-            *slot = None;
-            this.left -= 1;
+            Poll::Pending => true,
+        });
+        for (i, slot) in std::mem::take(&mut this.unstarted).iter().enumerate() {
+            let mut fut =
+                AssertUnwindSafe(slot.start(this.event, this.ctx, this.info)).catch_unwind();
+            match Pin::new(&mut fut).poll(cx) {
+                Poll::Ready(outcome) => this.record(i, slot.id.type_name, outcome),
+                Poll::Pending => running.push((i, fut, slot.id.type_name)),
+            }
         }
-        if this.left > 0 {
+        this.running = running;
+        if !this.running.is_empty() {
             return Poll::Pending;
+        }
+        if this.failures.is_empty() {
+            return Poll::Ready(Vec::new());
         }
         let mut failures = std::mem::take(&mut this.failures);
         failures.sort_by_key(|(i, _)| *i);
@@ -403,18 +431,13 @@ impl<E: Event> EventRoute<E> {
                 .into_iter()
                 .collect(),
             many => {
-                let running: Vec<_> = many
-                    .iter()
-                    .map(|slot| {
-                        let fut =
-                            AssertUnwindSafe(slot.start(event, ctx, &self.info)).catch_unwind();
-                        Some((fut, slot.id.type_name))
-                    })
-                    .collect();
                 JoinFailures {
                     name: E::NAME,
-                    left: running.len(),
-                    running,
+                    unstarted: many,
+                    event,
+                    ctx,
+                    info: &self.info,
+                    running: Vec::new(),
                     failures: Vec::new(),
                 }
                 .await
