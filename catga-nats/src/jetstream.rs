@@ -12,7 +12,7 @@ use bytes::Bytes;
 use catga_core::backoff::Backoff;
 use catga_core::transport::{Inbound, WireMessage};
 use catga_core::{Error, Result};
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -291,19 +291,22 @@ async fn handle_reliable(
     let span = receive_span(name, &wire);
     async move {
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
-        let result = match wire {
-            Ok(mut wire) => {
-                // A stored message is worth handling whenever it is delivered.
-                wire.timeout = None;
-                match stored {
-                    Stored::Event => inbound.event(wire).await,
-                    // The response goes nowhere: the sender did not wait.
-                    Stored::Command => inbound.request(wire).await.map(drop),
-                }
-            }
-            Err(e) => Err(e),
-        };
         let js = &shared.options.jetstream;
+        let handling = async {
+            match wire {
+                Ok(mut wire) => {
+                    // A stored message is worth handling whenever it is delivered.
+                    wire.timeout = None;
+                    match stored {
+                        Stored::Event => inbound.event(wire).await,
+                        // The response goes nowhere: the sender did not wait.
+                        Stored::Command => inbound.request(wire).await.map(drop),
+                    }
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let result = in_progress(&msg, js.ack_wait, handling).await;
         let ack = match result {
             Ok(()) => msg.ack().await,
             Err(e) if e.is_retryable() && delivered < js.max_deliveries => {
@@ -331,6 +334,34 @@ async fn handle_reliable(
     }
     .instrument(span)
     .await;
+}
+
+/// Runs `work`, telling JetStream every third of `ack_wait` that the message
+/// is still being handled (an in-progress acknowledgement): a handler that
+/// takes longer than `ack_wait` keeps its message instead of having it
+/// redelivered, to another copy or this one, while it still runs. Work that
+/// finishes at once sets no timer.
+async fn in_progress<T>(
+    msg: &jetstream::Message,
+    ack_wait: Duration,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    if let Some(done) = (&mut work).now_or_never() {
+        return done;
+    }
+    let every = (ack_wait / 3).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                    tracing::debug!(error = %e, "could not tell JetStream the message is in progress");
+                }
+            }
+        }
+    }
 }
 
 async fn dead_letter(

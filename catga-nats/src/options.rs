@@ -62,6 +62,10 @@ pub struct JetStreamOptions {
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// How long the server waits for an ack before redelivering. Default 30 s.
+    /// A handler may run longer: while it runs, its peer tells the server
+    /// every third of this time that the message is in progress, so the
+    /// message is redelivered only when its peer stops answering (it died,
+    /// or lost NATS for longer than this).
     #[serde(with = "humantime_serde")]
     pub ack_wait: Duration,
     /// Copies of each stream's data on the cluster's nodes. Default `None`:

@@ -133,3 +133,66 @@ async fn a_poison_command_ends_in_dead_letters_naming_where_it_came_from() {
     assert_eq!(handled.load(Ordering::SeqCst), 0);
     peer.shutdown().await.unwrap();
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pack {
+    slow_ms: u64,
+}
+impl Message for Pack {
+    const NAME: &'static str = "test.Pack";
+}
+impl Request for Pack {
+    type Response = ();
+    const DURABLE: bool = true;
+}
+
+/// A handler that takes three times JetStream's `ack_wait` keeps its
+/// message: the peer tells JetStream it is still at it, so the command is
+/// neither handed out again while it runs (no second run, even without
+/// idempotency) nor counted towards dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_ack_wait_keeps_its_message_and_runs_once() {
+    let server = NatsServer::start();
+    let (started, finished) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (s, f) = (started.clone(), finished.clone());
+    let nats =
+        catga_nats::NatsTransport::connect(options(&[server.url()]).jetstream(JetStreamOptions {
+            ack_wait: Duration::from_secs(1),
+            max_deliveries: 2,
+            backoff: Duration::from_millis(20),
+            ..JetStreamOptions::default()
+        }))
+        .await
+        .unwrap();
+    let peer = Catga::builder()
+        .service("packing")
+        .transport(nats)
+        .request_fn(move |p: Pack, _| {
+            let (s, f) = (s.clone(), f.clone());
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(p.slow_ms)).await;
+                f.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    peer.send_durable(Pack { slow_ms: 3_000 }).await.unwrap();
+    eventually("the slow command finished", || {
+        finished.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    // Two more ack waits: a redelivery would have started by now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(started.load(Ordering::SeqCst), 1, "handed out once");
+    assert_eq!(finished.load(Ordering::SeqCst), 1);
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
+    let dead = match js.get_stream("CATGA_DLQ").await {
+        Ok(mut dlq) => dlq.info().await.unwrap().state.messages,
+        Err(_) => 0,
+    };
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    peer.shutdown().await.unwrap();
+}
