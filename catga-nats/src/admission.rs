@@ -54,6 +54,15 @@ impl Gauge {
         }
     }
 
+    /// Counts one message of `bytes` in flight on this gauge only (not the
+    /// peer's: what JetStream holds is bounded by its own pull), until the
+    /// returned guard drops.
+    pub(crate) fn in_flight(&self, bytes: usize) -> InFlight<'_> {
+        self.messages.fetch_add(1, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        InFlight { gauge: self, bytes }
+    }
+
     /// Takes room for one message of `bytes`, or nothing when that would go
     /// over a limit. One message is always let in when nothing is in flight,
     /// however large (the server's max_payload bounds it), so a byte limit
@@ -258,5 +267,18 @@ mod tests {
         drop(held);
         assert_eq!(peer.admitted.load(Ordering::Relaxed), 7);
         assert_eq!(peer.shed.load(Ordering::Relaxed), 5);
+    }
+}
+
+/// One message counted in flight on a [`Gauge`] (see [`Gauge::in_flight`]).
+pub(crate) struct InFlight<'a> {
+    gauge: &'a Gauge,
+    bytes: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.messages.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }

@@ -25,12 +25,26 @@ use crate::shared::{Shared, transport_error};
 pub(crate) struct Endpoint {
     /// The message name.
     pub(crate) name: &'static str,
-    /// `request` or `event`.
+    /// `request`, `event`, `durable command` or `reliable event`.
     pub(crate) kind: &'static str,
     pub(crate) subject: String,
     pub(crate) queue_group: String,
     /// Its in-flight gauge and handling counts.
     pub(crate) gauge: Arc<Gauge>,
+}
+
+impl Endpoint {
+    /// Its name in the service API: the message name made a valid endpoint
+    /// name, with `_durable` or `_reliable` after it for a stored queue (a
+    /// durable command is also served by request/reply, under the plain name).
+    fn api_name(&self) -> String {
+        let base = api_name(self.name);
+        match self.kind {
+            "durable command" => format!("{base}_durable"),
+            "reliable event" => format!("{base}_reliable"),
+            _ => base,
+        }
+    }
 }
 
 /// Who answers.
@@ -126,7 +140,7 @@ fn answer(verb: &str, me: &Identity, endpoints: &[Endpoint]) -> Value {
                 .iter()
                 .map(|e| {
                     json!({
-                        "name": api_name(e.name),
+                        "name": e.api_name(),
                         "subject": e.subject,
                         "queue_group": e.queue_group,
                         "metadata": {"catga.message": e.name, "catga.kind": e.kind},
@@ -149,7 +163,7 @@ fn answer(verb: &str, me: &Identity, endpoints: &[Endpoint]) -> Value {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
                     json!({
-                        "name": api_name(e.name),
+                        "name": e.api_name(),
                         "subject": e.subject,
                         "queue_group": e.queue_group,
                         "num_requests": handled,

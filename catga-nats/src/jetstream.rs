@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use crate::admission::Gauge;
 use crate::protocol::{self, header};
 use crate::serve::receive_span;
 use crate::shared::{Shared, transport_error};
@@ -224,12 +225,14 @@ pub(crate) async fn reliable_consumer(
         .map_err(|e| transport_error(format!("cannot create JetStream consumer `{durable}`: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_reliable(
     shared: Arc<Shared>,
     inbound: Arc<dyn Inbound>,
     name: &'static str,
     stored: Stored,
     consumer: jetstream::consumer::PullConsumer,
+    gauge: Arc<Gauge>,
     shutdown: CancellationToken,
     work: TaskTracker,
 ) {
@@ -264,9 +267,9 @@ pub(crate) async fn serve_reliable(
                     let Ok(permit) = limit.clone().acquire_owned().await else {
                         return;
                     };
-                    let (shared, inbound) = (shared.clone(), inbound.clone());
+                    let (shared, inbound, gauge) = (shared.clone(), inbound.clone(), gauge.clone());
                     work.spawn(async move {
-                        handle_reliable(&shared, &*inbound, name, stored, msg).await;
+                        handle_reliable(&shared, &*inbound, name, stored, msg, &gauge).await;
                         drop(permit);
                     });
                 }
@@ -286,7 +289,10 @@ async fn handle_reliable(
     name: &'static str,
     stored: Stored,
     msg: jetstream::Message,
+    gauge: &Gauge,
 ) {
+    let _in_flight = gauge.in_flight(msg.payload.len());
+    let started = std::time::Instant::now();
     let wire = protocol::from_nats(name, msg.headers.as_ref(), msg.payload.clone());
     let span = receive_span(name, &wire);
     async move {
@@ -307,6 +313,7 @@ async fn handle_reliable(
             }
         };
         let result = in_progress(&msg, js.ack_wait, handling).await;
+        gauge.record(started.elapsed(), result.as_ref().err());
         let ack = match result {
             Ok(()) => msg.ack().await,
             Err(e) if e.is_retryable() && delivered < js.max_deliveries => {

@@ -249,12 +249,21 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             reliable_consumer(&shared, &peer.service, name, Stored::Command).await
         })
         .await?;
+        let gauge = Arc::new(Gauge::new(o.max_in_flight, o.max_in_flight_bytes));
+        endpoints.push(Endpoint {
+            name,
+            kind: "durable command",
+            subject: protocol::command_subject(&prefix, name),
+            queue_group: consumer.cached_info().name.clone(),
+            gauge: gauge.clone(),
+        });
         running.loops.spawn(serve_reliable(
             shared.clone(),
             inbound.clone(),
             name,
             Stored::Command,
             consumer,
+            gauge,
             running.shutdown.clone(),
             running.work.clone(),
         ));
@@ -267,12 +276,21 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
                 reliable_consumer(&shared, &peer.service, name, Stored::Event).await
             })
             .await?;
+            let gauge = Arc::new(Gauge::new(o.max_in_flight, o.max_in_flight_bytes));
+            endpoints.push(Endpoint {
+                name,
+                kind: "reliable event",
+                subject: protocol::reliable_subject(&prefix, name),
+                queue_group: consumer.cached_info().name.clone(),
+                gauge: gauge.clone(),
+            });
             running.loops.spawn(serve_reliable(
                 shared.clone(),
                 inbound.clone(),
                 name,
                 Stored::Event,
                 consumer,
+                gauge,
                 running.shutdown.clone(),
                 running.work.clone(),
             ));

@@ -1,11 +1,37 @@
 //! The NATS service API (ADR-32) over a real nats-server: what `nats micro
 //! ls/info/stats` asks, asked with a raw client.
 
-use catga_core::{Catga, Error};
+use catga_core::{Catga, Error, Event, Message, Request};
 use catga_test_support::NatsServer;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::common::*;
+
+/// A command served from a stored queue.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Archive {
+    n: u64,
+}
+impl Message for Archive {
+    const NAME: &'static str = "test.Archive";
+}
+impl Request for Archive {
+    type Response = ();
+    const DURABLE: bool = true;
+}
+
+/// An event kept by JetStream.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Archived {
+    n: u64,
+}
+impl Message for Archived {
+    const NAME: &'static str = "test.Archived";
+}
+impl Event for Archived {
+    const RELIABLE: bool = true;
+}
 
 async fn ask(raw: &async_nats::Client, subject: &str) -> Value {
     let reply = raw.request(subject.to_owned(), "".into()).await.unwrap();
@@ -25,6 +51,8 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
         .request_fn(|a: Add, _| async move { Ok(a.a + a.b) })
         .request_fn(|f: Fail, _| async move { Err::<(), _>(Error::handler(f.code, "refused")) })
         .event_fn(|_: Happened, _| async { Ok(()) })
+        .request_fn(|_: Archive, _| async { Ok(()) })
+        .event_fn(|_: Archived, _| async { Ok(()) })
         .start()
         .await
         .unwrap();
@@ -84,6 +112,48 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
             .unwrap()
             .contains("refused")
     );
+    // Stored queues are endpoints too, with their own counts.
+    let info = ask(&raw, "$SRV.INFO.calc").await;
+    let endpoint = |name: &str| {
+        info["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no endpoint {name}: {info}"))
+    };
+    let durable = endpoint("test_Archive_durable");
+    assert_eq!(durable["subject"], "catga.cmd.test.Archive");
+    assert_eq!(durable["metadata"]["catga.kind"], "durable command");
+    let reliable = endpoint("test_Archived_reliable");
+    assert_eq!(reliable["subject"], "catga.rel.test.Archived");
+    assert_eq!(reliable["metadata"]["catga.kind"], "reliable event");
+    for n in 0..2 {
+        caller.send_durable(Archive { n }).await.unwrap();
+    }
+    caller.publish(Archived { n: 7 }).await.unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stats = ask(&raw, &format!("$SRV.STATS.calc.{id}")).await;
+        let count = |name: &str| {
+            stats["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["name"] == name)
+                .map(|e| e["num_requests"].as_u64().unwrap_or(0))
+                .unwrap_or(0)
+        };
+        if count("test_Archive_durable") == 2 && count("test_Archived_reliable") == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stored messages not counted: {stats}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     // Another service's name gets no answer from this peer.
     let other = raw
         .request("$SRV.PING.orders".to_owned(), "".into())
