@@ -232,6 +232,19 @@ pub struct ServeStats {
     pub dead_subscriptions: usize,
 }
 
+/// One message counted in flight on a [`Gauge`] (see [`Gauge::in_flight`]).
+pub(crate) struct InFlight<'a> {
+    gauge: &'a Gauge,
+    bytes: usize,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.gauge.messages.fetch_sub(1, Ordering::AcqRel);
+        self.gauge.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,18 +280,5 @@ mod tests {
         drop(held);
         assert_eq!(peer.admitted.load(Ordering::Relaxed), 7);
         assert_eq!(peer.shed.load(Ordering::Relaxed), 5);
-    }
-}
-
-/// One message counted in flight on a [`Gauge`] (see [`Gauge::in_flight`]).
-pub(crate) struct InFlight<'a> {
-    gauge: &'a Gauge,
-    bytes: usize,
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.gauge.messages.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
