@@ -163,6 +163,35 @@ impl std::fmt::Debug for RetryBudget {
     }
 }
 
+/// Runs `attempt` until it succeeds, fails with an error `retry` does not
+/// accept, or `attempts` run out, waiting `backoff`'s next delay between
+/// attempts. For work kept only in this process (a durable command with no
+/// store to keep it): what is given up is logged, there is nowhere to
+/// dead-letter it.
+pub(crate) async fn retry_in_process<Fut>(
+    command: &str,
+    attempts: u32,
+    mut backoff: Backoff,
+    retry: impl Fn(&crate::Error) -> bool,
+    mut attempt: impl FnMut() -> Fut,
+) where
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    for n in 1..=attempts {
+        match attempt().await {
+            Ok(()) => return,
+            Err(e) if retry(&e) && n < attempts => {
+                tracing::debug!(command, attempt = n, error = %e, "durable command not handled yet; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::error!(command, attempt = n, error = %e, "durable command given up (kept in memory only, nowhere to dead-letter it)");
+                return;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

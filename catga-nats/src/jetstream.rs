@@ -180,6 +180,22 @@ impl Stored {
             Stored::Command => "command",
         }
     }
+
+    /// Its kind in the service API.
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Stored::Event => "reliable event",
+            Stored::Command => "durable command",
+        }
+    }
+
+    /// The subject messages `name` of this kind are stored under.
+    pub(crate) fn subject(self, prefix: &str, name: &str) -> String {
+        match self {
+            Stored::Event => protocol::reliable_subject(prefix, name),
+            Stored::Command => protocol::command_subject(prefix, name),
+        }
+    }
 }
 
 /// The durable consumer of `service` for stored messages `name` of kind

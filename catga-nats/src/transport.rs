@@ -243,57 +243,30 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
     // Durable commands: one work-queue consumer per command, shared by
     // every copy of the service that handles it.
     for name in &peer.durable_requests {
-        let name: &'static str = name;
-        let consumer = with_retries("JetStream setup", || async {
-            shared.ensure_streams().await?;
-            reliable_consumer(&shared, &peer.service, name, Stored::Command).await
-        })
-        .await?;
-        let gauge = Arc::new(Gauge::new(o.max_in_flight, o.max_in_flight_bytes));
-        endpoints.push(Endpoint {
-            name,
-            kind: "durable command",
-            subject: protocol::command_subject(&prefix, name),
-            queue_group: consumer.cached_info().name.clone(),
-            gauge: gauge.clone(),
-        });
-        running.loops.spawn(serve_reliable(
-            shared.clone(),
-            inbound.clone(),
+        serve_stored(
+            &shared,
+            &inbound,
+            &peer,
             name,
             Stored::Command,
-            consumer,
-            gauge,
-            running.shutdown.clone(),
-            running.work.clone(),
-        ));
+            &running,
+            &mut endpoints,
+        )
+        .await?;
     }
     for name in &peer.events {
         let name: &'static str = name;
         if shared.is_reliable(name, peer.reliable_events.contains(&name)) {
-            let consumer = with_retries("JetStream setup", || async {
-                shared.ensure_streams().await?;
-                reliable_consumer(&shared, &peer.service, name, Stored::Event).await
-            })
-            .await?;
-            let gauge = Arc::new(Gauge::new(o.max_in_flight, o.max_in_flight_bytes));
-            endpoints.push(Endpoint {
-                name,
-                kind: "reliable event",
-                subject: protocol::reliable_subject(&prefix, name),
-                queue_group: consumer.cached_info().name.clone(),
-                gauge: gauge.clone(),
-            });
-            running.loops.spawn(serve_reliable(
-                shared.clone(),
-                inbound.clone(),
+            serve_stored(
+                &shared,
+                &inbound,
+                &peer,
                 name,
                 Stored::Event,
-                consumer,
-                gauge,
-                running.shutdown.clone(),
-                running.work.clone(),
-            ));
+                &running,
+                &mut endpoints,
+            )
+            .await?;
         } else {
             let serving = Serving {
                 shared: shared.clone(),
@@ -345,6 +318,45 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
         previous.shutdown.cancel();
     }
     tracing::info!(service = %peer.service, requests = peer.requests.len(), events = peer.events.len(), "serving over NATS");
+    Ok(())
+}
+
+/// Serves the stored messages `name` of kind `stored` from their JetStream
+/// consumer (made when missing), on a task of their own, and lists them as a
+/// service API endpoint.
+async fn serve_stored(
+    shared: &Arc<Shared>,
+    inbound: &Arc<dyn Inbound>,
+    peer: &PeerSpec,
+    name: &'static str,
+    stored: Stored,
+    running: &Running,
+    endpoints: &mut Vec<Endpoint>,
+) -> Result<()> {
+    let consumer = with_retries("JetStream setup", || async {
+        shared.ensure_streams().await?;
+        reliable_consumer(shared, &peer.service, name, stored).await
+    })
+    .await?;
+    let o = &shared.options;
+    let gauge = Arc::new(Gauge::new(o.max_in_flight, o.max_in_flight_bytes));
+    endpoints.push(Endpoint {
+        name,
+        kind: stored.kind(),
+        subject: stored.subject(shared.prefix(), name),
+        queue_group: consumer.cached_info().name.clone(),
+        gauge: gauge.clone(),
+    });
+    running.loops.spawn(serve_reliable(
+        shared.clone(),
+        inbound.clone(),
+        name,
+        stored,
+        consumer,
+        gauge,
+        running.shutdown.clone(),
+        running.work.clone(),
+    ));
     Ok(())
 }
 

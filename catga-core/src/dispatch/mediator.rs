@@ -349,21 +349,12 @@ async fn run_durably(
     mediator: Mediator,
     wire: WireMessage,
 ) {
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
-    for attempt in 1..=5 {
-        match handle(mediator.clone(), wire.clone()).await {
-            Ok(_) => return,
-            Err(e) if e.is_retryable() && attempt < 5 => {
-                tracing::warn!(command = %wire.name, attempt, error = %e, "durable command failed; retrying");
-                tokio::time::sleep(backoff.next_delay()).await;
-            }
-            Err(e) => {
-                tracing::error!(command = %wire.name, attempt, error = %e, "durable command failed; giving up (no store to dead-letter it in)");
-                return;
-            }
-        }
-    }
+    let backoff = crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    crate::backoff::retry_in_process(&wire.name, 5, backoff, Error::is_retryable, || {
+        let attempt = handle(mediator.clone(), wire.clone());
+        async move { attempt.await.map(drop) }
+    })
+    .await;
 }
 
 /// `Ok` when `R` is declared durable.

@@ -145,21 +145,14 @@ impl Transport for MemoryTransport {
     fn send_durable(&self, message: WireMessage) -> BoxFuture<'_, Result<()>> {
         let bus = self.bus.clone();
         tokio::spawn(async move {
-            let mut backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
-            for attempt in 1..=40 {
-                match request_via(&bus, message.clone(), Duration::from_secs(30)).await {
-                    Ok(_) => return,
-                    Err(e) if e.is_retryable() || e.kind() == ErrorKind::NoHandler => {
-                        tracing::debug!(command = %message.name, attempt, error = %e, "durable command not handled yet");
-                        tokio::time::sleep(backoff.next_delay()).await;
-                    }
-                    Err(e) => {
-                        tracing::error!(command = %message.name, attempt, error = %e, "durable command failed; dropped (in memory)");
-                        return;
-                    }
-                }
-            }
-            tracing::error!(command = %message.name, "durable command never handled; dropped (in memory)");
+            let backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
+            let retry = |e: &crate::Error| e.is_retryable() || e.kind() == ErrorKind::NoHandler;
+            crate::backoff::retry_in_process(&message.name, 40, backoff, retry, || async {
+                request_via(&bus, message.clone(), Duration::from_secs(30))
+                    .await
+                    .map(drop)
+            })
+            .await;
         });
         Box::pin(std::future::ready(Ok(())))
     }

@@ -33,6 +33,15 @@ impl Event for Archived {
     const RELIABLE: bool = true;
 }
 
+/// The endpoint `name` of an INFO or STATS answer.
+fn endpoint(answer: &Value, name: &str) -> Value {
+    answer["endpoints"]
+        .as_array()
+        .and_then(|all| all.iter().find(|e| e["name"] == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("no endpoint {name}: {answer}"))
+}
+
 async fn ask(raw: &async_nats::Client, subject: &str) -> Value {
     let reply = raw.request(subject.to_owned(), "".into()).await.unwrap();
     serde_json::from_slice(&reply.payload).unwrap()
@@ -94,15 +103,7 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
     let stats = ask(&raw, &format!("$SRV.STATS.calc.{id}")).await;
     assert_eq!(stats["type"], "io.nats.micro.v1.stats_response");
     assert!(stats["started"].as_str().unwrap().ends_with('Z'));
-    let of = |name: &str| {
-        stats["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .cloned()
-            .unwrap()
-    };
+    let of = |name: &str| endpoint(&stats, name);
     assert_eq!(of("test_Add")["num_requests"], 3);
     assert_eq!(of("test_Add")["num_errors"], 0);
     assert_eq!(of("test_Fail")["num_errors"], 1);
@@ -114,19 +115,10 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
     );
     // Stored queues are endpoints too, with their own counts.
     let info = ask(&raw, "$SRV.INFO.calc").await;
-    let endpoint = |name: &str| {
-        info["endpoints"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no endpoint {name}: {info}"))
-    };
-    let durable = endpoint("test_Archive_durable");
+    let durable = endpoint(&info, "test_Archive_durable");
     assert_eq!(durable["subject"], "catga.cmd.test.Archive");
     assert_eq!(durable["metadata"]["catga.kind"], "durable command");
-    let reliable = endpoint("test_Archived_reliable");
+    let reliable = endpoint(&info, "test_Archived_reliable");
     assert_eq!(reliable["subject"], "catga.rel.test.Archived");
     assert_eq!(reliable["metadata"]["catga.kind"], "reliable event");
     for n in 0..2 {
@@ -136,16 +128,8 @@ async fn peers_answer_ping_info_and_stats_of_the_service_api() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let stats = ask(&raw, &format!("$SRV.STATS.calc.{id}")).await;
-        let count = |name: &str| {
-            stats["endpoints"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|e| e["name"] == name)
-                .map(|e| e["num_requests"].as_u64().unwrap_or(0))
-                .unwrap_or(0)
-        };
-        if count("test_Archive_durable") == 2 && count("test_Archived_reliable") == 1 {
+        let count = |name: &str| endpoint(&stats, name)["num_requests"].as_u64();
+        if count("test_Archive_durable") == Some(2) && count("test_Archived_reliable") == Some(1) {
             break;
         }
         assert!(
