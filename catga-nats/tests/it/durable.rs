@@ -157,7 +157,7 @@ async fn a_handler_slower_than_ack_wait_keeps_its_message_and_runs_once() {
     let (s, f) = (started.clone(), finished.clone());
     let nats =
         catga_nats::NatsTransport::connect(options(&[server.url()]).jetstream(JetStreamOptions {
-            ack_wait: Duration::from_secs(1),
+            ack_wait: Duration::from_secs(2),
             max_deliveries: 2,
             backoff: Duration::from_millis(20),
             ..JetStreamOptions::default()
@@ -179,13 +179,13 @@ async fn a_handler_slower_than_ack_wait_keeps_its_message_and_runs_once() {
         .start()
         .await
         .unwrap();
-    peer.send_durable(Pack { slow_ms: 3_000 }).await.unwrap();
+    peer.send_durable(Pack { slow_ms: 6_000 }).await.unwrap();
     eventually("the slow command finished", || {
         finished.load(Ordering::SeqCst) >= 1
     })
     .await;
     // Two more ack waits: a redelivery would have started by now.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(started.load(Ordering::SeqCst), 1, "handed out once");
     assert_eq!(finished.load(Ordering::SeqCst), 1);
     let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.unwrap());
