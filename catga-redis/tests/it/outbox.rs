@@ -401,3 +401,71 @@ async fn an_idle_relay_leaves_redis_alone_and_wakes_for_new_events() {
     }
     peer.shutdown().await.unwrap();
 }
+
+/// A Redis that comes back empty (restarted without persistence): the
+/// outbox's streams and consumer group are gone. The relay makes them again
+/// and events stored afterwards still go out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_recovers_when_redis_comes_back_empty() {
+    let mut redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let s = seen.clone();
+    let peer = Catga::builder()
+        .idempotency(store.clone())
+        .idempotent::<Charge>()
+        .request_fn(|c: Charge, ctx: Context| async move {
+            ctx.publish(Charged { cents: c.cents }).await?;
+            Ok("charged".to_owned())
+        })
+        .event_fn(move |_: Charged, _| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let relayed = |n: usize| {
+        let seen = seen.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while seen.load(std::sync::atomic::Ordering::SeqCst) < n {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "event {n} never relayed"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    peer.send(Charge {
+        cents: 1,
+        fail: false,
+    })
+    .await
+    .unwrap();
+    relayed(1).await;
+    redis.restart();
+    // The store reconnects by itself; a send may fail until it has.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while let Err(e) = peer
+        .send(Charge {
+            cents: 2,
+            fail: false,
+        })
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Redis never came back: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relayed(2).await;
+    peer.shutdown().await.unwrap();
+}
