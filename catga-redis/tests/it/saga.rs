@@ -531,3 +531,74 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
     );
     m.shutdown().await.unwrap();
 }
+
+/// A saga hash written before the hash recorded where the saga is listed
+/// (no `done` / `failed` fields, as an earlier version wrote them) is saved
+/// as before: finished, it leaves the list and expires; saved unfinished
+/// again (an operator resumed it), it is listed again and kept.
+#[tokio::test]
+async fn a_saga_record_from_before_the_listing_fields_is_saved_as_before() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let id = catga_core::new_id();
+    let mut state = SagaState {
+        id,
+        saga: "test.fulfilment".into(),
+        status: SagaStatus::Running,
+        step: 0,
+        completed: Vec::new(),
+        data: Vec::new(),
+        version: 0,
+        fence: 0,
+        history: Vec::new(),
+        error: None,
+        failed_step: None,
+    };
+    assert!(store.create(&state).await.unwrap());
+    let hash = unfinished_key(id).replace(":unfinished:test.fulfilment", &format!(":saga:{id}"));
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let removed: usize = redis::cmd("HDEL")
+        .arg(&hash)
+        .arg("done")
+        .arg("failed")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(removed, 2, "the record of today has both fields");
+    state.status = SagaStatus::Completed;
+    state.version += 1;
+    store.save(&state).await.unwrap();
+    assert!(
+        store
+            .unfinished("test.fulfilment")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&hash)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(ttl > 0, "a finished saga expires: {ttl}");
+    let _: usize = redis::cmd("HDEL")
+        .arg(&hash)
+        .arg("done")
+        .arg("failed")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    state.status = SagaStatus::Compensating;
+    state.version += 1;
+    store.save(&state).await.unwrap();
+    assert_eq!(store.unfinished("test.fulfilment").await.unwrap(), [id]);
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&hash)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "an unfinished saga is kept");
+}
