@@ -345,16 +345,11 @@ async fn a_corrupt_entry_is_dead_lettered_alone_and_the_rest_flows() {
     );
 }
 
-/// An idle peer leaves Redis alone: its relay asks less and less often while
-/// the outbox stays empty (about one read per shard per second), instead of
-/// every 50 ms; an event stored by a handler still goes out at once (the
-/// handler wakes the relay).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_idle_relay_leaves_redis_alone_and_wakes_for_new_events() {
-    let redis = RedisServer::start();
-    let store = RedisStore::connect(RedisOptions::new(redis.url()))
-        .await
-        .unwrap();
+/// A peer whose idempotent `Charge` publishes `Charged` (held in the outbox,
+/// relayed) to a local handler that counts what it sees.
+async fn charging_peer(
+    store: &RedisStore,
+) -> (catga_core::Peer, Arc<std::sync::atomic::AtomicUsize>) {
     let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let s = seen.clone();
     let peer = Catga::builder()
@@ -374,6 +369,20 @@ async fn an_idle_relay_leaves_redis_alone_and_wakes_for_new_events() {
         .start()
         .await
         .unwrap();
+    (peer, seen)
+}
+
+/// An idle peer leaves Redis alone: its relay asks less and less often while
+/// the outbox stays empty (about one read per shard per second), instead of
+/// every 50 ms; an event stored by a handler still goes out at once (the
+/// handler wakes the relay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_leaves_redis_alone_and_wakes_for_new_events() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let (peer, seen) = charging_peer(&store).await;
     // Let the relay settle into its idle pace, then count for 4 s.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let before = redis.command_counts().values().sum::<u64>();
@@ -411,25 +420,7 @@ async fn the_relay_recovers_when_redis_comes_back_empty() {
     let store = RedisStore::connect(RedisOptions::new(redis.url()))
         .await
         .unwrap();
-    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let s = seen.clone();
-    let peer = Catga::builder()
-        .idempotency(store.clone())
-        .idempotent::<Charge>()
-        .request_fn(|c: Charge, ctx: Context| async move {
-            ctx.publish(Charged { cents: c.cents }).await?;
-            Ok("charged".to_owned())
-        })
-        .event_fn(move |_: Charged, _| {
-            let s = s.clone();
-            async move {
-                s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(())
-            }
-        })
-        .start()
-        .await
-        .unwrap();
+    let (peer, seen) = charging_peer(&store).await;
     let relayed = |n: usize| {
         let seen = seen.clone();
         async move {
