@@ -58,9 +58,14 @@ impl Gauge {
     /// peer's: what JetStream holds is bounded by its own pull), until the
     /// returned guard drops.
     pub(crate) fn in_flight(&self, bytes: usize) -> InFlight<'_> {
+        self.take(bytes);
+        InFlight { gauge: self, bytes }
+    }
+
+    /// Counts one message of `bytes`, whatever the limits.
+    fn take(&self, bytes: usize) {
         self.messages.fetch_add(1, Ordering::AcqRel);
         self.bytes.fetch_add(bytes, Ordering::AcqRel);
-        InFlight { gauge: self, bytes }
     }
 
     /// Takes room for one message of `bytes`, or nothing when that would go
@@ -190,10 +195,8 @@ impl Peer {
     /// Counts a message that is handled whatever the limits (an event: it
     /// cannot be answered, so its subscription stops reading instead).
     pub(crate) fn hold(self: &Arc<Self>, subscription: &Arc<Gauge>, bytes: usize) -> Permit {
-        for gauge in [&**subscription, &self.gauge] {
-            gauge.messages.fetch_add(1, Ordering::AcqRel);
-            gauge.bytes.fetch_add(bytes, Ordering::AcqRel);
-        }
+        subscription.take(bytes);
+        self.gauge.take(bytes);
         self.admitted.fetch_add(1, Ordering::Relaxed);
         Permit {
             subscription: subscription.clone(),
@@ -240,8 +243,7 @@ pub(crate) struct InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.gauge.messages.fetch_sub(1, Ordering::AcqRel);
-        self.gauge.bytes.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.gauge.give_back(self.bytes);
     }
 }
 

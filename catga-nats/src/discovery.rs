@@ -25,25 +25,54 @@ use crate::shared::{Shared, transport_error};
 pub(crate) struct Endpoint {
     /// The message name.
     pub(crate) name: &'static str,
-    /// `request`, `event`, `durable command` or `reliable event`.
-    pub(crate) kind: &'static str,
+    pub(crate) kind: Kind,
     pub(crate) subject: String,
     pub(crate) queue_group: String,
     /// Its in-flight gauge and handling counts.
     pub(crate) gauge: Arc<Gauge>,
 }
 
+/// How an endpoint is served.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    /// Requests, by request/reply on a queue group.
+    Request,
+    /// Core events, on a queue group per service.
+    Event,
+    /// Durable commands, from their JetStream work queue.
+    DurableCommand,
+    /// Reliable events, from their JetStream consumer.
+    ReliableEvent,
+}
+
+impl Kind {
+    /// As the endpoint's `catga.kind` metadata shows it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Request => "request",
+            Kind::Event => "event",
+            Kind::DurableCommand => "durable command",
+            Kind::ReliableEvent => "reliable event",
+        }
+    }
+
+    /// After the message name in the endpoint's name: a stored queue is an
+    /// endpoint of its own (a durable command is also served by
+    /// request/reply, under the plain name).
+    fn suffix(self) -> &'static str {
+        match self {
+            Kind::Request | Kind::Event => "",
+            Kind::DurableCommand => "_durable",
+            Kind::ReliableEvent => "_reliable",
+        }
+    }
+}
+
 impl Endpoint {
     /// Its name in the service API: the message name made a valid endpoint
-    /// name, with `_durable` or `_reliable` after it for a stored queue (a
-    /// durable command is also served by request/reply, under the plain name).
+    /// name, then the kind's suffix.
     fn api_name(&self) -> String {
-        let base = api_name(self.name);
-        match self.kind {
-            "durable command" => format!("{base}_durable"),
-            "reliable event" => format!("{base}_reliable"),
-            _ => base,
-        }
+        api_name(self.name) + self.kind.suffix()
     }
 }
 
@@ -143,7 +172,7 @@ fn answer(verb: &str, me: &Identity, endpoints: &[Endpoint]) -> Value {
                         "name": e.api_name(),
                         "subject": e.subject,
                         "queue_group": e.queue_group,
-                        "metadata": {"catga.message": e.name, "catga.kind": e.kind},
+                        "metadata": {"catga.message": e.name, "catga.kind": e.kind.as_str()},
                     })
                 })
                 .collect();

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::admission::Gauge;
+use crate::discovery::Kind;
 use crate::protocol::{self, header};
 use crate::serve::receive_span;
 use crate::shared::{Shared, transport_error};
@@ -182,10 +183,10 @@ impl Stored {
     }
 
     /// Its kind in the service API.
-    pub(crate) fn kind(self) -> &'static str {
+    pub(crate) fn kind(self) -> Kind {
         match self {
-            Stored::Event => "reliable event",
-            Stored::Command => "durable command",
+            Stored::Event => Kind::ReliableEvent,
+            Stored::Command => Kind::DurableCommand,
         }
     }
 

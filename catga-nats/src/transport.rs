@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admission::{Gauge, Peer, ServeStats};
-use crate::discovery::{self, Endpoint, Identity};
+use crate::discovery::{self, Endpoint, Identity, Kind};
 use crate::jetstream::{Stored, reliable_consumer, serve_reliable, with_retries};
 use crate::options::NatsOptions;
 use crate::protocol;
@@ -223,7 +223,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
         let group = protocol::request_group(&prefix, name);
         endpoints.push(Endpoint {
             name,
-            kind: "request",
+            kind: Kind::Request,
             subject: subject.clone(),
             queue_group: group.clone(),
             gauge: serving.gauge.clone(),
@@ -278,7 +278,7 @@ async fn start(shared: Arc<Shared>, peer: PeerSpec, inbound: Arc<dyn Inbound>) -
             let group = peer.service.clone();
             endpoints.push(Endpoint {
                 name,
-                kind: "event",
+                kind: Kind::Event,
                 subject: subject.clone(),
                 queue_group: group.clone(),
                 gauge: serving.gauge.clone(),

@@ -166,11 +166,9 @@ impl RedisStore {
         reclaim: bool,
         out: &mut Vec<OutboxEntry>,
     ) -> Result<()> {
-        self.ensure_group(shard).await?;
-        let stream = self.keys.outbox(shard);
-        let group = self.keys.group();
-        let mut conn = self.conn.clone();
         if reclaim {
+            self.ensure_group(shard).await?;
+            let (stream, group) = (self.keys.outbox(shard), self.keys.group());
             self.reclaim_shard(shard, &stream, &group, consumer, max, min_idle, out)
                 .await?;
         }
@@ -178,68 +176,48 @@ impl RedisStore {
         if room == 0 {
             return Ok(());
         }
-        let fresh: Option<StreamReadReply> = conn
-            .xread_options(
-                &[&stream],
-                &[">"],
-                &StreamReadOptions::default()
-                    .group(&group, consumer)
-                    .count(room),
-            )
-            .await
-            .map_err(|e| {
-                self.forget_group(shard, &e);
-                store_error("XREADGROUP on the outbox", e)
-            })?;
-        for key in fresh.map(|r| r.keys).unwrap_or_default() {
-            for sid in key.ids {
-                out.extend(self.decode_or_dead_letter(shard, &stream, sid, 1).await?);
-            }
-        }
-        Ok(())
+        self.read_new(&[shard], consumer, room, out).await
     }
 
-    /// Reads new entries of every shard in one `XREADGROUP` (a single node
-    /// only: on a cluster the streams live in different slots). Each stream
-    /// gives at most `max`, so a burst may return more than `max` in all;
-    /// the relay handles what it gets.
-    async fn claim_all(
+    /// Reads new entries of `shards` in one `XREADGROUP`, at most `max` per
+    /// stream. Several shards in one read only on a single node (on a
+    /// cluster the streams live in different slots): a burst may then
+    /// return more than `max` in all, and the relay handles what it gets.
+    async fn read_new(
         &self,
+        shards: &[u32],
         consumer: &str,
         max: usize,
         out: &mut Vec<OutboxEntry>,
     ) -> Result<()> {
-        let shards = self.keys.shards();
-        for shard in 0..shards {
+        for &shard in shards {
             self.ensure_group(shard).await?;
         }
-        let streams: Vec<String> = (0..shards).map(|s| self.keys.outbox(s)).collect();
+        let streams: Vec<String> = shards.iter().map(|&s| self.keys.outbox(s)).collect();
         let ids = vec![">"; streams.len()];
-        let group = self.keys.group();
         let mut conn = self.conn.clone();
         let fresh: Option<StreamReadReply> = conn
             .xread_options(
                 &streams,
                 &ids,
                 &StreamReadOptions::default()
-                    .group(&group, consumer)
+                    .group(self.keys.group(), consumer)
                     .count(max),
             )
             .await
             .map_err(|e| {
-                for shard in 0..shards {
+                for &shard in shards {
                     self.forget_group(shard, &e);
                 }
                 store_error("XREADGROUP on the outbox", e)
             })?;
         for key in fresh.map(|r| r.keys).unwrap_or_default() {
-            let Some(shard) = streams.iter().position(|s| *s == key.key) else {
+            let Some(i) = streams.iter().position(|s| *s == key.key) else {
                 continue;
             };
-            let shard = shard as u32;
             for sid in key.ids {
                 out.extend(
-                    self.decode_or_dead_letter(shard, &streams[shard as usize], sid, 1)
+                    self.decode_or_dead_letter(shards[i], &streams[i], sid, 1)
                         .await?,
                 );
             }
@@ -422,7 +400,8 @@ impl OutboxStore for RedisStore {
             let mut out = Vec::new();
             if !reclaim && shards > 1 && matches!(self.conn, crate::conn::Conn::Single(_)) {
                 // One node holds every shard: one read of all their streams.
-                self.claim_all(consumer, max, &mut out).await?;
+                let all: Vec<u32> = (0..shards).collect();
+                self.read_new(&all, consumer, max, &mut out).await?;
                 return Ok(out);
             }
             for i in 0..shards {

@@ -237,6 +237,15 @@ impl<D: SagaData> Driver<'_, D> {
         Ok(())
     }
 
+    /// Records the current step as completed and moves past it; `true` when
+    /// it was the last step.
+    fn step_completed(&self, state: &mut SagaState, name: &str) -> bool {
+        state.completed.push(state.step);
+        state.step += 1;
+        state.record(name, "completed", "");
+        state.step as usize == self.saga.steps.len()
+    }
+
     /// Marks the saga completed, saves it and announces it.
     async fn complete(&self, state: &mut SagaState) -> Result<()> {
         state.status = SagaStatus::Completed;
@@ -312,10 +321,7 @@ impl<D: SagaData> Driver<'_, D> {
             // Nothing to do going forward: completed now, saved with the
             // next step's outcome (a crash before that does it again, which
             // is nothing).
-            state.completed.push(state.step);
-            state.step += 1;
-            state.record(&step.name, "completed", "");
-            if state.step as usize == self.saga.steps.len() {
+            if self.step_completed(state, &step.name) {
                 return self.complete(state).await;
             }
             return Ok(());
@@ -336,10 +342,7 @@ impl<D: SagaData> Driver<'_, D> {
                 Ok(apply) => {
                     apply(&mut data);
                     state.data = Format::MsgPack.encode(&data)?;
-                    state.completed.push(state.step);
-                    state.step += 1;
-                    state.record(&step.name, "completed", "");
-                    if state.step as usize == self.saga.steps.len() {
+                    if self.step_completed(state, &step.name) {
                         // The last step: its outcome and the saga's end in
                         // one save.
                         return self.complete(state).await;
