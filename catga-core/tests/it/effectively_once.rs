@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::start_saga;
 use catga_core::behavior::idempotency::Idempotency;
 use catga_core::saga::{Saga, SagaStatus, Step};
 use catga_core::store::{MemoryIdempotencyStore, UnitOfWork};
@@ -366,7 +365,10 @@ async fn shop(journal: &Journal, step_deadline: Duration) -> catga_core::Peer {
 async fn a_step_answering_late_is_asked_again_and_applies_once() {
     let journal = Journal::default();
     let m = shop(&journal, Duration::from_secs(30)).await;
-    let id = start_saga(&m, &payment(Duration::ZERO), Pay { slow_ms: 450 })
+    let id = payment(Duration::ZERO)
+        .handle(&m)
+        .unwrap()
+        .start(Pay { slow_ms: 450 })
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -381,7 +383,10 @@ async fn a_step_answering_late_is_asked_again_and_applies_once() {
 async fn a_step_given_up_on_is_compensated_with_the_others() {
     let journal = Journal::default();
     let m = shop(&journal, Duration::from_millis(400)).await;
-    let id = start_saga(&m, &payment(Duration::ZERO), Pay { slow_ms: 60_000 })
+    let id = payment(Duration::ZERO)
+        .handle(&m)
+        .unwrap()
+        .start(Pay { slow_ms: 60_000 })
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -409,7 +414,10 @@ async fn a_moment_without_responders_does_not_compensate_a_saga() {
         .start()
         .await
         .unwrap();
-    let id = start_saga(&coordinator, &payment(Duration::ZERO), Pay::default())
+    let id = payment(Duration::ZERO)
+        .handle(&coordinator)
+        .unwrap()
+        .start(Pay::default())
         .await
         .unwrap();
     // No peer handles the commands yet: the first attempts find no responders.

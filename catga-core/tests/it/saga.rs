@@ -7,7 +7,6 @@ use catga_core::saga::{
 };
 use catga_core::{Catga, Context, Error, ErrorKind, Message, Peer, Request, Uuid};
 
-use crate::{admit_saga, start_saga, start_saga_with_id};
 use serde::{Deserialize, Serialize};
 
 /// What each command did, per saga (its correlation id), in order.
@@ -187,7 +186,10 @@ fn log(j: &Journal, id: Uuid) -> Vec<String> {
 #[tokio::test]
 async fn the_happy_path_runs_every_step_and_records_responses() {
     let (j, m) = started().await;
-    let id = start_saga(&m, &fulfilment(), Order::default())
+    let id = fulfilment()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -214,7 +216,7 @@ async fn a_failure_at_step_three_compensates_steps_two_then_one() {
         fail_at: Some("ship".into()),
         ..Order::default()
     };
-    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
+    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("ship"));
@@ -234,7 +236,12 @@ async fn a_failure_at_step_three_compensates_steps_two_then_one() {
 #[tokio::test]
 async fn a_compensation_only_step_costs_nothing_forward_and_is_undone_on_failure() {
     let (j, m) = started().await;
-    let id = start_saga(&m, &guarded(), Order::default()).await.unwrap();
+    let id = guarded()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
+        .await
+        .unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Completed);
     let commands: Vec<String> = log(&j, id)
@@ -257,7 +264,7 @@ async fn a_compensation_only_step_costs_nothing_forward_and_is_undone_on_failure
         fail_at: Some("charge".into()),
         ..Order::default()
     };
-    let id = start_saga(&m, &guarded(), order).await.unwrap();
+    let id = guarded().handle(&m).unwrap().start(order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(log(&j, id), ["reserve", "undo reserve", "undo hold"]);
@@ -271,7 +278,7 @@ async fn a_step_timeout_compensates() {
         slow_at: Some("charge".into()),
         ..Order::default()
     };
-    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
+    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("charge"));
@@ -293,7 +300,7 @@ async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator
         undo_fails: true,
         ..Order::default()
     };
-    let id = start_saga(&m, &fulfilment(), order).await.unwrap();
+    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Failed);
     assert_eq!(state.failed_step.as_deref(), Some("reserve"));
@@ -338,16 +345,15 @@ async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator
 async fn conditional_steps_are_skipped() {
     let (j, m) = started().await;
     let conditional = Saga::<Order>::new("test.conditional");
-    let id = start_saga(
-        &m,
-        &conditional,
-        Order {
+    let id = conditional
+        .handle(&m)
+        .unwrap()
+        .start(Order {
             skip_ship: true,
             ..Order::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let state = finished(&m, id).await;
     assert_eq!(state.status, SagaStatus::Completed);
     let done = log(&j, id);
@@ -368,7 +374,10 @@ async fn a_hundred_concurrent_sagas_complete_with_no_lost_or_duplicated_step() {
     let mut ids = Vec::new();
     for _ in 0..100 {
         ids.push(
-            start_saga(&m, &fulfilment(), Order::default())
+            fulfilment()
+                .handle(&m)
+                .unwrap()
+                .start(Order::default())
                 .await
                 .unwrap(),
         );
@@ -389,9 +398,7 @@ async fn a_hundred_concurrent_sagas_complete_with_no_lost_or_duplicated_step() {
 #[tokio::test]
 async fn unregistered_sagas_cannot_start() {
     let (_, m) = started().await;
-    let err = start_saga(&m, &Saga::<Order>::new("test.unknown"), Order::default())
-        .await
-        .unwrap_err();
+    let err = Saga::<Order>::new("test.unknown").handle(&m).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
 }
 
@@ -399,7 +406,10 @@ async fn unregistered_sagas_cannot_start() {
 async fn a_stale_coordinator_cannot_write() {
     let store = MemorySagaStore::new();
     let (_, m) = started().await;
-    let id = start_saga(&m, &fulfilment(), Order::default())
+    let id = fulfilment()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
         .await
         .unwrap();
     let state = finished(&m, id).await;
@@ -458,17 +468,27 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
     // backlog, not three.
     let again = catga_core::new_id();
     for _ in 0..3 {
-        admit_saga(&m, &saga()).await.unwrap();
-        start_saga_with_id(&m, &saga(), again, Order::default())
+        saga().handle(&m).unwrap().admit().await.unwrap();
+        saga()
+            .handle(&m)
+            .unwrap()
+            .start_with_id(again, Order::default())
             .await
             .unwrap();
     }
     ids.push(again);
     for _ in 0..2 {
-        admit_saga(&m, &saga()).await.unwrap();
-        ids.push(start_saga(&m, &saga(), Order::default()).await.unwrap());
+        saga().handle(&m).unwrap().admit().await.unwrap();
+        ids.push(
+            saga()
+                .handle(&m)
+                .unwrap()
+                .start(Order::default())
+                .await
+                .unwrap(),
+        );
     }
-    let e = admit_saga(&m, &saga()).await.unwrap_err();
+    let e = saga().handle(&m).unwrap().admit().await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Overloaded, "{e}");
     assert_eq!(e.code(), Some("catga.saga_backlog"));
     assert!(e.is_retryable());
@@ -479,7 +499,7 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
     }
     // The count is read again from the store (at most every 100 ms).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while admit_saga(&m, &saga()).await.is_err() {
+    while saga().handle(&m).unwrap().admit().await.is_err() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "never admitted again"

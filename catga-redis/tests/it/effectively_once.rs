@@ -16,7 +16,7 @@ use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{Fault, FaultProxy, RedisServer};
 use tokio::time::Instant;
 
-use crate::common::{Charge, Charged, Isolated, eventually, start_saga};
+use crate::common::{Charge, Charged, Isolated, eventually};
 
 /// A handler that runs three leases long keeps its claim by renewing it: a
 /// duplicate arriving meanwhile waits for the outcome instead of charging again.
@@ -244,7 +244,10 @@ async fn sagas_are_listed_with_their_creation_and_expire_after_their_retention()
         .start()
         .await
         .unwrap();
-    let id = start_saga(&m, &Saga::<u32>::new("test.retained"), 3)
+    let id = Saga::<u32>::new("test.retained")
+        .handle(&m)
+        .unwrap()
+        .start(3)
         .await
         .unwrap();
     assert_eq!(store.unfinished("test.retained").await.unwrap(), vec![id]);
@@ -499,7 +502,7 @@ async fn a_saga_outlives_a_moment_without_responders_over_nats() {
         .start()
         .await
         .unwrap();
-    let id = start_saga(&coordinator, &saga(), 9).await.unwrap();
+    let id = saga().handle(&coordinator).unwrap().start(9).await.unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await; // a few "no responders"
     let state = store.load(id).await.unwrap().unwrap();
     assert_eq!(

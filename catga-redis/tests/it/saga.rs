@@ -12,7 +12,7 @@ use catga_redis::{RedisOptions, RedisStore};
 use catga_test_support::{NatsServer, RedisServer};
 use serde::{Deserialize, Serialize};
 
-use crate::common::{Isolated, admit_saga, eventually, start_saga, start_saga_with_id};
+use crate::common::{Isolated, eventually};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Act {
@@ -214,28 +214,22 @@ async fn sagas_over_redis_and_nats_complete_compensate_and_time_out() {
         peers.push(coordinator(i, &nats.url(), &redis.url(), world.clone()).await);
     }
     let saga = fulfilment(&world);
-    let m = &peers[0].mediator;
-    let happy = start_saga(m, &saga, Order::default()).await.unwrap();
-    let failing = start_saga(
-        m,
-        &saga,
-        Order {
+    let handle = saga.handle(&peers[0].mediator).unwrap();
+    let happy = handle.start(Order::default()).await.unwrap();
+    let failing = handle
+        .start(Order {
             fail_at: Some("ship".into()),
             ..Order::default()
-        },
-    )
-    .await
-    .unwrap();
-    let slow = start_saga(
-        m,
-        &saga,
-        Order {
+        })
+        .await
+        .unwrap();
+    let slow = handle
+        .start(Order {
             slow_at: Some("charge".into()),
             ..Order::default()
-        },
-    )
-    .await
-    .unwrap();
+        })
+        .await
+        .unwrap();
     let store = RedisStore::connect(RedisOptions::new(redis.url()))
         .await
         .unwrap();
@@ -287,7 +281,10 @@ async fn a_killed_coordinator_is_replaced_and_every_effect_happens_once() {
     for i in 0..3 {
         peers.push(coordinator(i, &nats.url(), &redis.url(), world.clone()).await);
     }
-    let id = start_saga(&peers[0].mediator, &fulfilment(&world), Order::default())
+    let id = fulfilment(&world)
+        .handle(&peers[0].mediator)
+        .unwrap()
+        .start(Order::default())
         .await
         .unwrap();
     eventually("charge in progress", || {
@@ -334,7 +331,9 @@ async fn a_hundred_concurrent_sagas_over_redis_and_nats_lose_and_duplicate_nothi
     let mut ids = Vec::new();
     for n in 0..100 {
         ids.push(
-            start_saga(&peers[n % 3].mediator, &saga, Order::default())
+            saga.handle(&peers[n % 3].mediator)
+                .unwrap()
+                .start(Order::default())
                 .await
                 .unwrap(),
         );
@@ -375,7 +374,10 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
     // A real state, written by coordinator with fence 7, then by a newer one (9).
     let world = Arc::new(World::default());
     let m = starter(&store, fulfilment(&world)).await;
-    let id = start_saga(&m, &fulfilment(&world), Order::default())
+    let id = fulfilment(&world)
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
         .await
         .unwrap();
     let mut newer = store.load(id).await.unwrap().unwrap();
@@ -416,14 +418,27 @@ async fn count_unfinished_sagas(store: RedisStore) {
     let m = starter(&store, fulfilment(&world).max_backlog(20)).await;
     assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 0);
     for _ in 0..20 {
-        admit_saga(&m, &fulfilment(&world)).await.unwrap();
-        start_saga(&m, &fulfilment(&world), Order::default())
+        fulfilment(&world)
+            .handle(&m)
+            .unwrap()
+            .admit()
+            .await
+            .unwrap();
+        fulfilment(&world)
+            .handle(&m)
+            .unwrap()
+            .start(Order::default())
             .await
             .unwrap();
     }
     assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 20);
     assert_eq!(store.unfinished("test.fulfilment").await.unwrap().len(), 20);
-    let e = admit_saga(&m, &fulfilment(&world)).await.unwrap_err();
+    let e = fulfilment(&world)
+        .handle(&m)
+        .unwrap()
+        .admit()
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some("catga.saga_backlog"), "{e}");
 }
 
@@ -473,7 +488,9 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         .await
         .unwrap();
     let id = catga_core::new_id();
-    start_saga_with_id(&m, &saga, id, Order::default())
+    saga.handle(&m)
+        .unwrap()
+        .start_with_id(id, Order::default())
         .await
         .unwrap();
     // Mark it finished as a coordinator would, then put it back on the list as
@@ -498,7 +515,9 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         .await
         .unwrap();
     // A retried start of the finished saga does not list it again.
-    start_saga_with_id(&m, &saga, id, Order::default())
+    saga.handle(&m)
+        .unwrap()
+        .start_with_id(id, Order::default())
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -514,7 +533,9 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    start_saga_with_id(&m, &saga, id, Order::default())
+    saga.handle(&m)
+        .unwrap()
+        .start_with_id(id, Order::default())
         .await
         .unwrap();
     assert!(

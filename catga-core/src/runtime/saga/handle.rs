@@ -75,6 +75,16 @@ impl<D> fmt::Debug for SagaHandle<D> {
     }
 }
 
+impl<D: SagaData> Saga<D> {
+    /// The handle of this definition on `mediator`, where it is registered
+    /// ([`SagaHandle::named`] with this definition's name): start, admit and
+    /// read its sagas. Useful where several definitions keep the same data
+    /// type, so that [`SagaHandle::of`] cannot choose.
+    pub fn handle<'m>(&self, mediator: &'m Mediator) -> Result<&'m SagaHandle<D>> {
+        SagaHandle::named(mediator, self.name())
+    }
+}
+
 impl<D: SagaData> SagaHandle<D> {
     /// Adds the handle of `saga` over `store` to `resources`, beside those
     /// of other sagas with data `D`.
