@@ -117,17 +117,36 @@ where
     }
 }
 
+/// Bytes a handler's future may take to be held in place, with no
+/// allocation. A handler that computes (a few references and a state) fits;
+/// one that awaits I/O is larger and is boxed, an allocation its I/O dwarfs.
+/// Small on purpose: the erased future is moved as a whole, so every byte
+/// here is copied on each dispatch.
+const INLINE_BYTES: usize = 64;
+
+/// A handler's future with its type erased: held in place when it fits in
+/// [`INLINE_BYTES`], boxed inside it when it does not.
+pub(crate) type ErasedFuture<'a, T> = stackfuture::StackFuture<'a, T, INLINE_BYTES>;
+
 /// Object-safe form of [`RequestHandler`], made once at registration.
 pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
-    fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>>;
+    fn call<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+    ) -> ErasedFuture<'a, Result<R::Response>>;
 
     /// The same call with the response erased, for the end of a pipeline.
     fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
 }
 
 impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
-    fn call<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<R::Response>> {
-        Box::pin(self.handle(request, ctx))
+    fn call<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+    ) -> ErasedFuture<'a, Result<R::Response>> {
+        ErasedFuture::from_or_box(self.handle(request, ctx))
     }
 
     fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {
@@ -137,15 +156,15 @@ impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
 
 /// Object-safe form of [`EventHandler`], made once at registration.
 pub(crate) trait DynEventHandler<E: Event>: Send + Sync + 'static {
-    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>>;
+    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> ErasedFuture<'a, Result<()>>;
 
     /// The same call with the (unit) response erased, for the end of a pipeline.
     fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
 }
 
 impl<E: Event, H: EventHandler<E>> DynEventHandler<E> for H {
-    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self.handle(event, ctx))
+    fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> ErasedFuture<'a, Result<()>> {
+        ErasedFuture::from_or_box(self.handle(event, ctx))
     }
 
     fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {

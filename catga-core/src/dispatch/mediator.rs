@@ -27,7 +27,33 @@ impl Mediator {
         &self,
         request: R,
     ) -> impl Future<Output = Result<R::Response>> + Send + '_ {
-        self.send_with(request, Metadata::new())
+        // The common case decided before the future exists, so the future
+        // holds only what it needs: the request, its context and the
+        // handler's (boxed) future.
+        let local = self.local_route::<R>();
+        async move {
+            let Some(route) = local else {
+                return Box::pin(self.send_with(request, Metadata::new())).await;
+            };
+            let ctx = Context::new(self.clone(), Metadata::new(), R::NAME);
+            if route.pipeline.is_empty() {
+                // One virtual call, the handler's future in place.
+                let call = route.handler.call(&request, &ctx);
+                guarded(R::NAME, route.id.type_name, call).await
+            } else {
+                route.through_pipeline(&request, &ctx).await
+            }
+        }
+    }
+
+    /// The route of `R` when a plain send runs it on the caller's task: local
+    /// and not detached.
+    #[inline]
+    fn local_route<R: Request>(&self) -> Option<&RequestRoute<R>> {
+        let route = self.inner.requests.get(&std::any::TypeId::of::<R>())?;
+        let route = route.downcast_ref::<RequestRoute<R>>()?;
+        let local = !route.remote || self.inner.transport.is_none();
+        (local && !route.detached).then_some(route)
     }
 
     /// Like [`Mediator::send`], with per-call metadata: message id, timeout, headers.

@@ -19,20 +19,25 @@ use crate::dispatch::behavior::{
 };
 use crate::dispatch::context::Context;
 use crate::dispatch::handle::Inner;
-use crate::dispatch::handler::{DynEventHandler, DynRequestHandler};
+use crate::dispatch::handler::{DynEventHandler, DynRequestHandler, ErasedFuture};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Request};
 
 /// Turns a panic in a handler or behavior into a handler error.
-pub(crate) async fn guarded<T>(
+///
+/// A combinator rather than an `async fn`: it holds `fut` once, with no copy
+/// of its arguments, which keeps the futures of a local dispatch small.
+pub(crate) fn guarded<T>(
     name: &'static str,
     handler: &'static str,
     fut: impl Future<Output = Result<T>>,
-) -> Result<T> {
-    match AssertUnwindSafe(fut).catch_unwind().await {
-        Ok(result) => result,
-        Err(panic) => Err(panic_error(name, handler, &*panic)),
-    }
+) -> impl Future<Output = Result<T>> {
+    AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(move |outcome| match outcome {
+            Ok(result) => result,
+            Err(panic) => Err(panic_error(name, handler, &*panic)),
+        })
 }
 
 /// The error a caught panic becomes.
@@ -276,11 +281,12 @@ impl<E: Event> EventSlot<E> {
         event: &'a E,
         ctx: &'a Context,
         info: &'a MessageInfo,
-    ) -> BoxFuture<'a, Result<()>> {
+    ) -> ErasedFuture<'a, Result<()>> {
         if self.pipeline.is_empty() {
             return self.handler.call(event, ctx);
         }
-        Box::pin(async move {
+        // Boxed inside: the pipeline's future holds a context of its own.
+        ErasedFuture::from_or_box(async move {
             // Each handler's pipeline gets its own context, so what one
             // handler's behaviors hold back (outbox events) stays its own.
             let own = ctx.clone();
@@ -290,70 +296,106 @@ impl<E: Event> EventSlot<E> {
     }
 }
 
-/// Runs the handlers of one event concurrently on the caller's task and
-/// collects their failures in registration order. Each handler is started
-/// and polled once on the first poll; only those that wait are kept (so a
-/// publish whose handlers all finish at once allocates nothing here).
-struct JoinFailures<'a, E: Event> {
-    name: &'static str,
-    /// Handlers not started yet (all of them until the first poll).
-    unstarted: &'a [EventSlot<E>],
-    event: &'a E,
-    ctx: &'a Context,
-    info: &'a MessageInfo,
-    running: Vec<(usize, Guarded<'a>, &'static str)>,
-    failures: Vec<(usize, Error)>,
+pin_project_lite::pin_project! {
+    /// Runs the handlers of one event concurrently on the caller's task and
+    /// collects their failures in registration order. Each handler is
+    /// started and polled once on the first poll. The first one that waits
+    /// stays where it is, in this future; only further ones that wait are
+    /// boxed. A publish whose handlers finish at once (or only one waits)
+    /// allocates nothing here.
+    struct JoinFailures<'a, E>
+    where
+        E: Event,
+    {
+        name: &'static str,
+        // Handlers not started yet (all of them until the first poll).
+        unstarted: &'a [EventSlot<E>],
+        // Registration index of `unstarted`'s first handler.
+        next: usize,
+        event: &'a E,
+        ctx: &'a Context,
+        info: &'a MessageInfo,
+        // A handler that waits, polled in place, with its index and name.
+        #[pin]
+        in_place: Option<Guarded<'a>>,
+        in_place_at: (usize, &'static str),
+        // Further handlers that wait.
+        boxed: Vec<(usize, Pin<Box<Guarded<'a>>>, &'static str)>,
+        failures: Vec<(usize, Error)>,
+    }
 }
 
-type Guarded<'a> = futures_util::future::CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<()>>>>;
+type Guarded<'a> =
+    futures_util::future::CatchUnwind<AssertUnwindSafe<ErasedFuture<'a, Result<()>>>>;
 
-impl<E: Event> JoinFailures<'_, E> {
-    #[inline]
-    fn record(
-        &mut self,
-        i: usize,
-        handler: &'static str,
-        outcome: std::thread::Result<Result<()>>,
-    ) {
-        match outcome {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failures.push((i, e)),
-            Err(panic) => self
-                .failures
-                .push((i, panic_error(self.name, handler, &*panic))),
-        }
+/// Notes a handler's outcome among `failures` (a panic becomes an error).
+fn record_outcome(
+    failures: &mut Vec<(usize, Error)>,
+    name: &'static str,
+    (i, handler): (usize, &'static str),
+    outcome: std::thread::Result<Result<()>>,
+) {
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => failures.push((i, e)),
+        Err(panic) => failures.push((i, panic_error(name, handler, &*panic))),
     }
 }
 
 impl<E: Event> Future for JoinFailures<'_, E> {
     type Output = Vec<Error>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<Error>> {
-        let this = &mut *self;
-        let mut running = std::mem::take(&mut this.running);
-        running.retain_mut(|(i, fut, handler)| match Pin::new(fut).poll(cx) {
-            Poll::Ready(outcome) => {
-                this.record(*i, handler, outcome);
-                false
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Vec<Error>> {
+        let mut this = self.project();
+        let name = *this.name;
+        let failures = &mut *this.failures;
+        this.boxed
+            .retain_mut(|(i, fut, handler)| match fut.as_mut().poll(cx) {
+                Poll::Ready(outcome) => {
+                    record_outcome(failures, name, (*i, handler), outcome);
+                    false
+                }
+                Poll::Pending => true,
+            });
+        // The handler in place; while the place is free, the next one there.
+        loop {
+            if let Some(fut) = this.in_place.as_mut().as_pin_mut() {
+                match fut.poll(cx) {
+                    Poll::Ready(outcome) => {
+                        record_outcome(failures, name, *this.in_place_at, outcome);
+                        this.in_place.set(None);
+                    }
+                    Poll::Pending => break,
+                }
             }
-            Poll::Pending => true,
-        });
-        for (i, slot) in std::mem::take(&mut this.unstarted).iter().enumerate() {
-            let mut fut =
-                AssertUnwindSafe(slot.start(this.event, this.ctx, this.info)).catch_unwind();
-            match Pin::new(&mut fut).poll(cx) {
-                Poll::Ready(outcome) => this.record(i, slot.id.type_name, outcome),
-                Poll::Pending => running.push((i, fut, slot.id.type_name)),
+            let Some((slot, rest)) = this.unstarted.split_first() else {
+                break;
+            };
+            *this.unstarted = rest;
+            *this.in_place_at = (*this.next, slot.id.type_name);
+            *this.next += 1;
+            let fut = slot.start(this.event, this.ctx, this.info);
+            this.in_place
+                .set(Some(AssertUnwindSafe(fut).catch_unwind()));
+        }
+        // The place is taken: the rest start boxed.
+        for slot in std::mem::take(this.unstarted) {
+            let at = (*this.next, slot.id.type_name);
+            *this.next += 1;
+            let fut = slot.start(this.event, this.ctx, this.info);
+            let mut fut = Box::pin(AssertUnwindSafe(fut).catch_unwind());
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(outcome) => record_outcome(failures, name, at, outcome),
+                Poll::Pending => this.boxed.push((at.0, fut, at.1)),
             }
         }
-        this.running = running;
-        if !this.running.is_empty() {
+        if this.in_place.is_some() || !this.boxed.is_empty() {
             return Poll::Pending;
         }
-        if this.failures.is_empty() {
+        if failures.is_empty() {
             return Poll::Ready(Vec::new());
         }
-        let mut failures = std::mem::take(&mut this.failures);
+        let mut failures = std::mem::take(failures);
         failures.sort_by_key(|(i, _)| *i);
         Poll::Ready(failures.into_iter().map(|(_, e)| e).collect())
     }
@@ -434,10 +476,13 @@ impl<E: Event> EventRoute<E> {
                 JoinFailures {
                     name: E::NAME,
                     unstarted: many,
+                    next: 0,
                     event,
                     ctx,
                     info: &self.info,
-                    running: Vec::new(),
+                    in_place: None,
+                    in_place_at: (0, ""),
+                    boxed: Vec::new(),
                     failures: Vec::new(),
                 }
                 .await

@@ -198,6 +198,68 @@ async fn publish_with_several_failures_lists_them_all() {
     assert!(err.to_string().contains("2 handlers"), "{err}");
 }
 
+/// Waits `yields` polls, then fails, panics or succeeds; a large buffer held
+/// across the waits makes its future too big to keep in place.
+struct Staggered {
+    yields: usize,
+    outcome: &'static str,
+    big: bool,
+    ran: Arc<AtomicUsize>,
+}
+impl EventHandler<Happened> for Staggered {
+    async fn handle(&self, _: &Happened, _: &Context) -> Result<()> {
+        let buffer = [self.yields as u8; 4096];
+        for _ in 0..self.yields {
+            tokio::task::yield_now().await;
+        }
+        if self.big {
+            std::hint::black_box(&buffer);
+        }
+        self.ran.fetch_add(1, Ordering::SeqCst);
+        match self.outcome {
+            "panic" => panic!("staggered handler panics"),
+            "fail" => Err(Error::handler(
+                "test.boom",
+                format!("{} failed", self.yields),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn publish_reports_failures_in_registration_order_whichever_finishes_first() {
+    let ran = Arc::new(AtomicUsize::new(0));
+    let handler = |yields, outcome, big| Staggered {
+        yields,
+        outcome,
+        big,
+        ran: ran.clone(),
+    };
+    // The first waits longest and the last finishes at once: finishing order
+    // is the reverse of registration order. Small and large futures mix.
+    let m = Catga::builder()
+        .event_handler(handler(5, "fail", false))
+        .event_handler(handler(3, "ok", true))
+        .event_handler(handler(2, "panic", false))
+        .event_handler(handler(1, "fail", true))
+        .event_handler(handler(0, "fail", false))
+        .build()
+        .unwrap();
+    let err = m.publish(Happened { n: 4 }).await.unwrap_err();
+    assert_eq!(ran.load(Ordering::SeqCst), 5, "every handler ran once");
+    let related: Vec<String> = err
+        .related()
+        .iter()
+        .map(|e| e.message().to_owned())
+        .collect();
+    assert_eq!(related.len(), 4, "{related:?}");
+    assert!(related[0].contains("5 failed"), "{related:?}");
+    assert!(related[1].contains("panicked"), "{related:?}");
+    assert!(related[2].contains("1 failed"), "{related:?}");
+    assert!(related[3].contains("0 failed"), "{related:?}");
+}
+
 #[tokio::test]
 async fn publish_without_handlers_is_fine() {
     let m = Catga::builder().build().unwrap();
