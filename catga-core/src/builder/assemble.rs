@@ -97,12 +97,13 @@ impl CatgaBuilder {
         let saga_store = self
             .saga_store
             .unwrap_or_else(|| Arc::new(MemorySagaStore::new()));
-        let saga_wake = Arc::new(tokio::sync::Notify::new());
         let mut leader_tasks = self.leader_tasks;
         let mut resources = self.resources;
         for runner in &self.sagas {
-            leader_tasks.push(runner.leader_task(saga_store.clone(), saga_wake.clone()));
-            runner.bind(saga_store.clone(), saga_wake.clone(), &mut resources);
+            // What its handle starts here goes straight to its coordinator.
+            let starts = Arc::default();
+            leader_tasks.push(runner.leader_task(saga_store.clone(), Arc::clone(&starts)));
+            runner.bind(saga_store.clone(), starts, &mut resources);
         }
         let mediator = Mediator {
             inner: Arc::new(Inner {

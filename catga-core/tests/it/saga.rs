@@ -6,6 +6,7 @@ use catga_core::saga::{
     MemorySagaStore, Saga, SagaCompensated, SagaCompleted, SagaState, SagaStatus, SagaStore, Step,
 };
 use catga_core::{Catga, Context, Error, ErrorKind, Message, Peer, Request, Uuid};
+use futures_util::future::BoxFuture;
 
 use serde::{Deserialize, Serialize};
 
@@ -506,5 +507,93 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    m.shutdown().await.unwrap();
+}
+
+/// A saga store that counts the sagas it loads, over a memory store.
+struct CountingLoads {
+    inner: MemorySagaStore,
+    loads: std::sync::atomic::AtomicUsize,
+}
+
+impl SagaStore for CountingLoads {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
+        self.inner.create(state)
+    }
+    fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
+        self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.load(id)
+    }
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
+        self.inner.save(state)
+    }
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, catga_core::Result<Vec<Uuid>>> {
+        self.inner.unfinished(saga)
+    }
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, catga_core::Result<()>> {
+        self.inner.forget(saga, id)
+    }
+}
+
+/// A saga started on the peer whose coordinator leads is handed to it with
+/// the state its start stored: driven to the end without one load. One
+/// stored by another peer (here: straight into the store) is found by the
+/// listing and loaded.
+#[tokio::test]
+async fn a_saga_started_on_the_leading_peer_is_driven_without_loading_it() {
+    let journal = Journal::default();
+    let store = Arc::new(CountingLoads {
+        inner: MemorySagaStore::new(),
+        loads: Default::default(),
+    });
+    let m = mediator(journal.clone(), store.clone()).await;
+    let loads = || store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let completed = |id| log(&journal, id).contains(&"event completed".to_owned());
+    let wait = |id| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !completed(id) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "saga {id} never completed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let handle = fulfilment().handle(&m).unwrap().clone();
+    // The coordinator leads once it listed for the first time.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    for _ in 0..3 {
+        let id = handle.start(Order::default()).await.unwrap();
+        wait(id).await;
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+    let by_start = loads();
+    let id = handle.start(Order::default()).await.unwrap();
+    wait(id).await;
+    assert_eq!(loads(), by_start, "a saga started here was loaded");
+    assert_eq!(
+        log(&journal, id),
+        ["reserve", "charge", "ship", "event completed"]
+    );
+
+    // Started elsewhere: stored, never handed over.
+    let elsewhere = SagaState {
+        id: Uuid::now_v7(),
+        saga: "test.fulfilment".into(),
+        status: SagaStatus::Running,
+        step: 0,
+        completed: Vec::new(),
+        data: catga_core::Format::MsgPack
+            .encode(&Order::default())
+            .unwrap(),
+        version: 0,
+        fence: 0,
+        history: Vec::new(),
+        error: None,
+        failed_step: None,
+    };
+    store.create(&elsewhere).await.unwrap();
+    wait(elsewhere.id).await;
+    assert!(loads() > by_start, "a saga from the store is loaded");
     m.shutdown().await.unwrap();
 }

@@ -2,8 +2,9 @@
 //!
 //! Handles `inventory.ReserveStock` (fails with `inventory.out_of_stock`),
 //! `inventory.ReleaseStock` and `inventory.GetStock`, and gives stock back when
-//! a paid order is cancelled (`orders.OrderCancelled`). Commands are idempotent
-//! by message id, so a saga step re-sent after a crash reserves once.
+//! a paid order is cancelled (`orders.OrderCancelled`). A reservation is
+//! idempotent per order (one atomic write that does nothing on a repeat), so
+//! a saga step re-sent after a crash reserves once.
 
 use std::sync::Arc;
 

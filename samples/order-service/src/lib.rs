@@ -95,34 +95,51 @@ pub fn payment_saga() -> Saga<Payment> {
 
 /// Sets the final status of an order's payment. The status change and
 /// `OrderPaid` are staged: they commit together with the command's completion,
-/// or not at all (see [`OrderStore::transition_staged`]).
+/// or not at all (see [`OrderStore::transition_staged`]). Paying reads the
+/// order once (in the transition); rejecting, rare, reads it first to find
+/// the saga's error.
 async fn settle(orders: &dyn OrderStore, cmd: SettleOrder, ctx: &Context) -> Result<()> {
-    let current = orders
-        .get(cmd.order_id)
-        .await?
-        .ok_or_else(|| not_found(cmd.order_id))?;
-    if current.status == cmd.status {
-        return Ok(());
-    }
-    let reason = match (cmd.status, current.saga) {
-        (OrderStatus::Rejected, Some(saga)) => SagaHandle::<Payment>::of(ctx.mediator())?
-            .state(saga)
-            .await?
-            .and_then(|s| s.error)
-            .or(cmd.reason),
+    let reason = match cmd.status {
+        OrderStatus::Rejected => {
+            let current = orders
+                .get(cmd.order_id)
+                .await?
+                .ok_or_else(|| not_found(cmd.order_id))?;
+            if current.status == cmd.status {
+                return Ok(());
+            }
+            match current.saga {
+                Some(saga) => SagaHandle::<Payment>::of(ctx.mediator())?
+                    .state(saga)
+                    .await?
+                    .and_then(|s| s.error)
+                    .or(cmd.reason),
+                None => cmd.reason,
+            }
+        }
         _ => cmd.reason,
     };
     let status = cmd.status;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    orders
+    let settled = orders
         .transition_staged(ctx, cmd.order_id, &[OrderStatus::Paying], &|o| {
             o.status = status;
             o.reason = reason.clone();
             o.settled_at_ms = Some(now_ms);
         })
-        .await?;
+        .await;
+    match settled {
+        Ok(_) => {}
+        // Not paying any more: settled with this status already (an attempt
+        // whose outcome was not stored) is done; anything else is the error.
+        Err(e) if e.kind() == catga::ErrorKind::Conflict => match orders.get(cmd.order_id).await? {
+            Some(o) if o.status == status => return Ok(()),
+            _ => return Err(e),
+        },
+        Err(e) => return Err(e),
+    }
     tracing::info!(order = %cmd.order_id, ?status, "order settled (commits with this command)");
     if status == OrderStatus::Paid {
         ctx.publish(OrderPaid {

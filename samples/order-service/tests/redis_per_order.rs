@@ -90,7 +90,7 @@ async fn redis_commands_per_paid_order() {
     );
     assert!(per_order > 5.0, "the shop must use Redis: {per_order}");
     assert!(
-        per_order < 90.0,
+        per_order < 58.0,
         "{per_order} Redis commands per paid order"
     );
     peer.shutdown().await.unwrap();

@@ -4,8 +4,9 @@
 //! with `payment.declined`) and `payment.RefundPayment`, refunds a paid order
 //! that is cancelled (`orders.OrderCancelled`), and records a receipt for every
 //! paid order (`orders.OrderPaid`, once per order: the receipt commits with the
-//! event's idempotency record). Idempotent by message id; the payment store
-//! charges an order at most once and refuses a charge after its refund.
+//! event's idempotency record). A charge is idempotent per order without the
+//! idempotency behavior: the payment store charges an order at most once (a
+//! repeat returns the first payment id) and refuses a charge after its refund.
 
 use std::sync::Arc;
 

@@ -123,8 +123,15 @@ pub struct SettleOrder {
 }
 
 /// Reserve stock for an order; fails with `inventory.out_of_stock`.
+///
+/// Not declared `idempotent`: its effect is idempotent already. The stock
+/// store reserves per order in one atomic step that does nothing on a repeat
+/// (and refuses an order whose stock was released), so a re-sent or
+/// duplicated command takes effect once and gets the same answer without
+/// the idempotency store's claim and record (four Redis commands a
+/// reservation saves).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "inventory.ReserveStock", response = (), idempotent)]
+#[catga(name = "inventory.ReserveStock", response = ())]
 pub struct ReserveStock {
     /// The order.
     pub order_id: Uuid,
@@ -153,8 +160,12 @@ pub struct GetStock {
 }
 
 /// Charge an order's customer; fails with `payment.declined`.
+///
+/// Not declared `idempotent`, like [`ReserveStock`]: the payment store
+/// charges per order in one atomic step, and a repeat returns the first
+/// charge's payment id (or refuses an order already refunded).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
-#[catga(name = "payment.ChargePayment", response = Uuid, idempotent)]
+#[catga(name = "payment.ChargePayment", response = Uuid)]
 pub struct ChargePayment {
     /// The order.
     pub order_id: Uuid,

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use super::handle::SagaHandle;
+use super::starts::Starts;
 use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
 use crate::backoff::Backoff;
 use crate::codec::Format;
@@ -74,9 +74,9 @@ type Resources = TypeMap<Arc<dyn std::any::Any + Send + Sync>>;
 /// A saga definition with its data type erased, as the builder keeps it.
 pub(crate) trait SagaRunner: Send + Sync + 'static {
     fn name(&self) -> &str;
-    fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask;
+    fn leader_task(&self, store: Arc<dyn SagaStore>, starts: Arc<Starts>) -> LeaderTask;
     /// Adds the saga's [`SagaHandle`] over `store` to `resources`.
-    fn bind(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>, resources: &mut Resources);
+    fn bind(&self, store: Arc<dyn SagaStore>, starts: Arc<Starts>, resources: &mut Resources);
 }
 
 impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
@@ -84,14 +84,14 @@ impl<D: SagaData> SagaRunner for Arc<Saga<D>> {
         &self.name
     }
 
-    fn bind(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>, resources: &mut Resources) {
-        SagaHandle::bind(self.clone(), store, wake, resources);
+    fn bind(&self, store: Arc<dyn SagaStore>, starts: Arc<Starts>, resources: &mut Resources) {
+        SagaHandle::bind(self.clone(), store, starts, resources);
     }
 
-    fn leader_task(&self, store: Arc<dyn SagaStore>, wake: Arc<Notify>) -> LeaderTask {
+    fn leader_task(&self, store: Arc<dyn SagaStore>, starts: Arc<Starts>) -> LeaderTask {
         let saga = self.clone();
         LeaderTask::new(format!("catga.saga.{}", self.name), move |ctx| {
-            coordinate(saga.clone(), store.clone(), wake.clone(), ctx)
+            coordinate(saga.clone(), store.clone(), starts.clone(), ctx)
         })
         .ttl(self.lease)
     }
@@ -107,29 +107,40 @@ fn step_id(saga: Uuid, step: usize, kind: &str) -> Uuid {
 async fn coordinate<D: SagaData>(
     saga: Arc<Saga<D>>,
     store: Arc<dyn SagaStore>,
-    wake: Arc<Notify>,
+    starts: Arc<Starts>,
     ctx: LeaderContext,
 ) -> Result<()> {
     let mut active: HashSet<Uuid> = HashSet::new();
     let mut pending: VecDeque<Uuid> = VecDeque::new();
+    // Sagas started on this peer, with the state their start stored: driven
+    // without loading it (see `Starts`).
+    let _leading = starts.lead();
+    let mut handed: HashMap<Uuid, SagaState> = HashMap::new();
     // Each saga is driven on a task of its own, so a busy coordinator uses
     // every core; dropping the set (deposed, cancelled) aborts them, and the
     // next leader resumes them from their state.
     let mut tasks = tokio::task::JoinSet::new();
     let mut driving: HashMap<tokio::task::Id, Uuid> = HashMap::new();
     // Listing the unfinished sagas costs one round trip per listing and grows
-    // with the backlog: list at most once per poll interval (or when woken),
-    // and feed the drivers from what the last listing returned.
+    // with the backlog: list at most once per poll interval (or when woken
+    // with nothing handed over), and feed the drivers from what the last
+    // listing returned.
     let mut next_listing = tokio::time::Instant::now();
-    let mut woken = Box::pin(wake.notified());
+    let mut woken = Box::pin(starts.notified());
     // With nothing to do, the listing interval doubles up to a second, so an
     // idle coordinator leaves its store alone; a start on this peer wakes it,
     // and any saga found brings the interval back to `poll_interval`.
     let idle_max = saga.poll_interval.max(Duration::from_secs(1));
     let mut interval = saga.poll_interval;
     while !ctx.is_cancelled() {
+        for state in starts.take() {
+            if !active.contains(&state.id) && !handed.contains_key(&state.id) {
+                pending.push_back(state.id);
+                handed.insert(state.id, state);
+            }
+        }
         if pending.is_empty() && tokio::time::Instant::now() >= next_listing {
-            woken = Box::pin(wake.notified()); // armed before the query
+            woken = Box::pin(starts.notified()); // armed before the query
             match store.unfinished(&saga.name).await {
                 Ok(ids) => pending.extend(ids.into_iter().filter(|id| !active.contains(id))),
                 Err(e) => {
@@ -146,7 +157,13 @@ async fn coordinate<D: SagaData>(
         while active.len() < saga.max_concurrent {
             let Some(id) = pending.pop_front() else { break };
             if active.insert(id) {
-                let driver = drive(saga.clone(), store.clone(), ctx.clone(), id);
+                let driver = drive(
+                    saga.clone(),
+                    store.clone(),
+                    ctx.clone(),
+                    id,
+                    handed.remove(&id),
+                );
                 let task = tasks.spawn(driver.in_current_span());
                 driving.insert(task.id(), id);
             }
@@ -166,9 +183,13 @@ async fn coordinate<D: SagaData>(
                 }
             }
             () = &mut woken => {
-                next_listing = tokio::time::Instant::now();
+                woken = Box::pin(starts.notified());
                 interval = saga.poll_interval;
-                woken = Box::pin(wake.notified());
+                // A start here hands its saga over (taken at the top of the
+                // loop); a wake with nothing handed lists at once.
+                if !starts.has_handed() {
+                    next_listing = tokio::time::Instant::now();
+                }
             }
             () = tokio::time::sleep_until(next_listing), if pending.is_empty() => {}
             () = ctx.cancelled() => {}
@@ -178,18 +199,21 @@ async fn coordinate<D: SagaData>(
     Ok(())
 }
 
+/// Drives saga `id` from `handed` (the state its start on this peer stored)
+/// or from its stored state.
 async fn drive<D: SagaData>(
     saga: Arc<Saga<D>>,
     store: Arc<dyn SagaStore>,
     leader: LeaderContext,
     id: Uuid,
+    handed: Option<SagaState>,
 ) {
     let run = Driver {
         saga: &saga,
         store: &*store,
         leader: &leader,
     };
-    if let Err(e) = run.saga(id).await {
+    if let Err(e) = run.saga(id, handed).await {
         if e.kind() == ErrorKind::Conflict || leader.is_cancelled() {
             tracing::info!(saga = %saga.name, %id, error = %e, "saga taken over");
         } else {
@@ -213,8 +237,12 @@ fn is_definite(e: &Error) -> bool {
 }
 
 impl<D: SagaData> Driver<'_, D> {
-    async fn saga(&self, id: Uuid) -> Result<()> {
-        let Some(mut state) = self.store.load(id).await? else {
+    async fn saga(&self, id: Uuid, handed: Option<SagaState>) -> Result<()> {
+        let state = match handed {
+            Some(state) => Some(state),
+            None => self.store.load(id).await?,
+        };
+        let Some(mut state) = state else {
             // Listed but never stored (its starter died in between; a retry of
             // the start stores it under the same id): nothing to drive.
             tracing::warn!(saga = %self.saga.name, %id, "listed saga has no state; dropping it from the list");

@@ -4,10 +4,10 @@ use std::any::{Any, TypeId};
 use std::fmt;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use uuid::Uuid;
 
 use super::admission::Backlog;
+use super::starts::Starts;
 use super::{Saga, SagaData, SagaState, SagaStore};
 use crate::codec::Format;
 use crate::dispatch::handle::{Mediator, TypeMap};
@@ -40,7 +40,7 @@ pub struct SagaHandle<D> {
 struct Bound<D> {
     saga: Arc<Saga<D>>,
     store: Arc<dyn SagaStore>,
-    wake: Arc<Notify>,
+    starts: Arc<Starts>,
     backlog: Backlog,
 }
 
@@ -91,7 +91,7 @@ impl<D: SagaData> SagaHandle<D> {
     pub(crate) fn bind(
         saga: Arc<Saga<D>>,
         store: Arc<dyn SagaStore>,
-        wake: Arc<Notify>,
+        starts: Arc<Starts>,
         resources: &mut TypeMap<Arc<dyn Any + Send + Sync>>,
     ) {
         let backlog = Backlog::new(saga.max_backlog);
@@ -99,7 +99,7 @@ impl<D: SagaData> SagaHandle<D> {
             inner: Arc::new(Bound {
                 saga,
                 store,
-                wake,
+                starts,
                 backlog,
             }),
         };
@@ -161,7 +161,7 @@ impl<D: SagaData> SagaHandle<D> {
     /// that retries (or derives the id from its own entity) starts it once.
     pub async fn start_with_id(&self, id: Uuid, data: D) -> Result<Uuid> {
         let b = &*self.inner;
-        if start(&*b.store, &b.wake, &b.saga, id, &data).await? {
+        if start(&*b.store, &b.starts, &b.saga, id, &data).await? {
             b.backlog.started();
         }
         Ok(id)
@@ -185,10 +185,11 @@ impl<D: SagaData> SagaHandle<D> {
 }
 
 /// Stores a new saga instance, unless one with its id exists; returns whether
-/// it stored it. The coordinator picks it up.
+/// it stored it. The coordinator picks it up: handed over, when it runs on
+/// this peer; by listing, on another.
 async fn start<D: SagaData>(
     store: &dyn SagaStore,
-    wake: &Notify,
+    starts: &Starts,
     saga: &Saga<D>,
     id: Uuid,
     data: &D,
@@ -196,7 +197,7 @@ async fn start<D: SagaData>(
     let state = SagaState::new(id, &saga.name, Format::MsgPack.encode(data)?);
     let created = store.create(&state).await?;
     if created {
-        wake.notify_waiters();
+        starts.started(state);
     }
     Ok(created)
 }

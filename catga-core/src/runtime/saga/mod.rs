@@ -58,6 +58,7 @@
 mod admission;
 mod coordinator;
 mod handle;
+mod starts;
 mod state;
 
 use std::sync::Arc;
