@@ -29,10 +29,11 @@
 use std::future::Future;
 use std::marker::PhantomData;
 
-use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 
 use crate::dispatch::behavior::Reply;
 use crate::dispatch::context::Context;
+use crate::dispatch::erased::ErasedFuture;
 use crate::error::Result;
 use crate::message::{Event, Request};
 
@@ -117,17 +118,6 @@ where
     }
 }
 
-/// Bytes a handler's future may take to be held in place, with no
-/// allocation. A handler that computes (a few references and a state) fits;
-/// one that awaits I/O is larger and is boxed, an allocation its I/O dwarfs.
-/// Small on purpose: the erased future is moved as a whole, so every byte
-/// here is copied on each dispatch.
-const INLINE_BYTES: usize = 64;
-
-/// A handler's future with its type erased: held in place when it fits in
-/// [`INLINE_BYTES`], boxed inside it when it does not.
-pub(crate) type ErasedFuture<'a, T> = stackfuture::StackFuture<'a, T, INLINE_BYTES>;
-
 /// Object-safe form of [`RequestHandler`], made once at registration.
 pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
     fn call<'a>(
@@ -137,7 +127,11 @@ pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
     ) -> ErasedFuture<'a, Result<R::Response>>;
 
     /// The same call with the response erased, for the end of a pipeline.
-    fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
+    fn call_reply<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+    ) -> ErasedFuture<'a, Result<Reply>>;
 }
 
 impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
@@ -149,8 +143,12 @@ impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
         ErasedFuture::from_or_box(self.handle(request, ctx))
     }
 
-    fn call_reply<'a>(&'a self, request: &'a R, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {
-        Box::pin(async move { self.handle(request, ctx).await.map(Reply::new) })
+    fn call_reply<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+    ) -> ErasedFuture<'a, Result<Reply>> {
+        ErasedFuture::from_or_box(self.handle(request, ctx).map(|r| r.map(Reply::new)))
     }
 }
 
@@ -159,7 +157,7 @@ pub(crate) trait DynEventHandler<E: Event>: Send + Sync + 'static {
     fn call<'a>(&'a self, event: &'a E, ctx: &'a Context) -> ErasedFuture<'a, Result<()>>;
 
     /// The same call with the (unit) response erased, for the end of a pipeline.
-    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>>;
+    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> ErasedFuture<'a, Result<Reply>>;
 }
 
 impl<E: Event, H: EventHandler<E>> DynEventHandler<E> for H {
@@ -167,7 +165,7 @@ impl<E: Event, H: EventHandler<E>> DynEventHandler<E> for H {
         ErasedFuture::from_or_box(self.handle(event, ctx))
     }
 
-    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> BoxFuture<'a, Result<Reply>> {
-        Box::pin(async move { self.handle(event, ctx).await.map(Reply::new) })
+    fn call_reply<'a>(&'a self, event: &'a E, ctx: &'a Context) -> ErasedFuture<'a, Result<Reply>> {
+        ErasedFuture::from_or_box(self.handle(event, ctx).map(|r| r.map(Reply::new)))
     }
 }

@@ -160,7 +160,23 @@ impl Mediator {
     /// handlers first, the transport last); when more than one thing failed,
     /// [`Error::related`] lists every failure, the returned one included.
     pub fn publish<E: Event>(&self, event: E) -> impl Future<Output = Result<()>> + Send + '_ {
-        self.publish_with(event, Metadata::new())
+        // As in `send`: the common case (local handlers on the caller's task,
+        // no transport) decided first, so its future stays small.
+        let local = match (&self.inner.transport, event_route::<E>(&self.inner)) {
+            (None, None) => Some(None),
+            (None, Some(Ok(route))) if !route.detached => Some(Some(route)),
+            _ => None,
+        };
+        async move {
+            match local {
+                Some(None) => Ok(()),
+                Some(Some(route)) => {
+                    let ctx = Context::new(self.clone(), Metadata::new(), E::NAME);
+                    Error::combine(E::NAME, route.run_all(&event, &ctx).await)
+                }
+                None => Box::pin(self.publish_with(event, Metadata::new())).await,
+            }
+        }
     }
 
     /// Like [`Mediator::publish`], with per-call metadata.

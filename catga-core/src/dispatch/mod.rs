@@ -4,6 +4,8 @@
 //! - `handle.rs`: the [`Mediator`](crate::Mediator) handle and what
 //!   `build()` fixed for it.
 //! - `context.rs`: the [`Context`](crate::Context) a handler gets.
+//! - `erased.rs`: handler futures with their type erased, held in place
+//!   (no allocation) when small.
 //! - [`behavior`]: pipeline behaviors around a handler.
 //! - `handler.rs`: the handler traits.
 //! - `route.rs`: a message type's handler(s) with their pipeline, typed.
@@ -15,6 +17,7 @@
 
 pub mod behavior;
 pub(crate) mod context;
+pub(crate) mod erased;
 pub(crate) mod handle;
 pub(crate) mod handler;
 pub(crate) mod inbound;

@@ -11,15 +11,15 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
 use crate::dispatch::behavior::{
     Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior,
 };
 use crate::dispatch::context::Context;
+use crate::dispatch::erased::ErasedFuture;
 use crate::dispatch::handle::Inner;
-use crate::dispatch::handler::{DynEventHandler, DynRequestHandler, ErasedFuture};
+use crate::dispatch::handler::{DynEventHandler, DynRequestHandler};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Request};
 
@@ -244,10 +244,10 @@ impl<R: Request> RequestRoute<R> {
 }
 
 impl<R: Request> Endpoint for RequestRoute<R> {
-    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+    fn call<'a>(&'a self, env: Envelope<'a>) -> ErasedFuture<'a, Result<Reply>> {
         match env.message::<R>() {
             Some(request) => self.handler.call_reply(request, env.context()),
-            None => Box::pin(std::future::ready(Err(internal(
+            None => ErasedFuture::from(std::future::ready(Err(internal(
                 R::NAME,
                 "envelope holds another message type",
             )))),
@@ -263,10 +263,10 @@ pub(crate) struct EventSlot<E: Event> {
 }
 
 impl<E: Event> Endpoint for EventSlot<E> {
-    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+    fn call<'a>(&'a self, env: Envelope<'a>) -> ErasedFuture<'a, Result<Reply>> {
         match env.message::<E>() {
             Some(event) => self.handler.call_reply(event, env.context()),
-            None => Box::pin(std::future::ready(Err(internal(
+            None => ErasedFuture::from(std::future::ready(Err(internal(
                 E::NAME,
                 "envelope holds another message type",
             )))),
@@ -464,7 +464,9 @@ impl<E: Event> EventRoute<E> {
             .unwrap_or_else(|e| vec![e])
     }
 
-    async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {
+    /// Runs every handler on the caller's task, with no deadline or fence
+    /// check (the caller knows there is none).
+    pub(crate) async fn run_all(&self, event: &E, ctx: &Context) -> Vec<Error> {
         match &*self.slots {
             [] => Vec::new(),
             [one] => guarded(E::NAME, one.id.type_name, one.start(event, ctx, &self.info))

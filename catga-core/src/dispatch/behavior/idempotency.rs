@@ -241,9 +241,9 @@ impl Idempotency {
         let held = ctx.mediator().has_outbox().then(|| ctx.hold_events());
         let staged = ctx.hold_work();
         let lost = AtomicBool::new(false);
-        let mut handler = next.run(env);
+        let mut handler = std::pin::pin!(next.run(env));
         // A handler that finishes at once needs no renewal (and no timer).
-        let result = match (&mut handler).now_or_never() {
+        let result = match handler.as_mut().now_or_never() {
             Some(result) => result,
             // Boxed: the renewal's timer is room only handlers that wait need.
             None => Box::pin(self.renewing(handler, key, token, &lost)).await,
@@ -332,7 +332,7 @@ impl Idempotency {
     /// Runs `handler` while renewing its claim.
     async fn renewing(
         &self,
-        handler: futures_util::future::BoxFuture<'_, Result<Reply>>,
+        handler: std::pin::Pin<&mut (impl std::future::Future<Output = Result<Reply>> + Send)>,
         key: &str,
         token: &str,
         lost: &AtomicBool,

@@ -43,6 +43,7 @@ use futures_util::future::BoxFuture;
 
 use crate::codec::Format;
 use crate::dispatch::context::Context;
+use crate::dispatch::erased::ErasedFuture;
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::MessageKind;
 
@@ -304,7 +305,7 @@ impl fmt::Debug for Reply {
 
 /// The innermost step of a pipeline: the handler itself.
 pub(crate) trait Endpoint: Send + Sync {
-    fn call<'a>(&'a self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>>;
+    fn call<'a>(&'a self, env: Envelope<'a>) -> ErasedFuture<'a, Result<Reply>>;
 }
 
 /// The rest of the pipeline after the current behavior.
@@ -322,15 +323,19 @@ impl<'a> Next<'a> {
     }
 
     /// Runs the remaining behaviors and the handler.
-    pub fn run(self, env: Envelope<'a>) -> BoxFuture<'a, Result<Reply>> {
+    ///
+    /// The handler's future (at the end of the pipeline) is held in place
+    /// when it is small; a behavior's, which holds the rest of the pipeline,
+    /// is boxed.
+    pub fn run(self, env: Envelope<'a>) -> impl Future<Output = Result<Reply>> + Send + 'a {
         match self.rest.split_first() {
-            Some((first, rest)) => first.call(
+            Some((first, rest)) => ErasedFuture::from_or_box(first.call(
                 env,
                 Next {
                     rest,
                     endpoint: self.endpoint,
                 },
-            ),
+            )),
             None => self.endpoint.call(env),
         }
     }
