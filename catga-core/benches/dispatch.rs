@@ -3,8 +3,9 @@
 //! Run with `cargo bench -p catga-core --bench dispatch`.
 //!
 //! Cases: a direct call of the handler's logic (baseline), `send` with no
-//! behaviors, `send` through three pass-through behaviors, and `publish` to three
-//! handlers. Handlers complete without waiting, so each future is polled once
+//! behaviors, `send` through three pass-through behaviors added to the
+//! builder and the same three in a `Stack` around the handler, and `publish`
+//! to three handlers. Handlers complete without waiting, so each future is polled once
 //! (`now_or_never`), which measures Catga rather than an executor.
 
 // criterion_group! generates an undocumented public function.
@@ -14,7 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+use catga_core::behavior::{Behavior, Envelope, Next, Reply, Stack};
 use catga_core::{Catga, Context, Event, EventHandler, Message, Request, RequestHandler, Result};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
@@ -90,7 +91,7 @@ impl EventHandler<Added> for Sink {
 
 struct PassThrough;
 impl Behavior for PassThrough {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         next.run(env).await
     }
 }
@@ -118,6 +119,16 @@ fn dispatch(c: &mut Criterion) {
         .request_handler(AddHandler)
         .build()
         .unwrap();
+    let stacked = Catga::builder()
+        .request_handler(
+            Stack::new()
+                .with(PassThrough)
+                .with(PassThrough)
+                .with(PassThrough)
+                .around(AddHandler),
+        )
+        .build()
+        .unwrap();
     let events = Catga::builder()
         .event_handler(Sink)
         .event_handler(Sink)
@@ -136,11 +147,15 @@ fn dispatch(c: &mut Criterion) {
     let send3 = || {
         black_box(layered.send(req()).now_or_never());
     };
+    let stacked3 = || {
+        black_box(stacked.send(req()).now_or_never());
+    };
     let publish3 = || {
         black_box(events.publish(Added { sum: 3 }).now_or_never());
     };
     assert_eq!(plain.send(req()).now_or_never().unwrap().unwrap(), 3);
     assert_eq!(layered.send(req()).now_or_never().unwrap().unwrap(), 3);
+    assert_eq!(stacked.send(req()).now_or_never().unwrap().unwrap(), 3);
     events
         .publish(Added { sum: 3 })
         .now_or_never()
@@ -151,6 +166,7 @@ fn dispatch(c: &mut Criterion) {
     g.bench_function("direct_call", |b| b.iter(direct));
     g.bench_function("send_no_behaviors", |b| b.iter(send));
     g.bench_function("send_3_behaviors", |b| b.iter(send3));
+    g.bench_function("send_3_behaviors_stacked", |b| b.iter(stacked3));
     g.bench_function("publish_3_handlers", |b| b.iter(publish3));
     g.finish();
 
@@ -158,6 +174,7 @@ fn dispatch(c: &mut Criterion) {
         ("direct_call", allocations_per_op(direct)),
         ("send_no_behaviors", allocations_per_op(send)),
         ("send_3_behaviors", allocations_per_op(send3)),
+        ("send_3_behaviors_stacked", allocations_per_op(stacked3)),
         ("publish_3_handlers", allocations_per_op(publish3)),
     ] {
         println!("{{\"case\":\"{name}\",\"allocations_per_op\":{allocs:.2}}}");

@@ -204,15 +204,16 @@ impl CatgaBuilder {
         let names = self
             .requests
             .iter()
-            .map(|p| (p.type_id, p.name))
-            .chain(self.events.iter().map(|(id, p)| (*id, p.name)));
-        for (type_id, name) in names {
+            .map(|p| (p.type_id, p.name, &p.carried[..]))
+            .chain(self.events.iter().map(|(id, p)| (*id, p.name, &[][..])));
+        for (type_id, name, carried) in names {
             let count = pipelines
                 .iter()
                 .filter(|(scope, b)| {
                     scope.is_none_or(|s| s == type_id) && b.behavior_type() == idempotency
                 })
-                .count();
+                .count()
+                + carried.iter().filter(|t| **t == idempotency).count();
             if count > 1 {
                 errors.push(
                     Error::new(

@@ -30,6 +30,9 @@ impl CatgaBuilder {
         handler: H,
         handler_name: &'static str,
     ) -> Self {
+        // Behaviors a stacked handler carries count with the builder's.
+        let carried = handler.behavior_types();
+        let carried_detach = handler.runs_to_completion();
         let make: MakeRoute = Box::new(move |behaviors, remote| {
             let pipeline = pipeline_for(behaviors, TypeId::of::<R>());
             Box::new(RequestRoute::<R> {
@@ -39,7 +42,7 @@ impl CatgaBuilder {
                     id: R::NAME.into(),
                     type_name: handler_name,
                 },
-                detached: detaches(&pipeline),
+                detached: detaches(&pipeline) || carried_detach,
                 pipeline,
                 info: MessageInfo::new::<R, R::Response>(MessageKind::Request),
                 remote,
@@ -54,6 +57,7 @@ impl CatgaBuilder {
             inbound: inbound_request::<R>,
             idempotent: R::IDEMPOTENT,
             durable: R::DURABLE,
+            carried,
         });
         self
     }

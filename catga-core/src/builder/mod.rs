@@ -59,6 +59,8 @@ struct PendingRequest {
     idempotent: bool,
     /// `R::DURABLE`.
     durable: bool,
+    /// The types of the behaviors the handler carries (a stacked handler).
+    carried: Vec<TypeId>,
 }
 
 struct PendingEvents {

@@ -50,6 +50,23 @@ pub trait RequestHandler<R: Request>: Send + Sync + 'static {
         request: &R,
         ctx: &Context,
     ) -> impl Future<Output = Result<R::Response>> + Send;
+
+    /// Whether a dispatch must run to its end once started, for behaviors
+    /// the handler carries ([`Stacked`](crate::behavior::Stacked)); the
+    /// builder runs such a route as it runs one whose behaviors say so.
+    /// Default `false`.
+    #[doc(hidden)]
+    fn runs_to_completion(&self) -> bool {
+        false
+    }
+
+    /// The types of the behaviors the handler carries
+    /// ([`Stacked`](crate::behavior::Stacked)), for the builder's checks.
+    /// Default none.
+    #[doc(hidden)]
+    fn behavior_types(&self) -> Vec<std::any::TypeId> {
+        Vec::new()
+    }
 }
 
 /// Handles one event type; any number of handlers may handle the same event.

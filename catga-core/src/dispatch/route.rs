@@ -14,7 +14,7 @@ use futures_util::FutureExt;
 use tokio::time::Instant;
 
 use crate::dispatch::behavior::{
-    Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior,
+    DynNext, Endpoint, Envelope, HandlerId, MessageInfo, Next, Reply, SharedBehavior,
 };
 use crate::dispatch::context::Context;
 use crate::dispatch::erased::ErasedFuture;
@@ -188,7 +188,7 @@ impl<R: Request> RequestRoute<R> {
         guarded(
             R::NAME,
             self.id.type_name,
-            Next::new(&self.pipeline, self).run(env),
+            DynNext::new(&self.pipeline, self).run(env),
         )
         .await?
         .into_inner::<R::Response>(R::NAME)
@@ -291,7 +291,7 @@ impl<E: Event> EventSlot<E> {
             // handler's behaviors hold back (outbox events) stays its own.
             let own = ctx.clone();
             let env = Envelope::new(event, &own, info, &self.id);
-            Next::new(&self.pipeline, self).run(env).await.map(drop)
+            DynNext::new(&self.pipeline, self).run(env).await.map(drop)
         })
     }
 }

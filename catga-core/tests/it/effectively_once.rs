@@ -657,7 +657,7 @@ async fn handler_ids_are_stable_names_not_type_names() {
         async fn handle<'a>(
             &'a self,
             env: Envelope<'a>,
-            next: Next<'a>,
+            next: impl Next<'a>,
         ) -> catga_core::Result<Reply> {
             self.0.lock().unwrap().push(env.handler_id().to_owned());
             next.run(env).await

@@ -223,7 +223,7 @@ impl catga_core::behavior::Behavior for Count {
     async fn handle<'a>(
         &'a self,
         env: catga_core::behavior::Envelope<'a>,
-        next: catga_core::behavior::Next<'a>,
+        next: impl catga_core::behavior::Next<'a>,
     ) -> catga_core::Result<catga_core::behavior::Reply> {
         self.0.fetch_add(1, Ordering::SeqCst);
         next.run(env).await

@@ -7,7 +7,7 @@ use catga_core::behavior::idempotency::Idempotency;
 use catga_core::behavior::retry::Retry;
 use catga_core::behavior::timeout::Timeout;
 use catga_core::behavior::tracing::Tracing;
-use catga_core::behavior::{Behavior, Envelope, Next, Reply};
+use catga_core::behavior::{Behavior, Envelope, Next, Reply, Stack};
 use catga_core::store::MemoryIdempotencyStore;
 use catga_core::{Catga, Error, ErrorKind, Metadata, Result};
 
@@ -20,7 +20,7 @@ struct Mark {
     log: Log,
 }
 impl Behavior for Mark {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         self.log.lock().unwrap().push(format!("{} in", self.name));
         let r = next.run(env).await;
         self.log.lock().unwrap().push(format!("{} out", self.name));
@@ -439,4 +439,150 @@ async fn idempotency_can_keep_non_retryable_failures_for_duplicates() {
         3,
         "retryable failures are never stored"
     );
+}
+
+/// Adds, logging each run; fails the first `failing` runs (retryable).
+struct Adding {
+    log: Log,
+    calls: Arc<AtomicUsize>,
+    failing: usize,
+    sleep: Duration,
+}
+impl catga_core::RequestHandler<Add> for Adding {
+    async fn handle(&self, a: &Add, _: &catga_core::Context) -> Result<i64> {
+        tokio::time::sleep(self.sleep).await;
+        self.log.lock().unwrap().push("handler".into());
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.failing {
+            return Err(Error::handler("test.flaky", format!("run {n}")).with_retryable(true));
+        }
+        Ok(a.a + a.b)
+    }
+}
+
+fn adding(log: &Log, failing: usize, sleep: Duration) -> (Adding, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = Adding {
+        log: log.clone(),
+        calls: calls.clone(),
+        failing,
+        sleep,
+    };
+    (handler, calls)
+}
+
+#[tokio::test]
+async fn a_stack_nests_in_the_order_added_inside_the_builders_behaviors() {
+    let log: Log = Arc::default();
+    let mark = |name| Mark {
+        name,
+        log: log.clone(),
+    };
+    let (handler, _) = adding(&log, 0, Duration::ZERO);
+    let m = Catga::builder()
+        .behavior(mark("builder"))
+        .request_handler(
+            Stack::new()
+                .with(mark("outer"))
+                .with(mark("inner"))
+                .around(handler),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(m.send(Add { a: 1, b: 2 }).await.unwrap(), 3);
+    assert_eq!(
+        *log.lock().unwrap(),
+        [
+            "builder in",
+            "outer in",
+            "inner in",
+            "handler",
+            "inner out",
+            "outer out",
+            "builder out"
+        ]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_in_a_stack_runs_what_is_inside_it_again() {
+    let log: Log = Arc::default();
+    let (handler, calls) = adding(&log, 2, Duration::ZERO);
+    let stack = Stack::new()
+        .with(Retry::new(5).backoff(Duration::from_millis(10), Duration::from_millis(100)))
+        .with(Mark {
+            name: "inner",
+            log: log.clone(),
+        });
+    let m = Catga::builder()
+        .request_handler(stack.around(handler))
+        .build()
+        .unwrap();
+    assert_eq!(m.send(Add { a: 2, b: 2 }).await.unwrap(), 4);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    let inner_runs = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| *l == "inner in")
+        .count();
+    assert_eq!(inner_runs, 3, "{:?}", log.lock().unwrap());
+}
+
+/// Idempotency in a stack makes its route run to completion, as on the
+/// builder: a caller that stops waiting does not cut the handler off, and
+/// a duplicate gets the stored outcome.
+#[tokio::test(start_paused = true)]
+async fn idempotency_in_a_stack_runs_to_completion_and_answers_duplicates_once() {
+    let log: Log = Arc::default();
+    let (handler, calls) = adding(&log, 0, Duration::from_millis(200));
+    let stack = Stack::new().with(Idempotency::new(MemoryIdempotencyStore::new()));
+    let m = Catga::builder()
+        .request_handler(stack.around(handler))
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let err = m
+        .send_with(
+            Add { a: 5, b: 5 },
+            Metadata::new()
+                .with_message_id(id)
+                .with_timeout(Duration::from_millis(50)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran to its end after its caller stopped waiting"
+    );
+    let again = m
+        .send_with(Add { a: 5, b: 5 }, Metadata::new().with_message_id(id))
+        .await
+        .unwrap();
+    assert_eq!(again, 10);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the duplicate was answered from the store"
+    );
+}
+
+#[test]
+fn a_stack_idempotency_inside_a_builder_one_is_refused() {
+    let log: Log = Arc::default();
+    let (handler, _) = adding(&log, 0, Duration::ZERO);
+    let err = Catga::builder()
+        .behavior(Idempotency::new(MemoryIdempotencyStore::new()))
+        .request_handler(
+            Stack::new()
+                .with(Idempotency::new(MemoryIdempotencyStore::new()))
+                .around(handler),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("2 idempotency behaviors"), "{err}");
 }

@@ -44,7 +44,7 @@ impl OutboxStore for NeverAcks {
 /// Counts deliveries before idempotency filters them.
 struct CountDeliveries(Arc<AtomicUsize>);
 impl Behavior for CountDeliveries {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         self.0.fetch_add(1, Ordering::SeqCst);
         next.run(env).await
     }

@@ -105,7 +105,7 @@ fn fulfilment(world: &Arc<World>) -> Saga<Order> {
 /// Counts arrivals of `charge` commands before idempotency filters duplicates.
 struct Arrivals(Arc<World>);
 impl Behavior for Arrivals {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         if env.message::<Act>().is_some_and(|a| a.what == "charge") {
             self.0.charge_arrivals.fetch_add(1, Ordering::SeqCst);
         }

@@ -45,7 +45,7 @@ impl ConcurrencyLimit {
 }
 
 impl Behavior for ConcurrencyLimit {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let permit = if self.reject {
             self.permits.try_acquire().map_err(|_| {
                 Error::new(

@@ -225,7 +225,7 @@ impl Idempotency {
     async fn attempt<'a>(
         &'a self,
         env: Envelope<'a>,
-        next: Next<'a>,
+        next: impl Next<'a>,
         key: &str,
         token: &str,
     ) -> Result<Reply> {
@@ -423,7 +423,7 @@ impl Idempotency {
 }
 
 impl Behavior for Idempotency {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let key = self.key(&env);
         let ctx = env.context();
         // A duplicate waits at most `wait`, and never past its own deadline.

@@ -24,7 +24,7 @@ use crate::message::MessageKind;
 pub struct Metrics;
 
 impl Behavior for Metrics {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let message = env.name();
         let kind = match env.kind() {
             MessageKind::Request => "request",

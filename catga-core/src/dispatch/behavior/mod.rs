@@ -22,6 +22,11 @@
 //! handler separately, so a retry re-runs only the handler that failed. With no
 //! behaviors at all, a dispatch calls the handler directly.
 //!
+//! The builder's behaviors are chosen at run time, so each one's future is
+//! boxed. A [`Stack`] composes behaviors around one request handler when the
+//! program is compiled, with no boxing between them; the same behavior types
+//! serve both, since a behavior's `next` is generic (`next: impl Next<'a>`).
+//!
 //! Built-ins, one module each: [`tracing`](mod@self::tracing), [`timeout`],
 //! [`retry`], [`validation`], [`concurrency`], [`idempotency`].
 
@@ -30,9 +35,12 @@ pub mod idempotency;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod retry;
+mod stack;
 pub mod timeout;
 pub mod tracing;
 pub mod validation;
+
+pub use stack::{Layers, Push, Stack, Stacked};
 
 use std::any::Any;
 use std::fmt;
@@ -55,7 +63,7 @@ use crate::message::MessageKind;
 ///
 /// struct Audit;
 /// impl Behavior for Audit {
-///     async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+///     async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
 ///         let name = env.name();
 ///         let result = next.run(env).await;
 ///         println!("{name}: ok = {}", result.is_ok());
@@ -70,10 +78,14 @@ use crate::message::MessageKind;
 pub trait Behavior: Send + Sync + 'static {
     /// Runs around the rest of the pipeline: call `next.run(env)` to go on (zero,
     /// one or several times).
+    ///
+    /// `next` is generic so that a [`Stack`] composes behaviors with no
+    /// boxing between them; a behavior added to the builder gets the
+    /// builder's pipeline. Write it once, for both: `next: impl Next<'a>`.
     fn handle<'a>(
         &'a self,
         env: Envelope<'a>,
-        next: Next<'a>,
+        next: impl Next<'a>,
     ) -> impl Future<Output = Result<Reply>> + Send + 'a;
 
     /// Whether a dispatch this behavior wraps must run to its end once started,
@@ -90,14 +102,14 @@ pub trait Behavior: Send + Sync + 'static {
 
 /// Object-safe form of [`Behavior`], made once at registration.
 pub(crate) trait DynBehavior: Send + Sync + 'static {
-    fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>>;
+    fn call<'a>(&'a self, env: Envelope<'a>, next: DynNext<'a>) -> BoxFuture<'a, Result<Reply>>;
     fn detaches(&self) -> bool;
     /// The behavior's own type (to find two idempotency behaviors on a route).
     fn behavior_type(&self) -> std::any::TypeId;
 }
 
 impl<B: Behavior> DynBehavior for B {
-    fn call<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> BoxFuture<'a, Result<Reply>> {
+    fn call<'a>(&'a self, env: Envelope<'a>, next: DynNext<'a>) -> BoxFuture<'a, Result<Reply>> {
         Box::pin(self.handle(env, next))
     }
 
@@ -170,7 +182,7 @@ pub(crate) struct HandlerId {
     /// `<message name>` for a request's one handler; `<message name>#<name>` for
     /// an event handler, `<name>` being the name it was registered under or its
     /// position among the event's handlers.
-    pub(crate) id: Box<str>,
+    pub(crate) id: std::borrow::Cow<'static, str>,
     /// Rust type name of the handler (changes with compilers and refactors).
     pub(crate) type_name: &'static str,
 }
@@ -308,30 +320,40 @@ pub(crate) trait Endpoint: Send + Sync {
     fn call<'a>(&'a self, env: Envelope<'a>) -> ErasedFuture<'a, Result<Reply>>;
 }
 
-/// The rest of the pipeline after the current behavior.
+/// The rest of the pipeline after the current behavior: more behaviors, then
+/// the handler.
 ///
-/// `Next` is `Copy`: a behavior may run it several times (retry) or not at all.
+/// `Copy`: a behavior may run it several times (retry) or not at all. The
+/// builder's pipeline is one implementation (its behaviors are chosen at
+/// run time, and each one's future is boxed); a [`Stack`]'s is another,
+/// composed when the program is compiled.
+pub trait Next<'a>: Copy + Send + 'a {
+    /// Runs the remaining behaviors and the handler.
+    fn run(self, env: Envelope<'a>) -> impl Future<Output = Result<Reply>> + Send + 'a;
+}
+
+/// The builder's pipeline after a behavior: behaviors chosen at run time.
 #[derive(Clone, Copy)]
-pub struct Next<'a> {
+pub(crate) struct DynNext<'a> {
     rest: &'a [SharedBehavior],
     endpoint: &'a dyn Endpoint,
 }
 
-impl<'a> Next<'a> {
+impl<'a> DynNext<'a> {
     pub(crate) fn new(rest: &'a [SharedBehavior], endpoint: &'a dyn Endpoint) -> Self {
-        Next { rest, endpoint }
+        DynNext { rest, endpoint }
     }
+}
 
-    /// Runs the remaining behaviors and the handler.
-    ///
+impl<'a> Next<'a> for DynNext<'a> {
     /// The handler's future (at the end of the pipeline) is held in place
     /// when it is small; a behavior's, which holds the rest of the pipeline,
     /// is boxed.
-    pub fn run(self, env: Envelope<'a>) -> impl Future<Output = Result<Reply>> + Send + 'a {
+    fn run(self, env: Envelope<'a>) -> impl Future<Output = Result<Reply>> + Send + 'a {
         match self.rest.split_first() {
             Some((first, rest)) => ErasedFuture::from_or_box(first.call(
                 env,
-                Next {
+                DynNext {
                     rest,
                     endpoint: self.endpoint,
                 },
@@ -341,9 +363,9 @@ impl<'a> Next<'a> {
     }
 }
 
-impl fmt::Debug for Next<'_> {
+impl fmt::Debug for DynNext<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Next")
+        f.debug_struct("DynNext")
             .field("behaviors_left", &self.rest.len())
             .finish()
     }

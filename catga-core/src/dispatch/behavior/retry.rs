@@ -53,7 +53,7 @@ impl Retry {
 }
 
 impl Behavior for Retry {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let mut attempt = 1;
         let mut backoff = self.schedule();
         let budget = env.context().mediator().retry_budget();

@@ -23,7 +23,7 @@ impl Timeout {
 }
 
 impl Behavior for Timeout {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let limit = env
             .context()
             .remaining()

@@ -20,7 +20,7 @@ impl Tracing {
 }
 
 impl Behavior for Tracing {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         let ctx = env.context();
         let span = tracing::info_span!(
             "catga.dispatch",

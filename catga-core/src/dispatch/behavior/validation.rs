@@ -41,7 +41,7 @@ impl<M> std::fmt::Debug for Validation<M> {
 }
 
 impl<M: Validate + Send + Sync + 'static> Behavior for Validation<M> {
-    async fn handle<'a>(&'a self, env: Envelope<'a>, next: Next<'a>) -> Result<Reply> {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
         if let Some(message) = env.message::<M>() {
             if let Err(problems) = message.validate() {
                 return Err(Error::validation(format!(
