@@ -69,8 +69,10 @@ impl Mediator {
         let ctx = Context::new(self.clone(), meta, R::NAME);
         let plain = ctx.deadline().is_none() && ctx.headers().is_empty();
         match (route.pipeline.is_empty(), plain) {
-            // Fast path: one virtual call, one boxed future, nothing else.
-            (true, true) => {
+            // One virtual call, the handler's future in place. Not for a
+            // route that must run to completion (a stacked handler may say
+            // so with no builder behaviors): it takes the detached path.
+            (true, true) if !route.detached => {
                 guarded(
                     R::NAME,
                     route.id.type_name,

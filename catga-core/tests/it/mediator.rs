@@ -198,22 +198,26 @@ async fn publish_with_several_failures_lists_them_all() {
     assert!(err.to_string().contains("2 handlers"), "{err}");
 }
 
-/// Waits `yields` polls, then fails, panics or succeeds; a large buffer held
-/// across the waits makes its future too big to keep in place.
-struct Staggered {
+/// Waits `yields` polls, then fails, panics or succeeds. `BIG` holds a
+/// large buffer across the waits, so its future is too big to keep in place
+/// (it is boxed); the others are small and kept in place.
+struct Staggered<const BIG: bool> {
     yields: usize,
     outcome: &'static str,
-    big: bool,
     ran: Arc<AtomicUsize>,
 }
-impl EventHandler<Happened> for Staggered {
+impl<const BIG: bool> EventHandler<Happened> for Staggered<BIG> {
     async fn handle(&self, _: &Happened, _: &Context) -> Result<()> {
-        let buffer = [self.yields as u8; 4096];
-        for _ in 0..self.yields {
-            tokio::task::yield_now().await;
-        }
-        if self.big {
+        if BIG {
+            let buffer = [self.yields as u8; 4096];
+            for _ in 0..self.yields {
+                tokio::task::yield_now().await;
+            }
             std::hint::black_box(&buffer);
+        } else {
+            for _ in 0..self.yields {
+                tokio::task::yield_now().await;
+            }
         }
         self.ran.fetch_add(1, Ordering::SeqCst);
         match self.outcome {
@@ -230,20 +234,24 @@ impl EventHandler<Happened> for Staggered {
 #[tokio::test]
 async fn publish_reports_failures_in_registration_order_whichever_finishes_first() {
     let ran = Arc::new(AtomicUsize::new(0));
-    let handler = |yields, outcome, big| Staggered {
+    let small = |yields, outcome| Staggered::<false> {
         yields,
         outcome,
-        big,
+        ran: ran.clone(),
+    };
+    let big = |yields, outcome| Staggered::<true> {
+        yields,
+        outcome,
         ran: ran.clone(),
     };
     // The first waits longest and the last finishes at once: finishing order
     // is the reverse of registration order. Small and large futures mix.
     let m = Catga::builder()
-        .event_handler(handler(5, "fail", false))
-        .event_handler(handler(3, "ok", true))
-        .event_handler(handler(2, "panic", false))
-        .event_handler(handler(1, "fail", true))
-        .event_handler(handler(0, "fail", false))
+        .event_handler(small(5, "fail"))
+        .event_handler(big(3, "ok"))
+        .event_handler(small(2, "panic"))
+        .event_handler(big(1, "fail"))
+        .event_handler(small(0, "fail"))
         .build()
         .unwrap();
     let err = m.publish(Happened { n: 4 }).await.unwrap_err();

@@ -586,3 +586,32 @@ fn a_stack_idempotency_inside_a_builder_one_is_refused() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("2 idempotency behaviors"), "{err}");
 }
+
+/// The same with no deadline: a caller that drops its `send` (a client gone,
+/// a `select!`) does not cut a stacked idempotent handler off either.
+#[tokio::test(start_paused = true)]
+async fn idempotency_in_a_stack_survives_a_caller_that_drops_its_send() {
+    let log: Log = Arc::default();
+    let (handler, calls) = adding(&log, 0, Duration::from_millis(200));
+    let stack = Stack::new().with(Idempotency::new(MemoryIdempotencyStore::new()));
+    let m = Catga::builder()
+        .request_handler(stack.around(handler))
+        .build()
+        .unwrap();
+    let id = catga_core::new_id();
+    let meta = || Metadata::new().with_message_id(id);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(50),
+        m.send_with(Add { a: 1, b: 1 }, meta()),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the caller stopped waiting first");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran to its end"
+    );
+    assert_eq!(m.send_with(Add { a: 1, b: 1 }, meta()).await.unwrap(), 2);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -597,3 +597,90 @@ async fn a_saga_started_on_the_leading_peer_is_driven_without_loading_it() {
     assert!(loads() > by_start, "a saga from the store is loaded");
     m.shutdown().await.unwrap();
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Work {
+    millis: u64,
+}
+impl Message for Work {
+    const NAME: &'static str = "saga.Work";
+}
+impl Request for Work {
+    type Response = ();
+}
+
+/// Starts on the leading peer, however many, do not keep its coordinator
+/// from listing: a saga started elsewhere (stored straight into the store)
+/// is driven long before a backlog of local starts drains (one driver at a
+/// time, the two sources taking turns).
+#[tokio::test]
+async fn local_starts_do_not_starve_sagas_started_elsewhere() {
+    let done: Arc<Mutex<Vec<Uuid>>> = Arc::default();
+    let d = done.clone();
+    let store = Arc::new(MemorySagaStore::new());
+    let busy = || {
+        Saga::<u64>::new("test.busy")
+            .step(
+                Step::send("work", |ms: &u64| Work { millis: *ms })
+                    .timeout(Duration::from_secs(30)),
+            )
+            .max_concurrent(1)
+            .polling(Duration::from_millis(20), Duration::from_secs(5))
+    };
+    let m = Catga::builder()
+        .saga_store(store.clone())
+        .saga(busy())
+        .request_fn(move |w: Work, ctx: Context| {
+            let d = d.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(w.millis)).await;
+                d.lock().unwrap().push(ctx.correlation_id());
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    let handle = busy().handle(&m).unwrap().clone();
+    // Leading: a first saga ran.
+    let first = handle.start(1).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !done.lock().unwrap().contains(&first) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first saga never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..20 {
+        handle.start(30).await.unwrap();
+    }
+    let elsewhere = SagaState {
+        id: Uuid::now_v7(),
+        saga: "test.busy".into(),
+        status: SagaStatus::Running,
+        step: 0,
+        completed: Vec::new(),
+        data: catga_core::Format::MsgPack.encode(&30u64).unwrap(),
+        version: 0,
+        fence: 0,
+        history: Vec::new(),
+        error: None,
+        failed_step: None,
+    };
+    store.create(&elsewhere).await.unwrap();
+    while done.lock().unwrap().len() < 22 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sagas never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let order = done.lock().unwrap().clone();
+    let at = order.iter().position(|id| *id == elsewhere.id).unwrap();
+    assert!(
+        at <= 10,
+        "the saga started elsewhere ran as number {at} of 22, behind the local backlog"
+    );
+    m.shutdown().await.unwrap();
+}

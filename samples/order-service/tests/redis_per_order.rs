@@ -95,3 +95,34 @@ async fn redis_commands_per_paid_order() {
     );
     peer.shutdown().await.unwrap();
 }
+
+/// A reservation refused for want of stock stays refused on Redis: a late
+/// repeat of the saga step (its saga failed on the refusal and did not
+/// compensate it) cannot take stock once some is back. The shop's stock
+/// store answers repeats itself (`ReserveStock` is not declared
+/// idempotent), so the refusal must be kept there.
+#[tokio::test]
+async fn a_refused_reservation_stays_refused() {
+    let redis = catga_test_support::RedisServer::start();
+    let config = Config {
+        service: "orders".into(),
+        nats: None,
+        redis: Some(redis.url()),
+        http: "127.0.0.1:0".parse().unwrap(),
+        http_concurrency: 256,
+        shutdown_grace: Duration::from_secs(5),
+        seed_stock: vec![("rare".into(), 3)],
+    };
+    let infra = Infra::connect(config).await.unwrap();
+    infra.seed_stock().await.unwrap();
+    let stock = &infra.stock;
+    let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    assert!(stock.reserve(b, "rare", 2).await.unwrap());
+    assert!(!stock.reserve(a, "rare", 2).await.unwrap(), "1 left of 3");
+    stock.release(b, "rare").await.unwrap();
+    assert!(
+        !stock.reserve(a, "rare", 2).await.unwrap(),
+        "a repeat of a refused reservation is refused, stock or not"
+    );
+    assert_eq!(stock.available("rare").await.unwrap(), 3);
+}

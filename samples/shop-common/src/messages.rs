@@ -126,10 +126,10 @@ pub struct SettleOrder {
 ///
 /// Not declared `idempotent`: its effect is idempotent already. The stock
 /// store reserves per order in one atomic step that does nothing on a repeat
-/// (and refuses an order whose stock was released), so a re-sent or
-/// duplicated command takes effect once and gets the same answer without
-/// the idempotency store's claim and record (four Redis commands a
-/// reservation saves).
+/// (keeps a refusal for want of stock as one, and refuses an order whose
+/// stock was released), so a re-sent or duplicated command takes effect once
+/// and gets the same answer without the idempotency store's claim and record
+/// (four Redis commands a reservation saves).
 #[derive(Debug, Clone, Serialize, Deserialize, Request)]
 #[catga(name = "inventory.ReserveStock", response = ())]
 pub struct ReserveStock {

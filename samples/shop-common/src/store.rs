@@ -105,8 +105,9 @@ pub trait StockStore: Send + Sync + 'static {
     /// Units available.
     async fn available(&self, sku: &str) -> Result<u64>;
     /// Takes `qty` units for `order`, once: a repeat is a no-op. `false` when
-    /// there are not enough; `inventory.cancelled` when the order's stock was
-    /// released (or voided) already.
+    /// there are not enough, kept so that a repeat answers `false` too;
+    /// `inventory.cancelled` when the order's stock was released (or voided)
+    /// already.
     async fn reserve(&self, order: Uuid, sku: &str, qty: u32) -> Result<bool>;
     /// Gives an order's held units back, once; with nothing held, leaves a
     /// tombstone so a late reservation is refused.
@@ -165,6 +166,8 @@ enum Done {
     GivenBack(i64),
     /// Undone before anything was taken: a late take is refused.
     Voided,
+    /// Refused (not enough stock): a repeat is refused the same way.
+    Refused,
 }
 
 /// In-memory stores for one process.
@@ -259,11 +262,13 @@ impl StockStore for MemoryStores {
         let mut reservations = lock(&self.reservations);
         match reservations.get(&order) {
             Some((_, Done::Taken(_))) => return Ok(true),
+            Some((_, Done::Refused)) => return Ok(false),
             Some(_) => return Err(cancelled("inventory", order)),
             None => {}
         }
         let left = stock.entry(sku.to_owned()).or_insert(0);
         if *left < u64::from(qty) {
+            reservations.insert(order, (sku.to_owned(), Done::Refused));
             return Ok(false);
         }
         *left -= u64::from(qty);
@@ -368,14 +373,20 @@ return 0";
 const RESERVE: &str = r"
 -- KEYS[1] stock of the sku; KEYS[2] reservations hash; KEYS[3] ledger
 -- ARGV[1] order id; ARGV[2] qty; ARGV[3] sku
--- Returns 1 reserved (now or before), 0 not enough stock, -1 released already.
+-- Returns 1 reserved (now or before), 0 not enough stock (now or before: a
+-- refusal is kept, so a late repeat cannot reserve for an order whose saga
+-- failed on it), -1 released already.
 local done = redis.call('HGET', KEYS[2], ARGV[1])
 if done then
   if string.sub(done, 1, 9) == 'reserved ' then return 1 end
+  if string.sub(done, 1, 8) == 'refused ' then return 0 end
   return -1
 end
 local left = tonumber(redis.call('GET', KEYS[1]) or '0')
-if left < tonumber(ARGV[2]) then return 0 end
+if left < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[2], ARGV[1], 'refused ' .. ARGV[3] .. ' 0')
+  return 0
+end
 redis.call('DECRBY', KEYS[1], ARGV[2])
 redis.call('HSET', KEYS[2], ARGV[1], 'reserved ' .. ARGV[3] .. ' ' .. ARGV[2])
 redis.call('RPUSH', KEYS[3], 'reserve ' .. ARGV[1] .. ' ' .. ARGV[2])
@@ -706,6 +717,23 @@ mod tests {
         assert_eq!(ledger.len(), 2);
         assert_eq!(net(&ledger, "charge", "refund")[&order], 0);
         assert_eq!(count(&ledger, "charge")[&order], 1);
+    }
+
+    /// What `a_refused_reservation_stays_refused` (order-service tests, on
+    /// Redis) checks, in memory.
+    #[tokio::test]
+    async fn a_refused_reservation_stays_refused_in_memory() {
+        let s = MemoryStores::default();
+        s.seed("rare", 3).await.unwrap();
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert!(s.reserve(b, "rare", 2).await.unwrap());
+        assert!(!s.reserve(a, "rare", 2).await.unwrap(), "1 left of 3");
+        s.release(b, "rare").await.unwrap();
+        assert!(
+            !s.reserve(a, "rare", 2).await.unwrap(),
+            "a repeat of a refused reservation is refused, stock or not"
+        );
+        assert_eq!(s.available("rare").await.unwrap(), 3);
     }
 
     #[tokio::test]

@@ -91,6 +91,12 @@ impl<L> Stack<L> {
 
 /// A request handler with a [`Stack`] of behaviors around it; itself a
 /// request handler of every request `H` handles.
+///
+/// Register it as it is: the builder asks it whether a behavior in it runs
+/// to completion (the route then runs on a task of its own) and which
+/// behaviors it holds (two idempotency behaviors on one route are refused).
+/// A handler of your own that wraps a `Stacked` answers neither, unless it
+/// forwards `RequestHandler::runs_to_completion` and `behavior_types`.
 #[derive(Debug, Clone)]
 pub struct Stacked<L, H> {
     layers: L,

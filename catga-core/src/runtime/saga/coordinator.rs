@@ -10,7 +10,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::handle::SagaHandle;
-use super::starts::Starts;
+use super::starts::{MAX_HANDED, Starts};
 use super::{Saga, SagaData, SagaState, SagaStatus, SagaStore};
 use crate::backoff::Backoff;
 use crate::codec::Format;
@@ -111,11 +111,16 @@ async fn coordinate<D: SagaData>(
     ctx: LeaderContext,
 ) -> Result<()> {
     let mut active: HashSet<Uuid> = HashSet::new();
+    // Sagas the last listing found, still to drive.
     let mut pending: VecDeque<Uuid> = VecDeque::new();
     // Sagas started on this peer, with the state their start stored: driven
-    // without loading it (see `Starts`).
+    // without loading it (see `Starts`). A queue of their own, so that starts
+    // here, however many, never keep the listing (sagas started elsewhere,
+    // sagas to resume) from running; the two take turns for drivers.
     let _leading = starts.lead();
     let mut handed: HashMap<Uuid, SagaState> = HashMap::new();
+    let mut handed_order: VecDeque<Uuid> = VecDeque::new();
+    let mut handed_turn = false;
     // Each saga is driven on a task of its own, so a busy coordinator uses
     // every core; dropping the set (deposed, cancelled) aborts them, and the
     // next leader resumes them from their state.
@@ -134,20 +139,26 @@ async fn coordinate<D: SagaData>(
     let mut interval = saga.poll_interval;
     while !ctx.is_cancelled() {
         for state in starts.take() {
-            if !active.contains(&state.id) && !handed.contains_key(&state.id) {
-                pending.push_back(state.id);
+            // Beyond the bound, the state is dropped: the listing finds the
+            // saga and its driver loads it.
+            let new = !active.contains(&state.id) && !handed.contains_key(&state.id);
+            if new && handed.len() < MAX_HANDED {
+                handed_order.push_back(state.id);
                 handed.insert(state.id, state);
             }
         }
         if pending.is_empty() && tokio::time::Instant::now() >= next_listing {
             woken = Box::pin(starts.notified()); // armed before the query
             match store.unfinished(&saga.name).await {
-                Ok(ids) => pending.extend(ids.into_iter().filter(|id| !active.contains(id))),
+                Ok(ids) => pending.extend(
+                    ids.into_iter()
+                        .filter(|id| !active.contains(id) && !handed.contains_key(id)),
+                ),
                 Err(e) => {
                     tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas")
                 }
             }
-            interval = if pending.is_empty() && active.is_empty() {
+            interval = if pending.is_empty() && active.is_empty() && handed_order.is_empty() {
                 (interval * 2).min(idle_max)
             } else {
                 saga.poll_interval
@@ -155,7 +166,13 @@ async fn coordinate<D: SagaData>(
             next_listing = tokio::time::Instant::now() + interval;
         }
         while active.len() < saga.max_concurrent {
-            let Some(id) = pending.pop_front() else { break };
+            handed_turn = !handed_turn;
+            let next = if handed_turn {
+                handed_order.pop_front().or_else(|| pending.pop_front())
+            } else {
+                pending.pop_front().or_else(|| handed_order.pop_front())
+            };
+            let Some(id) = next else { break };
             if active.insert(id) {
                 let driver = drive(
                     saga.clone(),

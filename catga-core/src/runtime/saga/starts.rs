@@ -7,9 +7,10 @@ use tokio::sync::futures::Notified;
 
 use super::SagaState;
 
-/// At most this many started sagas wait to be handed over; the coordinator's
-/// listing finds any beyond.
-const MAX_HANDED: usize = 1024;
+/// At most this many started sagas wait to be handed over, here and again in
+/// the coordinator (states it took but has no driver for yet); the
+/// coordinator's listing finds any beyond.
+pub(crate) const MAX_HANDED: usize = 1024;
 
 /// The sagas of one definition started on this peer, for its coordinator
 /// while it runs here: it drives them from the state their start stored,
