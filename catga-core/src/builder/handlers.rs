@@ -21,7 +21,8 @@ impl CatgaBuilder {
     /// Registers the handler of request `R`. A second handler for the same request
     /// type (or wire name) makes [`build`](CatgaBuilder::build) fail, naming both.
     pub fn request_handler<R: Request, H: RequestHandler<R>>(self, handler: H) -> Self {
-        self.request_handler_typed(handler, std::any::type_name::<H>())
+        let name = RequestHandler::<R>::type_name(&handler);
+        self.request_handler_typed(handler, name)
     }
 
     /// Registers the handler of `R` under a type name used in logs.

@@ -67,6 +67,15 @@ pub trait RequestHandler<R: Request>: Send + Sync + 'static {
     fn behavior_types(&self) -> Vec<std::any::TypeId> {
         Vec::new()
     }
+
+    /// The handler's Rust type name, for logs and behaviors
+    /// ([`Envelope::handler_name`](crate::behavior::Envelope::handler_name)):
+    /// a [`Stacked`](crate::behavior::Stacked) handler gives its inner
+    /// handler's.
+    #[doc(hidden)]
+    fn type_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
 }
 
 /// Handles one event type; any number of handlers may handle the same event.

@@ -615,3 +615,28 @@ async fn idempotency_in_a_stack_survives_a_caller_that_drops_its_send() {
     assert_eq!(m.send_with(Add { a: 1, b: 1 }, meta()).await.unwrap(), 2);
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+/// Records the handler name its envelope gives.
+struct SeesHandler(Log);
+impl Behavior for SeesHandler {
+    async fn handle<'a>(&'a self, env: Envelope<'a>, next: impl Next<'a>) -> Result<Reply> {
+        self.0.lock().unwrap().push(env.handler_name().to_owned());
+        next.run(env).await
+    }
+}
+
+#[tokio::test]
+async fn behaviors_inside_and_outside_a_stack_see_the_same_handler() {
+    let seen: Log = Arc::default();
+    let (handler, _) = adding(&seen.clone(), 0, Duration::ZERO);
+    let m = Catga::builder()
+        .behavior(SeesHandler(seen.clone()))
+        .request_handler(Stack::new().with(SeesHandler(seen.clone())).around(handler))
+        .build()
+        .unwrap();
+    m.send(Add { a: 1, b: 1 }).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[0].ends_with("Adding"), "{seen:?}");
+    assert_eq!(seen[0], seen[1], "outside and inside the stack");
+}

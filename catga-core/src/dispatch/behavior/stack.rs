@@ -138,6 +138,10 @@ where
         self.layers.behavior_types(&mut types);
         types
     }
+
+    fn type_name(&self) -> &'static str {
+        self.handler.type_name()
+    }
 }
 
 /// The end of a stack: the handler of `R`.
@@ -174,10 +178,16 @@ impl<'a, H: RequestHandler<R>, R: Request> Next<'a> for Handler<'a, H, R> {
     }
 }
 
+/// Seals [`Layers`] and [`Push`]: implemented here only.
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for () {}
+    impl<B, Rest> Sealed for (B, Rest) {}
+}
+
 /// The behaviors of a [`Stack`], as a type: `()` for none, `(B, Rest)` for
-/// behavior `B` around the rest. Implemented for those; not meant to be
-/// implemented elsewhere.
-pub trait Layers: Send + Sync + 'static {
+/// behavior `B` around the rest. Sealed: implemented for those only.
+pub trait Layers: sealed::Sealed + Send + Sync + 'static {
     /// Runs the behaviors around `end`.
     fn run<'a, N: Next<'a>>(
         &'a self,
@@ -249,9 +259,8 @@ impl<'a, Rest: Layers, N: Next<'a>> Next<'a> for Inner<'a, Rest, N> {
 }
 
 /// Appends a behavior at the inner end of a [`Stack`]'s layers (the type
-/// behind [`Stack::with`]). Implemented for [`Layers`] types; not meant to
-/// be implemented elsewhere.
-pub trait Push<B> {
+/// behind [`Stack::with`]). Sealed: implemented for [`Layers`] types only.
+pub trait Push<B>: sealed::Sealed {
     /// The layers with `B` innermost.
     type Out;
 
