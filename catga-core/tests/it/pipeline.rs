@@ -534,13 +534,7 @@ async fn a_retry_in_a_stack_runs_what_is_inside_it_again() {
 /// a duplicate gets the stored outcome.
 #[tokio::test(start_paused = true)]
 async fn idempotency_in_a_stack_runs_to_completion_and_answers_duplicates_once() {
-    let log: Log = Arc::default();
-    let (handler, calls) = adding(&log, 0, Duration::from_millis(200));
-    let stack = Stack::new().with(Idempotency::new(MemoryIdempotencyStore::new()));
-    let m = Catga::builder()
-        .request_handler(stack.around(handler))
-        .build()
-        .unwrap();
+    let (m, calls) = idempotent_stack();
     let id = catga_core::new_id();
     let err = m
         .send_with(
@@ -591,13 +585,7 @@ fn a_stack_idempotency_inside_a_builder_one_is_refused() {
 /// a `select!`) does not cut a stacked idempotent handler off either.
 #[tokio::test(start_paused = true)]
 async fn idempotency_in_a_stack_survives_a_caller_that_drops_its_send() {
-    let log: Log = Arc::default();
-    let (handler, calls) = adding(&log, 0, Duration::from_millis(200));
-    let stack = Stack::new().with(Idempotency::new(MemoryIdempotencyStore::new()));
-    let m = Catga::builder()
-        .request_handler(stack.around(handler))
-        .build()
-        .unwrap();
+    let (m, calls) = idempotent_stack();
     let id = catga_core::new_id();
     let meta = || Metadata::new().with_message_id(id);
     let gave_up = tokio::time::timeout(
@@ -639,4 +627,17 @@ async fn behaviors_inside_and_outside_a_stack_see_the_same_handler() {
     assert_eq!(seen.len(), 3, "{seen:?}");
     assert!(seen[0].ends_with("Adding"), "{seen:?}");
     assert_eq!(seen[0], seen[1], "outside and inside the stack");
+}
+
+/// A mediator whose `Add` handler (200 ms) is stacked with idempotency; the
+/// handler's run count.
+fn idempotent_stack() -> (catga_core::Mediator, Arc<AtomicUsize>) {
+    let log: Log = Arc::default();
+    let (handler, calls) = adding(&log, 0, Duration::from_millis(200));
+    let stack = Stack::new().with(Idempotency::new(MemoryIdempotencyStore::new()));
+    let m = Catga::builder()
+        .request_handler(stack.around(handler))
+        .build()
+        .unwrap();
+    (m, calls)
 }

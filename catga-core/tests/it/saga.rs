@@ -577,21 +577,7 @@ async fn a_saga_started_on_the_leading_peer_is_driven_without_loading_it() {
     );
 
     // Started elsewhere: stored, never handed over.
-    let elsewhere = SagaState {
-        id: Uuid::now_v7(),
-        saga: "test.fulfilment".into(),
-        status: SagaStatus::Running,
-        step: 0,
-        completed: Vec::new(),
-        data: catga_core::Format::MsgPack
-            .encode(&Order::default())
-            .unwrap(),
-        version: 0,
-        fence: 0,
-        history: Vec::new(),
-        error: None,
-        failed_step: None,
-    };
+    let elsewhere = stored_elsewhere("test.fulfilment", &Order::default());
     store.create(&elsewhere).await.unwrap();
     wait(elsewhere.id).await;
     assert!(loads() > by_start, "a saga from the store is loaded");
@@ -655,19 +641,7 @@ async fn local_starts_do_not_starve_sagas_started_elsewhere() {
     for _ in 0..20 {
         handle.start(30).await.unwrap();
     }
-    let elsewhere = SagaState {
-        id: Uuid::now_v7(),
-        saga: "test.busy".into(),
-        status: SagaStatus::Running,
-        step: 0,
-        completed: Vec::new(),
-        data: catga_core::Format::MsgPack.encode(&30u64).unwrap(),
-        version: 0,
-        fence: 0,
-        history: Vec::new(),
-        error: None,
-        failed_step: None,
-    };
+    let elsewhere = stored_elsewhere("test.busy", &30u64);
     store.create(&elsewhere).await.unwrap();
     while done.lock().unwrap().len() < 22 {
         assert!(
@@ -683,4 +657,21 @@ async fn local_starts_do_not_starve_sagas_started_elsewhere() {
         "the saga started elsewhere ran as number {at} of 22, behind the local backlog"
     );
     m.shutdown().await.unwrap();
+}
+
+/// A new saga as another peer's start stores it (never handed over here).
+fn stored_elsewhere(saga: &str, data: &impl Serialize) -> SagaState {
+    SagaState {
+        id: Uuid::now_v7(),
+        saga: saga.into(),
+        status: SagaStatus::Running,
+        step: 0,
+        completed: Vec::new(),
+        data: catga_core::Format::MsgPack.encode(data).unwrap(),
+        version: 0,
+        fence: 0,
+        history: Vec::new(),
+        error: None,
+        failed_step: None,
+    }
 }

@@ -13,13 +13,8 @@ use shop_common::{Config, Infra};
 
 mod common;
 
-fn total(m: &BTreeMap<String, u64>) -> u64 {
-    m.values().sum()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_commands_per_paid_order() {
-    let redis = catga_test_support::RedisServer::start();
+/// The shop's infrastructure on `redis` alone (no NATS), with one SKU's stock.
+async fn embedded_infra(redis: &catga_test_support::RedisServer, (sku, qty): (&str, u64)) -> Infra {
     let config = Config {
         service: "orders".into(),
         nats: None,
@@ -27,9 +22,19 @@ async fn redis_commands_per_paid_order() {
         http: "127.0.0.1:0".parse().unwrap(),
         http_concurrency: 256,
         shutdown_grace: Duration::from_secs(5),
-        seed_stock: vec![("book".into(), 10_000)],
+        seed_stock: vec![(sku.into(), qty)],
     };
-    let infra = Infra::connect(config).await.unwrap();
+    Infra::connect(config).await.unwrap()
+}
+
+fn total(m: &BTreeMap<String, u64>) -> u64 {
+    m.values().sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_commands_per_paid_order() {
+    let redis = catga_test_support::RedisServer::start();
+    let infra = embedded_infra(&redis, ("book", 10_000)).await;
     infra.seed_stock().await.unwrap();
     let peer = order_service::embedded(&infra).start().await.unwrap();
     let app = order_service::app(peer.mediator().clone());
@@ -104,16 +109,7 @@ async fn redis_commands_per_paid_order() {
 #[tokio::test]
 async fn a_refused_reservation_stays_refused() {
     let redis = catga_test_support::RedisServer::start();
-    let config = Config {
-        service: "orders".into(),
-        nats: None,
-        redis: Some(redis.url()),
-        http: "127.0.0.1:0".parse().unwrap(),
-        http_concurrency: 256,
-        shutdown_grace: Duration::from_secs(5),
-        seed_stock: vec![("rare".into(), 3)],
-    };
-    let infra = Infra::connect(config).await.unwrap();
+    let infra = embedded_infra(&redis, ("rare", 3)).await;
     infra.seed_stock().await.unwrap();
     let stock = &infra.stock;
     let (a, b) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
