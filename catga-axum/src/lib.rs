@@ -229,6 +229,94 @@ pub fn admission(router: Router, limit: usize) -> Router {
     )
 }
 
+/// Like [`admission`], with part of the limit kept for work in progress.
+///
+/// A request that `starts_work` says begins new work (a shop's order
+/// create, the first of its requests) is admitted only while fewer than
+/// `limit - reserved` requests are in flight; any other (the next step of
+/// work already begun) up to `limit`. Past either, the answer is the same
+/// 503 as [`admission`]'s. Offered more than it can take, a copy then
+/// finishes what it began before it takes more: the steps of begun work are
+/// not shed behind new arrivals, so less of what was admitted is wasted.
+///
+/// ```
+/// use axum::{Router, routing::post};
+/// let api = Router::new()
+///     .route("/orders", post(|| async { "created" }))
+///     .route("/orders/{id}/pay", post(|| async { "paying" }));
+/// let api = catga_axum::admission_with_reserve(api, 32, 8, |req| req.uri().path() == "/orders");
+/// # drop(api);
+/// ```
+pub fn admission_with_reserve(
+    router: Router,
+    limit: usize,
+    reserved: usize,
+    starts_work: fn(&axum::extract::Request) -> bool,
+) -> Router {
+    let limit = limit.max(1);
+    let gate = Arc::new(Gate {
+        in_flight: std::sync::atomic::AtomicUsize::new(0),
+        limit,
+        new_work: limit.saturating_sub(reserved).max(1),
+        starts_work,
+    });
+    router.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let gate = gate.clone();
+            async move {
+                let cap = if (gate.starts_work)(&req) {
+                    gate.new_work
+                } else {
+                    gate.limit
+                };
+                match gate.enter(cap) {
+                    Some(_entered) => next.run(req).await,
+                    None => ApiError(
+                        Error::new(
+                            ErrorKind::Overloaded,
+                            "this copy is at its limit of requests in flight; retry after a moment",
+                        )
+                        .with_code("http.overloaded"),
+                    )
+                    .into_response(),
+                }
+            }
+        },
+    ))
+}
+
+/// The in-flight count of [`admission_with_reserve`].
+struct Gate {
+    in_flight: std::sync::atomic::AtomicUsize,
+    limit: usize,
+    new_work: usize,
+    starts_work: fn(&axum::extract::Request) -> bool,
+}
+
+impl Gate {
+    /// One more in flight, unless `cap` are already.
+    fn enter(&self, cap: usize) -> Option<Entered<'_>> {
+        use std::sync::atomic::Ordering;
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < cap).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Entered(self))
+    }
+}
+
+/// A request in flight; leaves on drop.
+struct Entered<'a>(&'a Gate);
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// `send` of request `R` as a tower [`Service`](tower::Service): put
 /// `ServiceBuilder` layers (concurrency limits, load shedding, rate limits,
 /// timeouts) in front of the mediator. Always ready; each call sends one

@@ -177,6 +177,82 @@ async fn admission_sheds_what_is_over_the_limit() {
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
 }
 
+/// With part of the limit reserved, new work is shed first: while two new
+/// requests hold the unreserved slots, a third new one is answered 503 and a
+/// request continuing begun work still gets in; once every slot is taken,
+/// that is shed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admission_with_reserve_sheds_new_work_first() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Semaphore::new(0));
+    let slow = |g: Arc<tokio::sync::Semaphore>, e: Arc<tokio::sync::Semaphore>| {
+        post(move || {
+            let (g, e) = (g.clone(), e.clone());
+            async move {
+                e.add_permits(1);
+                let _ = g.acquire().await;
+                "done"
+            }
+        })
+    };
+    let app = catga_axum::admission_with_reserve(
+        Router::new()
+            .route("/new", slow(gate.clone(), entered.clone()))
+            .route("/next", slow(gate.clone(), entered.clone())),
+        4,
+        2,
+        |req| req.uri().path() == "/new",
+    );
+    let call = |path: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.oneshot(HttpRequest::post(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let in_handlers = |n: u32| {
+        let entered = entered.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), entered.acquire_many(n))
+                .await
+                .expect("the requests run")
+                .unwrap()
+                .forget();
+        }
+    };
+    let held = [call("/new"), call("/new")];
+    in_handlers(2).await;
+    let answered_at_once = |path| {
+        let task = call(path);
+        async move {
+            tokio::time::timeout(Duration::from_secs(20), task)
+                .await
+                .expect("answered at once, not queued")
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        answered_at_once("/new").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let continued = [call("/next"), call("/next")];
+    in_handlers(2).await;
+    assert_eq!(
+        answered_at_once("/next").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    gate.add_permits(10);
+    for task in held.into_iter().chain(continued) {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+    // With the slots free again, new work gets in.
+    let after = call("/new");
+    in_handlers(1).await;
+    assert_eq!(after.await.unwrap(), StatusCode::OK);
+}
+
 /// `send` as a tower Service: layers apply in front of the mediator.
 #[tokio::test]
 async fn send_is_a_tower_service() {

@@ -49,9 +49,15 @@ pub fn router(mediator: Mediator) -> Router {
         .with_state(mediator)
 }
 
-/// Admission control for `router` (see [`catga_axum::admission`]).
+/// Admission control for `router` (see
+/// [`catga_axum::admission_with_reserve`]): a quarter of the limit is kept
+/// for orders already created, so that under overload an order's pay is
+/// not shed behind new creates (a create whose pay is shed is wasted work).
 pub fn admission(router: Router, limit: usize) -> Router {
-    catga_axum::admission(router, limit)
+    let starts_work = |req: &axum::extract::Request| {
+        req.method() == axum::http::Method::POST && req.uri().path() == "/orders"
+    };
+    catga_axum::admission_with_reserve(router, limit, limit / 4, starts_work)
 }
 
 fn not_found(id: Uuid) -> ApiError {
