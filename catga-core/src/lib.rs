@@ -17,7 +17,8 @@
 //!   handler, `publish` an event to all), the [`Context`] a handler gets,
 //!   [`RequestHandler`] / [`EventHandler`] (closures too), [`behavior`]s in
 //!   onion order (tracing, timeout, retry, validation, concurrency limit,
-//!   idempotency). It imports nothing of the runtime.
+//!   idempotency), on the builder or composed statically in a
+//!   [`Stack`](behavior::Stack). It imports nothing of the runtime.
 //! - Runtime (`runtime/`): a started [`Peer`] serves the transport, runs the
 //!   outbox [`relay`], competes for [`leader`] tasks (fenced: what a leader
 //!   sends carries its [`Fence`]) and coordinates [`saga`]s, started through
