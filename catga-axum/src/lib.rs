@@ -215,15 +215,7 @@ where
 pub fn admission(router: Router, limit: usize) -> Router {
     router.layer(
         tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async {
-                ApiError(
-                    Error::new(
-                        ErrorKind::Overloaded,
-                        "this copy is at its limit of requests in flight; retry after a moment",
-                    )
-                    .with_code("http.overloaded"),
-                )
-            }))
+            .layer(HandleErrorLayer::new(|_: tower::BoxError| async { shed() }))
             .load_shed()
             .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit.max(1))),
     )
@@ -271,18 +263,22 @@ pub fn admission_with_reserve(
                 };
                 match gate.enter(cap) {
                     Some(_entered) => next.run(req).await,
-                    None => ApiError(
-                        Error::new(
-                            ErrorKind::Overloaded,
-                            "this copy is at its limit of requests in flight; retry after a moment",
-                        )
-                        .with_code("http.overloaded"),
-                    )
-                    .into_response(),
+                    None => shed().into_response(),
                 }
             }
         },
     ))
+}
+
+/// The answer to a request over an admission limit (503, `Retry-After: 1`).
+fn shed() -> ApiError {
+    ApiError(
+        Error::new(
+            ErrorKind::Overloaded,
+            "this copy is at its limit of requests in flight; retry after a moment",
+        )
+        .with_code("http.overloaded"),
+    )
 }
 
 /// The in-flight count of [`admission_with_reserve`].

@@ -37,11 +37,13 @@ impl Mediator {
             };
             let ctx = Context::new(self.clone(), Metadata::new(), R::NAME);
             if route.pipeline.is_empty() {
-                // One virtual call, the handler's future in place.
+                // `run_here`'s first branch, written out: through its
+                // `Either`, this path measured 1 – 2 ns slower, and a
+                // stacked handler 10 – 15 ns (benches/dispatch.rs).
                 let call = route.handler.call(&request, &ctx);
                 guarded(R::NAME, route.id.type_name, call).await
             } else {
-                route.through_pipeline(&request, &ctx).await
+                route.run_here(&request, &ctx).await
             }
         }
     }
@@ -68,22 +70,13 @@ impl Mediator {
         }
         let ctx = Context::new(self.clone(), meta, R::NAME);
         let plain = ctx.deadline().is_none() && ctx.headers().is_empty();
-        match (route.pipeline.is_empty(), plain) {
-            // One virtual call, the handler's future in place. Not for a
-            // route that must run to completion (a stacked handler may say
-            // so with no builder behaviors): it takes the detached path.
-            (true, true) if !route.detached => {
-                guarded(
-                    R::NAME,
-                    route.id.type_name,
-                    route.handler.call(&request, &ctx),
-                )
-                .await
-            }
-            (false, true) if !route.detached => route.through_pipeline(&request, &ctx).await,
+        if plain && !route.detached {
+            route.run_here(&request, &ctx).await
+        } else {
             // Boxed so the deadline timer, the fence check and the task of a
-            // detached pipeline do not bloat the paths above.
-            _ => Box::pin(route.dispatch_owned(request, ctx)).await,
+            // detached route (a behavior that runs to completion, on the
+            // builder or in a stacked handler) do not bloat the path above.
+            Box::pin(route.dispatch_owned(request, ctx)).await
         }
     }
 

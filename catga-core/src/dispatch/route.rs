@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use futures_util::FutureExt;
+use futures_util::future::Either;
 use tokio::time::Instant;
 
 use crate::dispatch::behavior::{
@@ -183,7 +184,7 @@ pub(crate) struct RequestRoute<R: Request> {
 
 impl<R: Request> RequestRoute<R> {
     /// Runs the pipeline and the handler, without the deadline.
-    pub(crate) async fn through_pipeline(&self, request: &R, ctx: &Context) -> Result<R::Response> {
+    async fn through_pipeline(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         let env = Envelope::new(request, ctx, &self.info, &self.id);
         guarded(
             R::NAME,
@@ -194,15 +195,30 @@ impl<R: Request> RequestRoute<R> {
         .into_inner::<R::Response>(R::NAME)
     }
 
+    /// Runs the pipeline, if any, and the handler on the caller's task, with
+    /// no deadline and no fence check: what every local dispatch comes down
+    /// to (with no behaviors, one virtual call and the handler's future in
+    /// place). A plain function over an `Either`, not an `async fn`: no
+    /// state machine of its own on the hot path.
+    #[inline]
+    pub(crate) fn run_here<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+    ) -> impl Future<Output = Result<R::Response>> + Send + 'a {
+        if self.pipeline.is_empty() {
+            let call = self.handler.call(request, ctx);
+            Either::Left(guarded(R::NAME, self.id.type_name, call))
+        } else {
+            Either::Right(self.through_pipeline(request, ctx))
+        }
+    }
+
     /// Runs the handler within the caller's deadline, on the caller's task.
     pub(crate) async fn dispatch(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         let run = async {
             check_fence(R::NAME, ctx).await?;
-            if self.pipeline.is_empty() {
-                guarded(R::NAME, self.id.type_name, self.handler.call(request, ctx)).await
-            } else {
-                self.through_pipeline(request, ctx).await
-            }
+            self.run_here(request, ctx).await
         };
         within_deadline(R::NAME, ctx, run).await
     }
@@ -222,7 +238,7 @@ impl<R: Request> RequestRoute<R> {
     /// must run to completion runs, on whichever task.
     async fn run_to_end(&self, request: &R, ctx: &Context) -> Result<R::Response> {
         check_fence(R::NAME, ctx).await?;
-        self.through_pipeline(request, ctx).await
+        self.run_here(request, ctx).await
     }
 
     /// Runs the handler of a request this dispatch owns: on a task of its own

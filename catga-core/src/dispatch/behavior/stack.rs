@@ -15,7 +15,8 @@ use std::marker::PhantomData;
 use super::{Behavior, Envelope, HandlerId, MessageInfo, Next, Reply};
 use crate::dispatch::context::Context;
 use crate::dispatch::handler::RequestHandler;
-use crate::error::{Error, ErrorKind, Result};
+use crate::dispatch::route::internal;
+use crate::error::Result;
 use crate::message::{MessageKind, Request};
 
 /// Behaviors around one request handler, composed when the program is
@@ -162,14 +163,7 @@ impl<'a, H: RequestHandler<R>, R: Request> Next<'a> for Handler<'a, H, R> {
     async fn run(self, env: Envelope<'a>) -> Result<Reply> {
         let Some(request) = env.message::<R>() else {
             // A behavior cannot change the message type: never seen.
-            return Err(Error::new(
-                ErrorKind::Config,
-                format!(
-                    "internal routing error for `{}`: the envelope holds another message type; \
-                     please report this as a Catga bug",
-                    R::NAME
-                ),
-            ));
+            return Err(internal(R::NAME, "envelope holds another message type"));
         };
         self.handler
             .handle(request, env.context())
