@@ -10,8 +10,10 @@
 //!   client retrying with the same key gets the same answer, once.
 //! - [`health_routes`]: `/health/live` and `/health/ready` (from
 //!   [`Peer::health`]); [`metrics_route`]: `/metrics` from any renderer.
-//! - [`admission`]: at most N requests in flight, the rest answered 503 at
-//!   once (load shedding), instead of queueing past their deadlines.
+//! - [`Admission`]: at most N requests in flight, a fixed N or one that
+//!   follows latency ([`AdaptiveLimit`]), with a reserve for begun work; the
+//!   rest answered 503 at once (load shedding) instead of queueing past their
+//!   deadlines. [`admission`] is the fixed limit in one call.
 //! - [`SendService`]: `send` as a tower [`Service`](tower::Service), so
 //!   `ServiceBuilder` layers (rate limits, load shedding, timeouts) apply
 //!   in front of the mediator.
@@ -43,6 +45,10 @@
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 
+mod admission;
+
+pub use admission::{AdaptiveLimit, Admission, AdmissionStats, admission, admission_with_reserve};
+
 use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -50,7 +56,6 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -206,111 +211,6 @@ where
     Fut: Future<Output = String> + Send + 'static,
 {
     Router::new().route("/metrics", get(render))
-}
-
-/// Admission control for `router`: at most `limit` requests are handled at
-/// once across all its routes; one more is answered at once with 503,
-/// `Retry-After: 1` and code `http.overloaded` (load shedding), so a copy
-/// offered more than it can take serves what it took at full speed.
-pub fn admission(router: Router, limit: usize) -> Router {
-    router.layer(
-        tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async { shed() }))
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit.max(1))),
-    )
-}
-
-/// Like [`admission`], with part of the limit kept for work in progress.
-///
-/// A request that `starts_work` says begins new work (a shop's order
-/// create, the first of its requests) is admitted only while fewer than
-/// `limit - reserved` requests are in flight; any other (the next step of
-/// work already begun) up to `limit`. Past either, the answer is the same
-/// 503 as [`admission`]'s. Offered more than it can take, a copy then
-/// finishes what it began before it takes more: the steps of begun work are
-/// not shed behind new arrivals, so less of what was admitted is wasted.
-///
-/// ```
-/// use axum::{Router, routing::post};
-/// let api = Router::new()
-///     .route("/orders", post(|| async { "created" }))
-///     .route("/orders/{id}/pay", post(|| async { "paying" }));
-/// let api = catga_axum::admission_with_reserve(api, 32, 8, |req| req.uri().path() == "/orders");
-/// # drop(api);
-/// ```
-pub fn admission_with_reserve(
-    router: Router,
-    limit: usize,
-    reserved: usize,
-    starts_work: fn(&axum::extract::Request) -> bool,
-) -> Router {
-    let limit = limit.max(1);
-    let gate = Arc::new(Gate {
-        in_flight: std::sync::atomic::AtomicUsize::new(0),
-        limit,
-        new_work: limit.saturating_sub(reserved).max(1),
-        starts_work,
-    });
-    router.layer(axum::middleware::from_fn(
-        move |req: axum::extract::Request, next: axum::middleware::Next| {
-            let gate = gate.clone();
-            async move {
-                let cap = if (gate.starts_work)(&req) {
-                    gate.new_work
-                } else {
-                    gate.limit
-                };
-                match gate.enter(cap) {
-                    Some(_entered) => next.run(req).await,
-                    None => shed().into_response(),
-                }
-            }
-        },
-    ))
-}
-
-/// The answer to a request over an admission limit (503, `Retry-After: 1`).
-fn shed() -> ApiError {
-    ApiError(
-        Error::new(
-            ErrorKind::Overloaded,
-            "this copy is at its limit of requests in flight; retry after a moment",
-        )
-        .with_code("http.overloaded"),
-    )
-}
-
-/// The in-flight count of [`admission_with_reserve`].
-struct Gate {
-    in_flight: std::sync::atomic::AtomicUsize,
-    limit: usize,
-    new_work: usize,
-    starts_work: fn(&axum::extract::Request) -> bool,
-}
-
-impl Gate {
-    /// One more in flight, unless `cap` are already.
-    fn enter(&self, cap: usize) -> Option<Entered<'_>> {
-        use std::sync::atomic::Ordering;
-        self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < cap).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Entered(self))
-    }
-}
-
-/// A request in flight; leaves on drop.
-struct Entered<'a>(&'a Gate);
-
-impl Drop for Entered<'_> {
-    fn drop(&mut self) {
-        self.0
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
 }
 
 /// `send` of request `R` as a tower [`Service`](tower::Service): put

@@ -253,6 +253,149 @@ async fn admission_with_reserve_sheds_new_work_first() {
     assert_eq!(after.await.unwrap(), StatusCode::OK);
 }
 
+/// Clients that keep `clients` requests offered to `app` until `stop`.
+fn offer(app: Router, clients: usize, stop: Arc<std::sync::atomic::AtomicBool>) {
+    for _ in 0..clients {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let status = app
+                    .clone()
+                    .oneshot(HttpRequest::post("/work").body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
+                    .status();
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+    }
+}
+
+/// Waits (up to a minute) until `limit` passes `ok`.
+async fn limit_reaches(stats: &catga_axum::AdmissionStats, ok: impl Fn(usize) -> bool) -> usize {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !ok(stats.limit()) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the limit stayed at {} ({stats:?})",
+            stats.limit()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stats.limit()
+}
+
+/// An adaptive limit falls when admitted requests queue: behind a
+/// bottleneck of two at a time, 48 clients and a limit of 32 mean 30
+/// requests waiting, latency many times the unloaded one; the limit comes
+/// down towards the bottleneck and the rest is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_falls_when_requests_queue() {
+    let bottleneck = Arc::new(tokio::sync::Semaphore::new(2));
+    let b = bottleneck.clone();
+    let work = Router::new().route(
+        "/work",
+        post(move || {
+            let b = b.clone();
+            async move {
+                let _one_of_two = b.acquire().await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                "done"
+            }
+        }),
+    );
+    let gate = catga_axum::Admission::adaptive(
+        catga_axum::AdaptiveLimit::new().initial(32).min(2).max(64),
+    );
+    let stats = gate.stats();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    offer(gate.layer(work), 48, stop.clone());
+    let fell_to = limit_reaches(&stats, |l| l <= 12).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(fell_to >= 2, "never below its minimum");
+    assert!(stats.shed() > 0, "what is over the limit is shed");
+    assert!(stats.admitted() > 0);
+}
+
+/// An adaptive limit grows while requests take their unloaded time and the
+/// limit is in use: no bottleneck, 32 clients, starting at 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_limit_grows_while_latency_holds() {
+    let work = Router::new().route(
+        "/work",
+        post(|| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            "done"
+        }),
+    );
+    let gate =
+        catga_axum::Admission::adaptive(catga_axum::AdaptiveLimit::new().initial(4).min(2).max(64));
+    let stats = gate.stats();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    offer(gate.layer(work), 32, stop.clone());
+    let grew_to = limit_reaches(&stats, |l| l >= 12).await;
+    stop.store(true, Ordering::Relaxed);
+    assert!(grew_to <= 64, "never above its maximum");
+}
+
+/// A reserve given as a share follows the limit: with a limit of 4 and
+/// half kept, new work is shed once two new requests are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reserve_share_sheds_new_work_first() {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Semaphore::new(0));
+    let (g, e) = (gate.clone(), entered.clone());
+    let slow = post(move || {
+        let (g, e) = (g.clone(), e.clone());
+        async move {
+            e.add_permits(1);
+            let _ = g.acquire().await;
+            "done"
+        }
+    });
+    let admission =
+        catga_axum::Admission::fixed(4).reserve_share(0.5, |req| req.uri().path() == "/new");
+    let stats = admission.stats();
+    let app = admission.layer(
+        Router::new()
+            .route("/new", slow.clone())
+            .route("/next", slow),
+    );
+    let call = |path: &'static str| {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.oneshot(HttpRequest::post(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    let held = [call("/new"), call("/new")];
+    tokio::time::timeout(Duration::from_secs(20), entered.acquire_many(2))
+        .await
+        .expect("the requests run")
+        .unwrap()
+        .forget();
+    let third = tokio::time::timeout(Duration::from_secs(20), call("/new"))
+        .await
+        .expect("answered at once")
+        .unwrap();
+    assert_eq!(third, StatusCode::SERVICE_UNAVAILABLE);
+    let next = call("/next");
+    tokio::time::timeout(Duration::from_secs(20), entered.acquire_many(1))
+        .await
+        .expect("continuing work gets in")
+        .unwrap()
+        .forget();
+    assert_eq!((stats.in_flight(), stats.shed(), stats.limit()), (3, 1, 4));
+    gate.add_permits(10);
+    for task in held.into_iter().chain([next]) {
+        assert_eq!(task.await.unwrap(), StatusCode::OK);
+    }
+}
+
 /// `send` as a tower Service: layers apply in front of the mediator.
 #[tokio::test]
 async fn send_is_a_tower_service() {

@@ -54,5 +54,5 @@ pub fn module(infra: &Infra) -> CatgaBuilder {
 pub async fn run(infra: Infra) -> Result<()> {
     infra.seed_stock().await?;
     let peer = infra.builder().merge(module(&infra)).start().await?;
-    infra.serve(peer, axum::Router::new()).await
+    infra.serve(peer, axum::Router::new(), None).await
 }

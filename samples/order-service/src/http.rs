@@ -33,6 +33,7 @@ use catga::{Mediator, Metadata, Request};
 pub use catga_axum::ApiError;
 use catga_axum::IdempotencyKey;
 use serde::Deserialize;
+use shop_common::config::HttpLimit;
 use shop_common::messages::{
     CancelOrder, CreateOrder, GetOrder, ListOrders, Order, PayOrder, ShipOrder,
 };
@@ -49,15 +50,23 @@ pub fn router(mediator: Mediator) -> Router {
         .with_state(mediator)
 }
 
-/// Admission control for `router` (see
-/// [`catga_axum::admission_with_reserve`]): a quarter of the limit is kept
-/// for orders already created, so that under overload an order's pay is
-/// not shed behind new creates (a create whose pay is shed is wasted work).
-pub fn admission(router: Router, limit: usize) -> Router {
+/// Admission control (see [`catga_axum::Admission`]): a fixed or adaptive
+/// limit of requests in flight, a quarter of it kept for orders already
+/// created, so that under overload an order's pay is not shed behind new
+/// creates (a create whose pay is shed is wasted work). Layer it with
+/// [`Admission::layer`](catga_axum::Admission::layer); its stats go to
+/// `/metrics`.
+pub fn admission(limit: HttpLimit) -> catga_axum::Admission {
     let starts_work = |req: &axum::extract::Request| {
         req.method() == axum::http::Method::POST && req.uri().path() == "/orders"
     };
-    catga_axum::admission_with_reserve(router, limit, limit / 4, starts_work)
+    let gate = match limit {
+        HttpLimit::Fixed(n) => catga_axum::Admission::fixed(n),
+        HttpLimit::Adaptive { max } => {
+            catga_axum::Admission::adaptive(catga_axum::AdaptiveLimit::new().max(max))
+        }
+    };
+    gate.reserve_share(0.25, starts_work)
 }
 
 fn not_found(id: Uuid) -> ApiError {

@@ -310,6 +310,7 @@ pub async fn run(infra: Infra) -> Result<()> {
         embedded(&infra)
     };
     let peer = builder.start().await?;
-    let api = http::admission(app(peer.mediator().clone()), infra.config.http_concurrency);
-    infra.serve(peer, api).await
+    let admission = http::admission(infra.config.http_limit);
+    let api = admission.layer(app(peer.mediator().clone()));
+    infra.serve(peer, api, Some(admission.stats())).await
 }

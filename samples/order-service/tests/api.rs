@@ -19,7 +19,7 @@ async fn shop() -> (axum::Router, catga::Peer) {
         nats: None,
         redis: None,
         http: "127.0.0.1:0".parse().unwrap(),
-        http_concurrency: 256,
+        http_limit: shop_common::config::HttpLimit::Fixed(256),
         shutdown_grace: Duration::from_secs(5),
         seed_stock: vec![("book".into(), 10)],
     };
@@ -200,7 +200,8 @@ async fn admission_sheds_what_is_over_the_limit_with_retry_after() {
             }),
         )
         .route("/fast", axum::routing::get(|| async { "fast" }));
-    let app = order_service::http::admission(router, 1);
+    let app =
+        order_service::http::admission(shop_common::config::HttpLimit::Fixed(1)).layer(router);
     let get = |uri: &str| Request::builder().uri(uri).body(Body::empty()).unwrap();
     let held = tokio::spawn(app.clone().oneshot(get("/slow")));
     // Wait until the slow request holds the one slot.

@@ -20,7 +20,7 @@ async fn embedded_infra(redis: &catga_test_support::RedisServer, (sku, qty): (&s
         nats: None,
         redis: Some(redis.url()),
         http: "127.0.0.1:0".parse().unwrap(),
-        http_concurrency: 256,
+        http_limit: shop_common::config::HttpLimit::Fixed(256),
         shutdown_grace: Duration::from_secs(5),
         seed_stock: vec![(sku.into(), qty)],
     };

@@ -57,5 +57,5 @@ pub fn module(infra: &Infra) -> CatgaBuilder {
 /// Serves until shut down.
 pub async fn run(infra: Infra) -> Result<()> {
     let peer = infra.builder().merge(module(&infra)).start().await?;
-    infra.serve(peer, axum::Router::new()).await
+    infra.serve(peer, axum::Router::new(), None).await
 }

@@ -24,14 +24,54 @@ pub struct Config {
     /// HTTP listen address.
     pub http: SocketAddr,
     /// HTTP requests handled at once before more are shed with 503
-    /// (`CATGA_HTTP_CONCURRENCY`, default 256).
-    pub http_concurrency: usize,
+    /// (`CATGA_HTTP_CONCURRENCY`: a number, or `adaptive` / `adaptive:MAX`;
+    /// default 256).
+    pub http_limit: HttpLimit,
     /// How long a stopping process waits for HTTP requests, leader tasks and
     /// the NATS drain, whatever the state of the servers
     /// (`CATGA_SHUTDOWN_GRACE_SECS`, default 30); then it exits non-zero.
     pub shutdown_grace: std::time::Duration,
     /// Stock to seed.
     pub seed_stock: Vec<(String, u64)>,
+}
+
+/// How many HTTP requests a copy handles at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpLimit {
+    /// This many (`CATGA_HTTP_CONCURRENCY=32`).
+    Fixed(usize),
+    /// A limit that follows latency, up to `max` (`adaptive:64`; `adaptive`
+    /// alone is up to 256): see `catga_axum::AdaptiveLimit`.
+    Adaptive {
+        /// The most it grows to.
+        max: usize,
+    },
+}
+
+impl HttpLimit {
+    /// Reads `32`, `adaptive` or `adaptive:64`.
+    pub fn parse(v: &str) -> Result<HttpLimit> {
+        let v = v.trim();
+        let number = |n: &str| {
+            n.trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| {
+                    config_error(format!(
+                        "CATGA_HTTP_CONCURRENCY `{v}` is not a positive number, `adaptive` or `adaptive:MAX`"
+                    ))
+                })
+        };
+        match v.strip_prefix("adaptive") {
+            Some("") => Ok(HttpLimit::Adaptive { max: 256 }),
+            Some(rest) => match rest.strip_prefix(':') {
+                Some(max) => Ok(HttpLimit::Adaptive { max: number(max)? }),
+                None => number(v).map(HttpLimit::Fixed),
+            },
+            None => number(v).map(HttpLimit::Fixed),
+        }
+    }
 }
 
 fn config_error(what: String) -> Error {
@@ -64,11 +104,9 @@ impl Config {
                     Ok((sku.trim().to_owned(), qty))
                 })
                 .collect::<Result<Vec<_>>>()?;
-        let http_concurrency = match var("CATGA_HTTP_CONCURRENCY") {
-            None => 256,
-            Some(v) => v.trim().parse().map_err(|e| {
-                config_error(format!("CATGA_HTTP_CONCURRENCY `{v}` is not a number: {e}"))
-            })?,
+        let http_limit = match var("CATGA_HTTP_CONCURRENCY") {
+            None => HttpLimit::Fixed(256),
+            Some(v) => HttpLimit::parse(&v)?,
         };
         let shutdown_grace = match var("CATGA_SHUTDOWN_GRACE_SECS") {
             None => std::time::Duration::from_secs(30),
@@ -88,7 +126,7 @@ impl Config {
             nats,
             redis: var("CATGA_REDIS_URL"),
             http,
-            http_concurrency,
+            http_limit,
             seed_stock,
         })
     }
@@ -96,5 +134,38 @@ impl Config {
     /// Whether this process joins a cluster (NATS and Redis both configured).
     pub fn is_cluster(&self) -> bool {
         self.nats.is_some() && self.redis.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::HttpLimit;
+
+    #[test]
+    fn http_limits_parse() {
+        assert_eq!(HttpLimit::parse("32").unwrap(), HttpLimit::Fixed(32));
+        assert_eq!(
+            HttpLimit::parse(" adaptive ").unwrap(),
+            HttpLimit::Adaptive { max: 256 }
+        );
+        assert_eq!(
+            HttpLimit::parse("adaptive:64").unwrap(),
+            HttpLimit::Adaptive { max: 64 }
+        );
+        for bad in [
+            "0",
+            "-1",
+            "lots",
+            "adaptive:",
+            "adaptive:0",
+            "adaptivex",
+            "adaptive:x",
+        ] {
+            let e = HttpLimit::parse(bad).unwrap_err();
+            assert!(
+                e.to_string().contains("CATGA_HTTP_CONCURRENCY"),
+                "{bad}: {e}"
+            );
+        }
     }
 }

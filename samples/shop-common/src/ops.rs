@@ -50,6 +50,8 @@ pub struct Probe {
     pub store: Arc<dyn StockStore>,
     /// The NATS transport, when clustered.
     pub nats: Option<catga::nats::NatsTransport>,
+    /// The HTTP admission gate, where the service has one.
+    pub admission: Option<catga_axum::AdmissionStats>,
 }
 
 impl std::fmt::Debug for Probe {
@@ -91,6 +93,12 @@ async fn render(State(p): State<Probe>) -> String {
     p.peer.record_metrics().await;
     if let Some(nats) = &p.nats {
         nats.record_metrics();
+    }
+    if let Some(a) = &p.admission {
+        metrics::gauge!("catga_http_limit").set(a.limit() as f64);
+        metrics::gauge!("catga_http_in_flight").set(a.in_flight() as f64);
+        metrics::counter!("catga_http_admitted_total").absolute(a.admitted());
+        metrics::counter!("catga_http_shed_total").absolute(a.shed());
     }
     metrics().render()
 }

@@ -116,15 +116,22 @@ impl Infra {
         Ok(())
     }
 
-    /// Serves `api` for the started `peer`, plus the health and metrics endpoints
+    /// Serves `api` for the started `peer` (its admission gate's counts, if
+    /// any, go to `/metrics`), plus the health and metrics endpoints
     /// until Ctrl-C or SIGTERM, then shuts down gracefully: HTTP stops taking
     /// requests, leader tasks hand over, the outbox is flushed, NATS drains.
-    pub async fn serve(&self, peer: Peer, api: Router) -> Result<()> {
+    pub async fn serve(
+        &self,
+        peer: Peer,
+        api: Router,
+        admission: Option<catga_axum::AdmissionStats>,
+    ) -> Result<()> {
         let peer = Arc::new(peer);
         let probe = Probe {
             peer: peer.clone(),
             store: self.stock.clone(),
             nats: self.nats.clone(),
+            admission,
         };
         let app = api.merge(ops::router(probe));
         let listener = tokio::net::TcpListener::bind(self.config.http)
