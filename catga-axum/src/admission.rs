@@ -144,13 +144,16 @@ impl Admission {
     /// fewer than `limit - reserved` are in flight (at least one). For an
     /// adaptive limit, [`Admission::reserve_share`] keeps the reserve in
     /// proportion as the limit moves.
+    ///
+    /// Set it before [`Admission::stats`], [`Admission::layer`] or a clone:
+    /// after them it makes a gate of its own, which they do not see.
     #[must_use]
     pub fn reserve(self, reserved: usize, starts_work: fn(&Request) -> bool) -> Self {
         self.with_reserve(Reserve::Count(reserved, starts_work))
     }
 
     /// Keeps `share` (0 to 0.9) of the current limit for requests that do
-    /// not start work (see [`Admission::reserve`]).
+    /// not start work (see [`Admission::reserve`], and set it as early).
     #[must_use]
     pub fn reserve_share(self, share: f64, starts_work: fn(&Request) -> bool) -> Self {
         let share = if share.is_finite() {
@@ -161,9 +164,13 @@ impl Admission {
         self.with_reserve(Reserve::Share(share, starts_work))
     }
 
-    /// The same limit with `reserve` (a gate of its own: one made before
-    /// and its stats are left as they were).
-    fn with_reserve(self, reserve: Reserve) -> Self {
+    /// The same limit with `reserve`: this gate if nothing shares it yet,
+    /// otherwise a gate of its own (the shared one is left as it was).
+    fn with_reserve(mut self, reserve: Reserve) -> Self {
+        if let Some(gate) = Arc::get_mut(&mut self.gate) {
+            gate.reserve = reserve;
+            return self;
+        }
         let vegas = self.gate.vegas.as_ref().map(|v| lock(v).clone());
         let limit = self.gate.limit.load(Ordering::Relaxed);
         Admission {
@@ -282,7 +289,8 @@ impl Gate {
                 .max(1),
             Reserve::Count(..) | Reserve::Share(..) => limit,
         };
-        self.in_flight
+        let before = self
+            .in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < cap).then_some(n + 1)
             })
@@ -291,6 +299,7 @@ impl Gate {
         Some(Entered {
             gate: self,
             since: Instant::now(),
+            in_flight: before + 1,
         })
     }
 }
@@ -300,21 +309,31 @@ impl Gate {
 struct Entered<'a> {
     gate: &'a Gate,
     since: Instant,
+    /// Requests in flight when this one was admitted, itself included.
+    in_flight: usize,
 }
 
 impl Entered<'_> {
-    /// The request was answered with `status`: a latency sample for an
-    /// adaptive limit. An answer that says the copy or what it depends on is
-    /// overloaded or late (503, 504) counts as a drop.
+    /// The request was answered with `status`: a sample for an adaptive
+    /// limit. An answer that says the copy or what it depends on is
+    /// overloaded or late (503, 504) is a drop; a success (2xx, 3xx) a
+    /// latency sample; any other answer (a refusal, a missing resource)
+    /// says nothing about load and is left out, so that quick refusals are
+    /// not taken for the unloaded latency.
     fn done(self, status: StatusCode) {
         let Some(vegas) = &self.gate.vegas else {
             return;
         };
-        let in_flight = self.gate.in_flight.load(Ordering::Relaxed);
         let dropped =
             status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::GATEWAY_TIMEOUT;
+        if !(dropped || status.is_success() || status.is_redirection()) {
+            return;
+        }
         let rtt = self.since.elapsed();
-        let limit = lock(vegas).sample(rtt, in_flight, dropped);
+        let mut vegas = lock(vegas);
+        let limit = vegas.sample(rtt, self.in_flight, dropped);
+        // Published under the lock: a sample finishing at the same time
+        // cannot leave an older limit behind.
         self.gate.limit.store(limit, Ordering::Relaxed);
     }
 }
@@ -325,8 +344,8 @@ impl Drop for Entered<'_> {
     }
 }
 
-/// The adaptive limit's state (a panic while it was held left it whole: every
-/// update is one assignment).
+/// The adaptive limit's state. `sample` cannot panic while holding it (it
+/// only does arithmetic), so a poisoned lock is taken as it is.
 fn lock(vegas: &Mutex<Vegas>) -> std::sync::MutexGuard<'_, Vegas> {
     vegas.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -400,28 +419,33 @@ pub(crate) struct Vegas {
     max: f64,
     /// The shortest latency seen since the last probe: the unloaded one.
     unloaded: Option<Duration>,
-    /// Samples since the last probe, and after how many the next is.
+    /// Samples since the last probe.
     since_probe: usize,
-    probe_at: usize,
+    /// The next probe comes after `jitter × PROBE_EVERY × limit` samples
+    /// (the limit then, not at the last probe); jitter in [0.5, 1).
+    jitter: f64,
 }
 
 /// Requests between probes of the unloaded latency, per unit of limit.
 const PROBE_EVERY: f64 = 30.0;
 
+/// In [0.5, 1).
+fn probe_jitter() -> f64 {
+    0.5 + fastrand::f64() / 2.0
+}
+
 impl Vegas {
     pub(crate) fn new(l: &AdaptiveLimit) -> Self {
         let max = l.max.max(l.min) as f64;
         let min = l.min as f64;
-        let mut v = Vegas {
+        Vegas {
             limit: (l.initial as f64).clamp(min, max),
             min,
             max,
             unloaded: None,
             since_probe: 0,
-            probe_at: 0,
-        };
-        v.probe_at = v.next_probe();
-        v
+            jitter: probe_jitter(),
+        }
     }
 
     /// The limit now, rounded down.
@@ -429,21 +453,32 @@ impl Vegas {
         self.limit as usize
     }
 
-    /// Between half and all of `PROBE_EVERY × limit`: jittered, so copies
-    /// started together do not probe together.
-    fn next_probe(&self) -> usize {
-        ((0.5 + fastrand::f64() / 2.0) * PROBE_EVERY * self.limit) as usize
+    /// Whether the unloaded latency is due to be measured afresh.
+    fn probe_due(&self) -> bool {
+        self.since_probe as f64 >= self.jitter * PROBE_EVERY * self.limit
     }
 
     /// One answered request: its latency, the requests in flight when it
     /// finished (itself included), and whether it was a drop (503, 504).
     /// Returns the new limit.
     pub(crate) fn sample(&mut self, rtt: Duration, in_flight: usize, dropped: bool) -> usize {
+        let limit = self.limit;
+        let log = limit.log10().floor().max(1.0);
+        if dropped {
+            // However quick: a drop says the copy or what it calls is full.
+            self.limit = (limit - log).clamp(self.min, self.max);
+            return self.current();
+        }
+        if rtt.is_zero() {
+            // No measurement (a clock that did not move).
+            return self.current();
+        }
         self.since_probe += 1;
-        if self.since_probe >= self.probe_at {
-            // Measure the unloaded latency afresh from this request on.
+        if self.probe_due() {
+            // Measure the unloaded latency afresh from this request on;
+            // jittered, so copies started together do not probe together.
             self.since_probe = 0;
-            self.probe_at = self.next_probe();
+            self.jitter = probe_jitter();
             self.unloaded = Some(rtt);
             return self.current();
         }
@@ -452,11 +487,7 @@ impl Vegas {
             self.unloaded = Some(rtt);
             return self.current();
         }
-        let limit = self.limit;
-        let log = limit.log10().floor().max(1.0);
-        let next = if dropped {
-            limit - log
-        } else if (in_flight as f64) * 2.0 < limit {
+        let next = if (in_flight as f64) * 2.0 < limit {
             // Not using what it has: no evidence either way.
             return self.current();
         } else {
@@ -486,7 +517,7 @@ mod tests {
 
     fn vegas(initial: usize) -> Vegas {
         let mut v = Vegas::new(&AdaptiveLimit::new().initial(initial).min(2).max(100));
-        v.probe_at = usize::MAX; // no probes in these tests
+        v.jitter = f64::INFINITY; // no probes in these tests
         v
     }
 
@@ -547,15 +578,88 @@ mod tests {
         v.unloaded = Some(ms(10));
         // Every request now costs 40 ms, unloaded or not (a slower
         // dependency): without a probe the limit would fall to 2.
-        v.probe_at = 1;
-        v.since_probe = 0;
+        v.jitter = 0.0;
         v.sample(ms(40), 50, false);
         assert_eq!(v.unloaded, Some(ms(40)));
-        v.probe_at = usize::MAX;
+        v.jitter = f64::INFINITY;
         for _ in 0..20 {
             v.sample(ms(40), v.current(), false);
         }
         assert!(v.current() >= 50, "{}", v.current());
+    }
+
+    #[test]
+    fn a_drop_lowers_the_limit_however_quick_and_no_time_is_no_sample() {
+        let mut v = vegas(10);
+        v.unloaded = Some(ms(10));
+        assert_eq!(v.sample(ms(1), 10, true), 9);
+        assert_eq!(v.unloaded, Some(ms(10)), "a drop is not a latency");
+        v.sample(Duration::ZERO, 10, false);
+        assert_eq!(v.unloaded, Some(ms(10)), "no time measured, no sample");
+        assert_eq!(v.current(), 9);
+    }
+
+    #[test]
+    fn probes_follow_the_limit_now() {
+        let mut v = vegas(10);
+        v.jitter = 1.0;
+        v.limit = 20.0;
+        v.since_probe = 299;
+        assert!(!v.probe_due(), "30 × 20 samples, not 30 × 10");
+        v.since_probe = 600;
+        assert!(v.probe_due());
+    }
+
+    fn request(path: &str) -> Request {
+        Request::builder()
+            .uri(path)
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    #[test]
+    fn only_successes_and_drops_are_samples() {
+        let a = Admission::adaptive(AdaptiveLimit::new().initial(10).min(2).max(100));
+        let unloaded = || lock(a.gate.vegas.as_ref().unwrap()).unloaded;
+        a.gate
+            .enter(&request("/x"))
+            .unwrap()
+            .done(StatusCode::NOT_FOUND);
+        a.gate
+            .enter(&request("/x"))
+            .unwrap()
+            .done(StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            unloaded(),
+            None,
+            "a quick refusal is not the unloaded latency"
+        );
+        a.gate.enter(&request("/x")).unwrap().done(StatusCode::OK);
+        assert!(unloaded().is_some());
+        a.gate
+            .enter(&request("/x"))
+            .unwrap()
+            .done(StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(a.stats().limit(), 9, "a drop");
+        assert_eq!(a.stats().in_flight(), 0);
+    }
+
+    #[test]
+    fn a_reserve_share_follows_an_adaptive_limit() {
+        let a = Admission::adaptive(AdaptiveLimit::new().initial(8).min(2).max(100))
+            .reserve_share(0.25, |req| req.uri().path() == "/new");
+        let fill = |path: &str| {
+            let mut held = Vec::new();
+            while let Some(e) = a.gate.enter(&request(path)) {
+                held.push(e);
+            }
+            held.len()
+        };
+        assert_eq!(fill("/new"), 6, "8 less a quarter");
+        assert_eq!(fill("/next"), 8);
+        a.gate.limit.store(20, Ordering::Relaxed);
+        assert_eq!(fill("/new"), 15, "20 less a quarter");
+        assert_eq!(fill("/next"), 20);
     }
 
     #[test]

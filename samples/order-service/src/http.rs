@@ -62,9 +62,9 @@ pub fn admission(limit: HttpLimit) -> catga_axum::Admission {
     };
     let gate = match limit {
         HttpLimit::Fixed(n) => catga_axum::Admission::fixed(n),
-        HttpLimit::Adaptive { max } => {
-            catga_axum::Admission::adaptive(catga_axum::AdaptiveLimit::new().max(max))
-        }
+        HttpLimit::Adaptive { max } => catga_axum::Admission::adaptive(
+            catga_axum::AdaptiveLimit::new().min(4.min(max)).max(max),
+        ),
     };
     gate.reserve_share(0.25, starts_work)
 }
