@@ -118,6 +118,8 @@ pub struct Placed {
     /// Attempts answered 503 (a copy shedding load, or a service behind it
     /// overloaded).
     pub shed: u32,
+    /// Attempts the client's own [`Throttle`] turned away before sending.
+    pub throttled: u32,
     /// How long the attempts that succeeded took (the create and the pay the
     /// shop accepted, without the waits before them): the latency of what
     /// admission let in.
@@ -128,12 +130,17 @@ pub struct Placed {
 /// attempt is tried again on the next copy with the same idempotency key,
 /// after a wait drawn from a growing range (full jitter) and, for a 503,
 /// capped by its `Retry-After`: a shedding service is not hammered.
+///
+/// With a `throttle`, a create may be turned away before it is sent while
+/// the shop rejects most of what it is sent (see [`Throttle`]); it then waits
+/// as after a 503. A pay is always sent.
 pub async fn place(
     http: &reqwest::Client,
     urls: &[String],
     first: usize,
     qty: u32,
     deadline: Instant,
+    throttle: Option<&Throttle>,
 ) -> Placed {
     let key = uuid::Uuid::now_v7();
     let body = serde_json::json!({"customer": "loadgen", "sku": "book", "qty": qty, "unit_price_cents": 1000});
@@ -141,7 +148,19 @@ pub async fn place(
     let mut i = first;
     let mut backoff =
         catga::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    // What to wait after a 503 or a throttled attempt: not before the
+    // `Retry-After`, plus up to half of it again (jitter, so shed clients do
+    // not all come back together).
+    let after_shed = |after: Duration| after.mul_f64(1.0 + fastrand::f64() / 2.0);
     while Instant::now() < deadline {
+        // Only new work is throttled: an order already created is paid
+        // (throttling its pay would waste the create).
+        if placed.created.is_none() && throttle.is_some_and(|t| !t.admit()) {
+            placed.throttled += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(after_shed(Duration::from_secs(1)).min(left)).await;
+            continue;
+        }
         let url = &urls[i % urls.len()];
         i += 1;
         placed.attempts += 1;
@@ -157,6 +176,9 @@ pub async fn place(
             Some(order) => http.post(format!("{url}/orders/{order}/pay")).send().await,
         };
         let mut wait = backoff.next_delay();
+        if let (Some(t), Ok(res)) = (throttle, &step) {
+            t.record(res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        }
         match step {
             Ok(res) if res.status().is_success() => {
                 let json: Value = res.json().await.unwrap_or(Value::Null);
@@ -179,10 +201,8 @@ pub async fn place(
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<f64>().ok())
                     .map(Duration::from_secs_f64);
-                // Honour it: not before it, plus up to half of it again
-                // (jitter, so shed clients do not all come back together).
                 if let Some(after) = after {
-                    wait = after.mul_f64(1.0 + fastrand::f64() / 2.0);
+                    wait = after_shed(after);
                 }
             }
             _ => {}
@@ -212,7 +232,7 @@ pub async fn run(
             let deadline = Instant::now() + load.submit_deadline;
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                let placed = place(&http, &urls, n, qty, deadline).await;
+                let placed = place(&http, &urls, n, qty, deadline, None).await;
                 Outcome {
                     id: placed.created.filter(|_| placed.accepted),
                     latency: began.elapsed(),
@@ -467,5 +487,118 @@ impl Conservation {
         ]
         .iter()
         .all(|n| *n == 0)
+    }
+}
+
+/// Client-side adaptive throttling (Google SRE book, "Handling Overload"):
+/// over the last 10 seconds the client counts the requests it meant to send
+/// and those the shop accepted (anything but a 503), and turns a new attempt
+/// away itself with probability `(requests − K × accepts) / (requests + 1)`,
+/// `K` = 2. While the shop accepts at least half of what it is sent, nothing
+/// is turned away; when it sheds most of it, the client stops paying (and
+/// making the shop pay) for requests that would only be refused: a 503 is
+/// cheap, not free, when thousands arrive a second.
+#[derive(Debug)]
+pub struct Throttle {
+    start: Instant,
+    /// Per second of the window: (second, requests, accepts).
+    buckets: [std::sync::Mutex<(u64, u64, u64)>; WINDOW_SECS],
+}
+
+const WINDOW_SECS: usize = 10;
+/// Accepts count this many times (SRE's `K`).
+const K: f64 = 2.0;
+
+impl Default for Throttle {
+    fn default() -> Self {
+        Throttle::new()
+    }
+}
+
+impl Throttle {
+    /// An empty window.
+    pub fn new() -> Self {
+        Throttle {
+            start: Instant::now(),
+            buckets: std::array::from_fn(|_| std::sync::Mutex::new((0, 0, 0))),
+        }
+    }
+
+    fn second(&self) -> u64 {
+        self.start.elapsed().as_secs()
+    }
+
+    /// Adds to the current second's bucket.
+    fn add(&self, requests: u64, accepts: u64) {
+        let now = self.second();
+        let mut b = self.buckets[now as usize % WINDOW_SECS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if b.0 != now {
+            *b = (now, 0, 0);
+        }
+        b.1 += requests;
+        b.2 += accepts;
+    }
+
+    /// Requests and accepts over the window.
+    fn totals(&self) -> (f64, f64) {
+        let now = self.second();
+        self.buckets.iter().fold((0.0, 0.0), |(r, a), b| {
+            let b = b.lock().unwrap_or_else(|p| p.into_inner());
+            if now.saturating_sub(b.0) < WINDOW_SECS as u64 {
+                (r + b.1 as f64, a + b.2 as f64)
+            } else {
+                (r, a)
+            }
+        })
+    }
+
+    /// The chance a new attempt is turned away now.
+    pub fn reject_probability(&self) -> f64 {
+        let (requests, accepts) = self.totals();
+        ((requests - K * accepts) / (requests + 1.0)).max(0.0)
+    }
+
+    /// Whether to send the next attempt; one turned away counts as a
+    /// request not accepted.
+    pub fn admit(&self) -> bool {
+        let send = fastrand::f64() >= self.reject_probability();
+        if !send {
+            self.add(1, 0);
+        }
+        send
+    }
+
+    /// A sent attempt's answer: `accepted` unless it was a 503.
+    pub fn record(&self, accepted: bool) {
+        self.add(1, u64::from(accepted));
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn nothing_is_turned_away_while_half_is_accepted() {
+        let t = Throttle::new();
+        for i in 0..1000 {
+            t.record(i % 2 == 0);
+        }
+        assert_eq!(t.reject_probability(), 0.0);
+        assert!((0..1000).all(|_| t.admit()));
+    }
+
+    #[test]
+    fn most_is_turned_away_while_most_is_shed() {
+        let t = Throttle::new();
+        for i in 0..1000 {
+            t.record(i % 10 == 0); // a tenth accepted
+        }
+        let p = t.reject_probability();
+        assert!((0.75..0.85).contains(&p), "(1000 − 200) / 1001: {p}");
+        let sent = (0..1000).filter(|_| t.admit()).count();
+        assert!(sent < 400, "{sent} of 1000 sent");
     }
 }

@@ -10,12 +10,14 @@
 //!   audit (orders, conservation of money and stock, `OrderPaid` once per paid
 //!   order, sagas finished), print JSON, stop everything.
 //! - `overload [--copies N] [--measure S] [--hold S] [--deadline-ms MS]
-//!   [--start-rate R]`: start the loopback topology, measure the unloaded
-//!   latency and the capacity (orders paid within the deadline per second;
-//!   open-loop offers from R per second, a quarter more every S seconds, until
-//!   the shop falls behind), then offer 2× and 4× the capacity for `--hold`
-//!   seconds each (default 60); print goodput, p99 of accepted orders and shed
-//!   attempts per phase, and the conservation audit, as JSON.
+//!   [--start-rate R] [--throttle]`: start the loopback topology, measure the
+//!   unloaded latency and the capacity (orders paid within the deadline per
+//!   second; open-loop offers from R per second, a quarter more every S
+//!   seconds, until the shop falls behind), then offer 2× and 4× the capacity
+//!   for `--hold` seconds each (default 60); print goodput, p99 of accepted
+//!   orders and shed attempts per phase, and the conservation audit, as JSON.
+//!   With `--throttle` the client also throttles itself while most of what it
+//!   sends is shed (client-side adaptive throttling, `drive::Throttle`).
 //! - `topology [--copies N]`: start the loopback topology and keep it up until
 //!   Ctrl-C or SIGTERM (then every copy is stopped), printing the
 //!   order-service URLs.
@@ -100,6 +102,7 @@ async fn run(args: &[String]) -> Result<(), String> {
                 hold: Duration::from_secs_f64(number(args, "--hold", 60.0f64)?),
                 deadline: Duration::from_millis(number(args, "--deadline-ms", 2000u64)?),
                 start_rate: number(args, "--start-rate", defaults.start_rate)?,
+                throttle: args.iter().any(|a| a == "--throttle"),
                 ..defaults
             };
             let report = loadgen::overload::run(&o).await?;

@@ -40,6 +40,9 @@ pub struct Overload {
     pub deadline: Duration,
     /// The first rate of the capacity ramp, orders per second.
     pub start_rate: f64,
+    /// Whether the client throttles itself while most of what it sends is
+    /// shed ([`drive::Throttle`]); off, every attempt is sent.
+    pub throttle: bool,
 }
 
 impl Default for Overload {
@@ -51,6 +54,7 @@ impl Default for Overload {
             factors: vec![2.0, 4.0],
             deadline: Duration::from_secs(2),
             start_rate: 100.0,
+            throttle: false,
         }
     }
 }
@@ -70,8 +74,13 @@ pub struct Phase {
     pub given_up: usize,
     /// Attempts answered 503.
     pub shed: u64,
+    /// Attempts the client's throttle turned away before sending them.
+    pub throttled: u64,
     /// Orders paid within the deadline, per second of the phase.
     pub goodput_per_sec: f64,
+    /// The same for each 10 s of the phase (by when an order was first
+    /// tried): whether goodput holds over a long overload or falls.
+    pub goodput_by_10s: Vec<f64>,
     /// Median latency of accepted orders: the create and the pay the shop
     /// accepted, without the client's waits after 503s, ms.
     pub accepted_p50_ms: f64,
@@ -342,18 +351,20 @@ async fn open_loop(
     rate: f64,
     hold: Duration,
     deadline: Duration,
+    throttle: bool,
 ) -> Vec<Tried> {
     let http = drive::client();
+    let throttle = throttle.then(|| Arc::new(drive::Throttle::new()));
     let start = Instant::now();
     let total = (rate * hold.as_secs_f64()) as usize;
     let mut tasks = Vec::with_capacity(total);
     for n in 0..total {
         let at = start + Duration::from_secs_f64(n as f64 / rate);
         tokio::time::sleep_until(at.into()).await;
-        let (http, urls) = (http.clone(), urls.clone());
-        tasks.push(tokio::spawn(
-            async move { one(&http, &urls, n, deadline).await },
-        ));
+        let (http, urls, throttle) = (http.clone(), urls.clone(), throttle.clone());
+        tasks.push(tokio::spawn(async move {
+            one(&http, &urls, n, deadline, throttle.as_deref()).await
+        }));
     }
     let mut tried = Vec::with_capacity(total);
     for t in tasks {
@@ -364,10 +375,16 @@ async fn open_loop(
     tried
 }
 
-async fn one(http: &reqwest::Client, urls: &[String], n: usize, deadline: Duration) -> Tried {
+async fn one(
+    http: &reqwest::Client,
+    urls: &[String],
+    n: usize,
+    deadline: Duration,
+    throttle: Option<&drive::Throttle>,
+) -> Tried {
     let started_ms = unix_ms();
     let began = Instant::now();
-    let placed = drive::place(http, urls, n, 1, began + deadline).await;
+    let placed = drive::place(http, urls, n, 1, began + deadline, throttle).await;
     Tried {
         placed,
         started_ms,
@@ -447,6 +464,10 @@ fn phase(
             .unwrap_or(0.0)
     };
     let (mut paid, mut rejected, mut lost, mut good) = (0, 0, 0, 0);
+    // Goodput by 10-s window of the offer (by when an order was first tried).
+    let began_ms = tried.iter().map(|t| t.started_ms).min().unwrap_or(0);
+    let windows = (length.as_secs_f64() / 10.0).ceil().max(1.0) as usize;
+    let mut good_by_window = vec![0usize; windows];
     for t in tried.iter().filter(|t| t.placed.accepted) {
         let Some(id) = t.placed.created else { continue };
         match by_id.get(&id).copied().unwrap_or((None, None)) {
@@ -456,6 +477,8 @@ fn phase(
                     at.saturating_sub(t.started_ms) <= deadline.as_millis() as u64
                 }) {
                     good += 1;
+                    let w = ((t.started_ms - began_ms) / 10_000) as usize;
+                    good_by_window[w.min(windows - 1)] += 1;
                 }
             }
             (Some(OrderStatus::Rejected), _) => rejected += 1,
@@ -470,7 +493,16 @@ fn phase(
         accepted,
         given_up: tried.len() - accepted,
         shed: tried.iter().map(|t| u64::from(t.placed.shed)).sum(),
+        throttled: tried.iter().map(|t| u64::from(t.placed.throttled)).sum(),
         goodput_per_sec: good as f64 / length.as_secs_f64(),
+        goodput_by_10s: good_by_window
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let span = (length.as_secs_f64() - 10.0 * i as f64).clamp(0.001, 10.0);
+                *n as f64 / span
+            })
+            .collect(),
         accepted_p50_ms: pct(&served, 0.50),
         accepted_p99_ms: pct(&served, 0.99),
         end_to_end_p99_ms: pct(&end_to_end, 0.99),
@@ -496,10 +528,12 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
     let mut phases = Vec::new();
     let mut everything: Vec<Tried> = Vec::new();
 
-    eprintln!("overload: unloaded, 20 orders/s for 10 s");
-    let length = Duration::from_secs(10);
+    // 600 orders: the p99 of 200 was the second-slowest order, and one
+    // slow order (a scheduling hiccup) moved it several-fold.
+    eprintln!("overload: unloaded, 20 orders/s for 30 s");
+    let length = Duration::from_secs(30);
     let mark = CpuMark::now(&pids, &topo);
-    let tried = open_loop(&urls, 20.0, length, o.deadline).await;
+    let tried = open_loop(&urls, 20.0, length, o.deadline, o.throttle).await;
     let cpu = mark.since(&pids, &topo);
     let settled = settle(&stores, &tried, settle_within).await;
     let unloaded = phase("unloaded", 20.0, length, &tried, &settled, o.deadline, cpu);
@@ -515,7 +549,7 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             o.measure
         );
         let mark = CpuMark::now(&pids, &topo);
-        let tried = open_loop(&urls, rate, o.measure, o.deadline).await;
+        let tried = open_loop(&urls, rate, o.measure, o.deadline, o.throttle).await;
         let cpu = mark.since(&pids, &topo);
         let settled = settle(&stores, &tried, settle_within).await;
         let step = phase(
@@ -550,7 +584,7 @@ pub async fn run(o: &Overload) -> Result<Report, String> {
             o.hold
         );
         let mark = CpuMark::now(&pids, &topo);
-        let tried = open_loop(&urls, rate, o.hold, o.deadline).await;
+        let tried = open_loop(&urls, rate, o.hold, o.deadline, o.throttle).await;
         let cpu = mark.since(&pids, &topo);
         let settled = settle(&stores, &tried, settle_within).await;
         let name = format!("{factor}x");
