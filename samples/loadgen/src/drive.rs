@@ -1,4 +1,6 @@
-//! Driving orders through the HTTP API and auditing what happened.
+//! Driving orders through the HTTP API and auditing what happened; the
+//! client's own overload manners ([`place`]: `Retry-After` with jitter, and
+//! optionally a [`Throttle`] on new orders).
 
 use std::collections::HashMap;
 use std::sync::Arc;
