@@ -516,6 +516,14 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    /// `n` samples alike; the limit after them.
+    fn repeat(v: &mut Vegas, n: usize, rtt: Duration, in_flight: usize, dropped: bool) -> usize {
+        for _ in 0..n {
+            v.sample(rtt, in_flight, dropped);
+        }
+        v.current()
+    }
+
     fn vegas(initial: usize) -> Vegas {
         let mut v = Vegas::new(&AdaptiveLimit::new().initial(initial).min(2).max(100));
         v.jitter = f64::INFINITY; // no probes in these tests
@@ -549,28 +557,17 @@ mod tests {
         let mut v = vegas(10);
         v.unloaded = Some(ms(10));
         // 10 × (1 − 10/20) = 5 queued: between 3 and 6.
-        for _ in 0..50 {
-            v.sample(ms(20), 10, false);
-        }
-        assert_eq!(v.current(), 10);
+        assert_eq!(repeat(&mut v, 50, ms(20), 10, false), 10);
     }
 
     #[test]
     fn does_not_grow_when_not_used() {
-        let mut v = vegas(10);
-        for _ in 0..50 {
-            v.sample(ms(10), 2, false);
-        }
-        assert_eq!(v.current(), 10);
+        assert_eq!(repeat(&mut vegas(10), 50, ms(10), 2, false), 10);
     }
 
     #[test]
     fn drops_shrink_it_to_the_minimum_and_no_further() {
-        let mut v = vegas(10);
-        for _ in 0..50 {
-            v.sample(ms(10), 1, true);
-        }
-        assert_eq!(v.current(), 2);
+        assert_eq!(repeat(&mut vegas(10), 50, ms(10), 1, true), 2);
     }
 
     #[test]

@@ -177,6 +177,34 @@ async fn admission_sheds_what_is_over_the_limit() {
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::OK);
 }
 
+/// A POST route that says it entered (a permit on `entered`) and holds its
+/// request until `gate` lets it go.
+fn held(
+    gate: &Arc<tokio::sync::Semaphore>,
+    entered: &Arc<tokio::sync::Semaphore>,
+) -> axum::routing::MethodRouter {
+    let (g, e) = (gate.clone(), entered.clone());
+    post(move || {
+        let (g, e) = (g.clone(), e.clone());
+        async move {
+            e.add_permits(1);
+            let _ = g.acquire().await;
+            "done"
+        }
+    })
+}
+
+/// POSTs to `path` on a task of its own; its status when answered.
+fn post_in_background(app: &Router, path: &'static str) -> tokio::task::JoinHandle<StatusCode> {
+    let app = app.clone();
+    tokio::spawn(async move {
+        app.oneshot(HttpRequest::post(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    })
+}
+
 /// With part of the limit reserved, new work is shed first: while two new
 /// requests hold the unreserved slots, a third new one is answered 503 and a
 /// request continuing begun work still gets in; once every slot is taken,
@@ -185,33 +213,15 @@ async fn admission_sheds_what_is_over_the_limit() {
 async fn admission_with_reserve_sheds_new_work_first() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let entered = Arc::new(tokio::sync::Semaphore::new(0));
-    let slow = |g: Arc<tokio::sync::Semaphore>, e: Arc<tokio::sync::Semaphore>| {
-        post(move || {
-            let (g, e) = (g.clone(), e.clone());
-            async move {
-                e.add_permits(1);
-                let _ = g.acquire().await;
-                "done"
-            }
-        })
-    };
     let app = catga_axum::admission_with_reserve(
         Router::new()
-            .route("/new", slow(gate.clone(), entered.clone()))
-            .route("/next", slow(gate.clone(), entered.clone())),
+            .route("/new", held(&gate, &entered))
+            .route("/next", held(&gate, &entered)),
         4,
         2,
         |req| req.uri().path() == "/new",
     );
-    let call = |path: &'static str| {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.oneshot(HttpRequest::post(path).body(Body::empty()).unwrap())
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let call = |path: &'static str| post_in_background(&app, path);
     let in_handlers = |n: u32| {
         let entered = entered.clone();
         async move {
@@ -346,32 +356,15 @@ async fn an_adaptive_limit_grows_while_latency_holds() {
 async fn a_reserve_share_sheds_new_work_first() {
     let gate = Arc::new(tokio::sync::Semaphore::new(0));
     let entered = Arc::new(tokio::sync::Semaphore::new(0));
-    let (g, e) = (gate.clone(), entered.clone());
-    let slow = post(move || {
-        let (g, e) = (g.clone(), e.clone());
-        async move {
-            e.add_permits(1);
-            let _ = g.acquire().await;
-            "done"
-        }
-    });
     let admission =
         catga_axum::Admission::fixed(4).reserve_share(0.5, |req| req.uri().path() == "/new");
     let stats = admission.stats();
     let app = admission.layer(
         Router::new()
-            .route("/new", slow.clone())
-            .route("/next", slow),
+            .route("/new", held(&gate, &entered))
+            .route("/next", held(&gate, &entered)),
     );
-    let call = |path: &'static str| {
-        let app = app.clone();
-        tokio::spawn(async move {
-            app.oneshot(HttpRequest::post(path).body(Body::empty()).unwrap())
-                .await
-                .unwrap()
-                .status()
-        })
-    };
+    let call = |path: &'static str| post_in_background(&app, path);
     let held = [call("/new"), call("/new")];
     tokio::time::timeout(Duration::from_secs(20), entered.acquire_many(2))
         .await
