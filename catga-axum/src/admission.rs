@@ -26,7 +26,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use catga_core::{Error, ErrorKind};
 
-use crate::ApiError;
+use crate::error::ApiError;
 
 /// Admission control for `router`: at most `limit` requests are handled at
 /// once across all its routes; one more is answered at once with 503,
