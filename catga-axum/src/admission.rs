@@ -460,7 +460,7 @@ impl Vegas {
     }
 
     /// One answered request: its latency, the requests in flight when it
-    /// finished (itself included), and whether it was a drop (a timeout).
+    /// was admitted (itself included), and whether it was a drop (a timeout).
     /// Returns the new limit.
     pub(crate) fn sample(&mut self, rtt: Duration, in_flight: usize, dropped: bool) -> usize {
         let limit = self.limit;

@@ -178,8 +178,13 @@ pub async fn place(
             Some(order) => http.post(format!("{url}/orders/{order}/pay")).send().await,
         };
         let mut wait = backoff.next_delay();
-        if let (Some(t), Ok(res)) = (throttle, &step) {
-            t.record(res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        if let Some(t) = throttle {
+            // Accepted unless shed; no answer at all (a timeout, a refused
+            // connection) is not accepted either.
+            t.record(
+                step.as_ref()
+                    .is_ok_and(|res| res.status() != reqwest::StatusCode::SERVICE_UNAVAILABLE),
+            );
         }
         match step {
             Ok(res) if res.status().is_success() => {
@@ -493,9 +498,10 @@ impl Conservation {
 }
 
 /// Client-side adaptive throttling (Google SRE book, "Handling Overload"):
-/// over the last 10 seconds the client counts the requests it meant to send
-/// and those the shop accepted (anything but a 503), and turns a new attempt
-/// away itself with probability `(requests − K × accepts) / (requests + 1)`,
+/// over the last 10 seconds the client counts its requests (every attempt
+/// sent, pays too, and every create it turned away) and those the shop
+/// accepted (answered, and not with a 503), and turns a new create away
+/// itself with probability `(requests − K × accepts) / (requests + 1)`,
 /// `K` = 2. While the shop accepts at least half of what it is sent, nothing
 /// is turned away; when it sheds most of it, the client stops paying (and
 /// making the shop pay) for requests that would only be refused: a 503 is
@@ -532,7 +538,11 @@ impl Throttle {
 
     /// Adds to the current second's bucket.
     fn add(&self, requests: u64, accepts: u64) {
-        let now = self.second();
+        self.add_at(self.second(), requests, accepts);
+    }
+
+    /// Adds to second `now`'s bucket (reset if it last held an older one).
+    fn add_at(&self, now: u64, requests: u64, accepts: u64) {
         let mut b = self.buckets[now as usize % WINDOW_SECS]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -545,7 +555,11 @@ impl Throttle {
 
     /// Requests and accepts over the window.
     fn totals(&self) -> (f64, f64) {
-        let now = self.second();
+        self.totals_at(self.second())
+    }
+
+    /// Requests and accepts over the window ending at second `now`.
+    fn totals_at(&self, now: u64) -> (f64, f64) {
         self.buckets.iter().fold((0.0, 0.0), |(r, a), b| {
             let b = b.lock().unwrap_or_else(|p| p.into_inner());
             if now.saturating_sub(b.0) < WINDOW_SECS as u64 {
@@ -590,6 +604,30 @@ mod throttle_tests {
         }
         assert_eq!(t.reject_probability(), 0.0);
         assert!((0..1000).all(|_| t.admit()));
+    }
+
+    #[test]
+    fn the_window_forgets_what_is_10_seconds_old() {
+        let t = Throttle::new();
+        t.add_at(0, 100, 0);
+        t.add_at(5, 10, 10);
+        assert_eq!(t.totals_at(9), (110.0, 10.0));
+        assert_eq!(t.totals_at(10), (10.0, 10.0), "second 0 left the window");
+        // Second 10 reuses second 0's bucket: it starts empty.
+        t.add_at(10, 1, 1);
+        assert_eq!(t.totals_at(10), (11.0, 11.0));
+        assert_eq!(t.totals_at(20), (0.0, 0.0));
+    }
+
+    #[test]
+    fn a_create_turned_away_counts_as_a_request_not_accepted() {
+        let t = Throttle::new();
+        for _ in 0..10 {
+            t.record(false);
+        }
+        let turned_away = (0..100).filter(|_| !t.admit()).count();
+        assert!(turned_away > 0);
+        assert_eq!(t.totals(), ((10 + turned_away) as f64, 0.0));
     }
 
     #[test]
