@@ -675,3 +675,170 @@ fn stored_elsewhere(saga: &str, data: &impl Serialize) -> SagaState {
         failed_step: None,
     }
 }
+
+/// A lock store over a lock shared with other peers, from which this peer
+/// can be cut off (its acquisitions and renewals fail, as over a dead link).
+struct CutOff {
+    inner: Arc<catga_core::store::MemoryLockStore>,
+    cut: std::sync::atomic::AtomicBool,
+}
+
+impl CutOff {
+    fn new(inner: &Arc<catga_core::store::MemoryLockStore>) -> Arc<CutOff> {
+        Arc::new(CutOff {
+            inner: inner.clone(),
+            cut: Default::default(),
+        })
+    }
+
+    fn is_cut(&self) -> bool {
+        self.cut.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl catga_core::store::LockStore for CutOff {
+    fn try_acquire<'a>(
+        &'a self,
+        name: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, catga_core::Result<Option<catga_core::store::Lease>>> {
+        if self.is_cut() {
+            return Box::pin(async { Err(Error::store("cut off")) });
+        }
+        self.inner.try_acquire(name, ttl)
+    }
+    fn renew<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, catga_core::Result<bool>> {
+        if self.is_cut() {
+            return Box::pin(async { Err(Error::store("cut off")) });
+        }
+        self.inner.renew(name, token, ttl)
+    }
+    fn release<'a>(
+        &'a self,
+        name: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, catga_core::Result<bool>> {
+        self.inner.release(name, token)
+    }
+    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, catga_core::Result<u64>> {
+        self.inner.current_fence(name)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Gated {
+    block: bool,
+}
+impl Message for Gated {
+    const NAME: &'static str = "saga.Gated";
+}
+impl Request for Gated {
+    type Response = ();
+}
+
+/// Sagas handed to a coordinator that then loses its lease are not lost:
+/// five sagas started on the leading peer wait (handed over, with their
+/// state) behind a driver blocked in its step; the peer is cut off from the
+/// lock store and deposed; the next leader finds all six in the store and
+/// drives each, and every step's effect happens once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handed_sagas_survive_their_coordinator_losing_its_lease() {
+    let locks = Arc::new(catga_core::store::MemoryLockStore::new());
+    let store = Arc::new(MemorySagaStore::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let entered = Arc::new(tokio::sync::Semaphore::new(0));
+    let effects: Arc<Mutex<HashMap<Uuid, usize>>> = Arc::default();
+    let saga = || {
+        Saga::<bool>::new("test.handed")
+            .step(
+                Step::send("work", |block: &bool| Gated { block: *block })
+                    .timeout(Duration::from_secs(60)),
+            )
+            .max_concurrent(1)
+            .polling(Duration::from_millis(20), Duration::from_millis(500))
+    };
+    let peer = |lock: Arc<CutOff>| {
+        let (gate, entered, effects) = (gate.clone(), entered.clone(), effects.clone());
+        Catga::builder()
+            .lock_store(lock)
+            .saga_store(store.clone())
+            .saga(saga())
+            .request_fn(move |g: Gated, ctx: Context| {
+                let (gate, entered, effects) = (gate.clone(), entered.clone(), effects.clone());
+                async move {
+                    if g.block {
+                        entered.add_permits(1);
+                        let _pass = gate.acquire().await;
+                    }
+                    *effects
+                        .lock()
+                        .unwrap()
+                        .entry(ctx.correlation_id())
+                        .or_default() += 1;
+                    Ok(())
+                }
+            })
+            .start()
+    };
+    let leads = |p: &Peer| p.leading().iter().any(|t| t == "catga.saga.test.handed");
+    let until = |what: &'static str| {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        move || assert!(tokio::time::Instant::now() < deadline, "{what}")
+    };
+
+    let cut_lock = CutOff::new(&locks);
+    let a = peer(cut_lock.clone()).await.unwrap();
+    let handle = saga().handle(&a).unwrap().clone();
+    let check = until("peer a never led");
+    while !leads(&a) {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let blocked = handle.start(true).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), entered.acquire())
+        .await
+        .expect("the first saga's step runs on peer a")
+        .unwrap()
+        .forget();
+    // Handed to a's coordinator, waiting behind the blocked driver.
+    let mut waiting = Vec::new();
+    for _ in 0..5 {
+        waiting.push(handle.start(false).await.unwrap());
+    }
+
+    cut_lock
+        .cut
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let check = until("peer a was never deposed");
+    while leads(&a) {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let b = peer(CutOff::new(&locks)).await.unwrap();
+    let check = until("peer b never led");
+    while !leads(&b) {
+        check();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gate.add_permits(1_000);
+
+    for id in waiting.iter().chain([&blocked]) {
+        let state = finished(&b, *id).await;
+        assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
+    }
+    let effects = effects.lock().unwrap().clone();
+    for id in waiting.iter().chain([&blocked]) {
+        assert_eq!(effects.get(id), Some(&1), "saga {id}: {effects:?}");
+    }
+    assert!(
+        !leads(&a),
+        "a deposed peer does not lead again while cut off"
+    );
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
