@@ -13,21 +13,44 @@ async fn eventually(what: &str, check: impl FnMut() -> bool) {
     catga_test_support::eventually(what, Duration::from_secs(20), check).await;
 }
 
-/// A lock store whose renewals can be made to fail, like a peer cut off from
-/// it, or to hang, like a store that stopped answering.
-struct Flaky {
-    inner: MemoryLockStore,
-    cut_off: AtomicBool,
-    hang: AtomicBool,
+/// A lock store over a lock that other peers may share, from which this
+/// peer can be cut off (acquisitions and renewals fail, as over a dead link)
+/// or whose renewals can be made to hang, like a store that stopped
+/// answering.
+pub(crate) struct Flaky {
+    inner: Arc<MemoryLockStore>,
+    pub(crate) cut_off: AtomicBool,
+    pub(crate) hang: AtomicBool,
     /// Fence lookups made (a receiving peer checking a message's fence).
-    lookups: AtomicUsize,
+    pub(crate) lookups: AtomicUsize,
 }
+
+impl Flaky {
+    /// Over a lock of its own.
+    pub(crate) fn new() -> Arc<Flaky> {
+        Flaky::over(&Arc::new(MemoryLockStore::new()))
+    }
+
+    /// Over `lock`, shared with whoever else uses it.
+    pub(crate) fn over(lock: &Arc<MemoryLockStore>) -> Arc<Flaky> {
+        Arc::new(Flaky {
+            inner: lock.clone(),
+            cut_off: AtomicBool::new(false),
+            hang: AtomicBool::new(false),
+            lookups: AtomicUsize::new(0),
+        })
+    }
+}
+
 impl LockStore for Flaky {
     fn try_acquire<'a>(
         &'a self,
         name: &'a str,
         ttl: Duration,
     ) -> BoxFuture<'a, Result<Option<Lease>>> {
+        if self.cut_off.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(Error::store("cut off")) });
+        }
         self.inner.try_acquire(name, ttl)
     }
     fn renew<'a>(
@@ -151,12 +174,7 @@ async fn exactly_one_of_three_peers_runs_the_task_and_graceful_stop_hands_over()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_cut_off_from_the_store_loses_its_lease_and_another_takes_over() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryLockStore::new(),
-        cut_off: AtomicBool::new(false),
-        hang: AtomicBool::new(false),
-        lookups: AtomicUsize::new(0),
-    });
+    let flaky = Flaky::new();
     let first = peer(flaky.clone(), Duration::from_millis(300)).await;
     eventually("first leader", || first.running.load(Ordering::SeqCst) == 1).await;
     flaky.cut_off.store(true, Ordering::SeqCst);
@@ -189,12 +207,7 @@ fn two_leader_tasks_with_one_name_fail_the_build() {
 /// term before the lease, so the old and the new leader never run together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_renewal_ends_the_term_by_the_local_clock_before_the_lease() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryLockStore::new(),
-        cut_off: AtomicBool::new(false),
-        hang: AtomicBool::new(false),
-        lookups: AtomicUsize::new(0),
-    });
+    let flaky = Flaky::new();
     let ttl = Duration::from_millis(600);
     let first = peer(flaky.clone(), ttl).await;
     eventually("first leader", || first.running.load(Ordering::SeqCst) == 1).await;
@@ -227,12 +240,7 @@ async fn a_hanging_renewal_ends_the_term_by_the_local_clock_before_the_lease() {
 /// A task that ignores its cancellation is stopped anyway when its term ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_ignoring_cancellation_is_stopped_when_its_lease_is_lost() {
-    let flaky = Arc::new(Flaky {
-        inner: MemoryLockStore::new(),
-        cut_off: AtomicBool::new(false),
-        hang: AtomicBool::new(false),
-        lookups: AtomicUsize::new(0),
-    });
+    let flaky = Flaky::new();
     let running = Arc::new(AtomicUsize::new(0));
     let r = running.clone();
     let stubborn = LeaderTask::new("test.stubborn", move |_ctx| {
@@ -320,12 +328,7 @@ async fn a_message_from_an_earlier_term_is_refused_before_its_handler_runs() {
 async fn a_term_held_here_needs_no_fence_lookup_and_an_ended_one_does() {
     use catga_core::{Context, ErrorKind, Fence, Metadata};
 
-    let store = Arc::new(Flaky {
-        inner: MemoryLockStore::new(),
-        cut_off: AtomicBool::new(false),
-        hang: AtomicBool::new(false),
-        lookups: AtomicUsize::new(0),
-    });
+    let store = Flaky::new();
     let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
     let term = Arc::new(std::sync::Mutex::new(None));
     let (s, t) = (seen.clone(), term.clone());
@@ -402,12 +405,7 @@ async fn a_term_held_here_needs_no_fence_lookup_and_an_ended_one_does() {
 /// grace, not after the lease or never.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
-    let store = Arc::new(Flaky {
-        inner: MemoryLockStore::new(),
-        cut_off: AtomicBool::new(false),
-        hang: AtomicBool::new(false),
-        lookups: AtomicUsize::new(0),
-    });
+    let store = Flaky::new();
     let running = Arc::new(AtomicBool::new(false));
     let r = running.clone();
     let m = Catga::builder()

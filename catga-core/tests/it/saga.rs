@@ -8,6 +8,8 @@ use catga_core::saga::{
 use catga_core::{Catga, Context, Error, ErrorKind, Message, Peer, Request, Uuid};
 use futures_util::future::BoxFuture;
 
+use crate::leader::Flaky;
+
 use serde::{Deserialize, Serialize};
 
 /// What each command did, per saga (its correlation id), in order.
@@ -676,60 +678,6 @@ fn stored_elsewhere(saga: &str, data: &impl Serialize) -> SagaState {
     }
 }
 
-/// A lock store over a lock shared with other peers, from which this peer
-/// can be cut off (its acquisitions and renewals fail, as over a dead link).
-struct CutOff {
-    inner: Arc<catga_core::store::MemoryLockStore>,
-    cut: std::sync::atomic::AtomicBool,
-}
-
-impl CutOff {
-    fn new(inner: &Arc<catga_core::store::MemoryLockStore>) -> Arc<CutOff> {
-        Arc::new(CutOff {
-            inner: inner.clone(),
-            cut: Default::default(),
-        })
-    }
-
-    fn is_cut(&self) -> bool {
-        self.cut.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl catga_core::store::LockStore for CutOff {
-    fn try_acquire<'a>(
-        &'a self,
-        name: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, catga_core::Result<Option<catga_core::store::Lease>>> {
-        if self.is_cut() {
-            return Box::pin(async { Err(Error::store("cut off")) });
-        }
-        self.inner.try_acquire(name, ttl)
-    }
-    fn renew<'a>(
-        &'a self,
-        name: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, catga_core::Result<bool>> {
-        if self.is_cut() {
-            return Box::pin(async { Err(Error::store("cut off")) });
-        }
-        self.inner.renew(name, token, ttl)
-    }
-    fn release<'a>(
-        &'a self,
-        name: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, catga_core::Result<bool>> {
-        self.inner.release(name, token)
-    }
-    fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, catga_core::Result<u64>> {
-        self.inner.current_fence(name)
-    }
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Gated {
     block: bool,
@@ -762,7 +710,7 @@ async fn handed_sagas_survive_their_coordinator_losing_its_lease() {
             .max_concurrent(1)
             .polling(Duration::from_millis(20), Duration::from_millis(500))
     };
-    let peer = |lock: Arc<CutOff>| {
+    let peer = |lock: Arc<Flaky>| {
         let (gate, entered, effects) = (gate.clone(), entered.clone(), effects.clone());
         Catga::builder()
             .lock_store(lock)
@@ -791,7 +739,7 @@ async fn handed_sagas_survive_their_coordinator_losing_its_lease() {
         move || assert!(tokio::time::Instant::now() < deadline, "{what}")
     };
 
-    let cut_lock = CutOff::new(&locks);
+    let cut_lock = Flaky::over(&locks);
     let a = peer(cut_lock.clone()).await.unwrap();
     let handle = saga().handle(&a).unwrap().clone();
     let check = until("peer a never led");
@@ -812,14 +760,14 @@ async fn handed_sagas_survive_their_coordinator_losing_its_lease() {
     }
 
     cut_lock
-        .cut
+        .cut_off
         .store(true, std::sync::atomic::Ordering::SeqCst);
     let check = until("peer a was never deposed");
     while leads(&a) {
         check();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let b = peer(CutOff::new(&locks)).await.unwrap();
+    let b = peer(Flaky::over(&locks)).await.unwrap();
     let check = until("peer b never led");
     while !leads(&b) {
         check();
