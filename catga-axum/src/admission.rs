@@ -319,9 +319,9 @@ impl Entered<'_> {
     /// sample; any other answer says nothing about this copy's queue and is
     /// left out: a quick refusal (404, 422) is not the unloaded latency, and
     /// a 503 from what the request called (a saga backlog, a peer shedding)
-    /// is that one's admission at work. Counting those 503s as drops took
-    /// the limit to its minimum whenever a backlog filled (measured: the
-    /// goodput fell by a third over a minute of overload).
+    /// is that one's admission at work. Counting those 503s as drops pushed
+    /// the limit down to its minimum whenever a saga backlog filled
+    /// (measured in the sample: goodput at 4× 352 orders/s, against 489).
     fn done(self, status: StatusCode) {
         let Some(vegas) = &self.gate.vegas else {
             return;
