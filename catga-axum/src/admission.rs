@@ -20,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -33,15 +32,10 @@ use crate::error::ApiError;
 /// `Retry-After: 1` and code `http.overloaded` (load shedding), so a copy
 /// offered more than it can take serves what it took at full speed.
 ///
-/// The same as `Admission::fixed(limit).layer(router)`; [`Admission`] also
+/// `Admission::fixed(limit).layer(router)` in one call; [`Admission`] also
 /// has an adaptive limit and a reserve for begun work.
 pub fn admission(router: Router, limit: usize) -> Router {
-    router.layer(
-        tower::ServiceBuilder::new()
-            .layer(HandleErrorLayer::new(|_: tower::BoxError| async { shed() }))
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(limit.max(1))),
-    )
+    Admission::fixed(limit).layer(router)
 }
 
 /// Like [`admission`], with part of the limit kept for work in progress.
@@ -76,7 +70,7 @@ pub fn admission_with_reserve(
 }
 
 /// The answer to a request over an admission limit (503, `Retry-After: 1`).
-pub(crate) fn shed() -> ApiError {
+fn shed() -> ApiError {
     ApiError(
         Error::new(
             ErrorKind::Overloaded,
