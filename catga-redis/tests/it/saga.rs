@@ -350,13 +350,7 @@ async fn a_hundred_concurrent_sagas_over_redis_and_nats_lose_and_duplicate_nothi
             pairs(&[("charge", 1), ("reserve", 1), ("ship", 1)])
         );
     }
-    assert!(
-        store
-            .unfinished("test.fulfilment")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(listed(&store).await.is_empty());
 }
 
 #[tokio::test]
@@ -398,7 +392,7 @@ async fn a_stale_coordinator_write_is_rejected_by_redis() {
         ErrorKind::Conflict,
         "the version it read is gone"
     );
-    assert_eq!(store.unfinished("test.fulfilment").await.unwrap(), vec![id]);
+    assert_eq!(listed(&store).await, vec![id]);
 }
 
 /// The backlog count behind saga admission: one pipelined round trip over
@@ -432,7 +426,7 @@ async fn count_unfinished_sagas(store: RedisStore) {
             .unwrap();
     }
     assert_eq!(store.count_unfinished("test.fulfilment").await.unwrap(), 20);
-    assert_eq!(store.unfinished("test.fulfilment").await.unwrap().len(), 20);
+    assert_eq!(listed(&store).await.len(), 20);
     let e = fulfilment(&world)
         .handle(&m)
         .unwrap()
@@ -465,6 +459,11 @@ async fn starter(store: &RedisStore, saga: Saga<Order>) -> catga_core::Peer {
 /// The unfinished set saga `id` of `test.fulfilment` is listed in: the store's
 /// documented layout, `{catga:sagas:s<shard>}:unfinished:<name>`, the shard
 /// being the FNV-1a hash of the id modulo the 8 default shards.
+/// The sagas of `test.fulfilment` the store lists as unfinished.
+async fn listed(store: &RedisStore) -> Vec<catga_core::Uuid> {
+    store.unfinished("test.fulfilment").await.unwrap()
+}
+
 fn unfinished_key(id: catga_core::Uuid) -> String {
     let mut h: u32 = 0x811c_9dc5;
     for b in id.to_string().bytes() {
@@ -499,13 +498,7 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
     done.status = SagaStatus::Completed;
     done.version += 1;
     store.save(&done).await.unwrap();
-    assert!(
-        store
-            .unfinished("test.fulfilment")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(listed(&store).await.is_empty());
     let client = redis::Client::open(redis.url()).unwrap();
     let mut raw = client.get_multiplexed_async_connection().await.unwrap();
     let _: usize = redis::cmd("SADD")
@@ -521,12 +514,7 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !store
-        .unfinished("test.fulfilment")
-        .await
-        .unwrap()
-        .is_empty()
-    {
+    while !listed(&store).await.is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the finished saga stayed listed"
@@ -539,11 +527,7 @@ async fn a_finished_saga_left_on_the_unfinished_list_is_dropped_and_not_listed_a
         .await
         .unwrap();
     assert!(
-        store
-            .unfinished("test.fulfilment")
-            .await
-            .unwrap()
-            .is_empty(),
+        listed(&store).await.is_empty(),
         "restarting a finished saga lists it again"
     );
     assert_eq!(
@@ -592,13 +576,7 @@ async fn a_saga_record_from_before_the_listing_fields_is_saved_as_before() {
     state.status = SagaStatus::Completed;
     state.version += 1;
     store.save(&state).await.unwrap();
-    assert!(
-        store
-            .unfinished("test.fulfilment")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(listed(&store).await.is_empty());
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&hash)
         .query_async(&mut raw)
@@ -615,7 +593,7 @@ async fn a_saga_record_from_before_the_listing_fields_is_saved_as_before() {
     state.status = SagaStatus::Compensating;
     state.version += 1;
     store.save(&state).await.unwrap();
-    assert_eq!(store.unfinished("test.fulfilment").await.unwrap(), [id]);
+    assert_eq!(listed(&store).await, [id]);
     let ttl: i64 = redis::cmd("PTTL")
         .arg(&hash)
         .query_async(&mut raw)
