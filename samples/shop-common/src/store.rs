@@ -701,6 +701,25 @@ pub fn count(ledger: &[LedgerEntry], kind: &str) -> HashMap<Uuid, u64> {
     out
 }
 
+/// A check every [`StockStore`] must pass, for the tests of each one: a
+/// reservation refused for want of stock stays refused. A late repeat of the
+/// saga step (its saga failed on the refusal and did not compensate it)
+/// must not take stock once some is back: `ReserveStock` is not declared
+/// idempotent, so the store answers repeats itself and keeps the refusal.
+///
+/// Needs `sku` seeded with 3 and nothing reserved; panics on a breach.
+pub async fn refusal_stands(stock: &dyn StockStore, sku: &str) {
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    assert!(stock.reserve(b, sku, 2).await.unwrap());
+    assert!(!stock.reserve(a, sku, 2).await.unwrap(), "1 left of 3");
+    stock.release(b, sku).await.unwrap();
+    assert!(
+        !stock.reserve(a, sku, 2).await.unwrap(),
+        "a repeat of a refused reservation is refused, stock or not"
+    );
+    assert_eq!(stock.available(sku).await.unwrap(), 3);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -719,21 +738,13 @@ mod tests {
         assert_eq!(count(&ledger, "charge")[&order], 1);
     }
 
-    /// What `a_refused_reservation_stays_refused` (order-service tests, on
-    /// Redis) checks, in memory.
+    /// [`refusal_stands`] in memory (the order-service tests run it on
+    /// Redis).
     #[tokio::test]
     async fn a_refused_reservation_stays_refused_in_memory() {
         let s = MemoryStores::default();
         s.seed("rare", 3).await.unwrap();
-        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-        assert!(s.reserve(b, "rare", 2).await.unwrap());
-        assert!(!s.reserve(a, "rare", 2).await.unwrap(), "1 left of 3");
-        s.release(b, "rare").await.unwrap();
-        assert!(
-            !s.reserve(a, "rare", 2).await.unwrap(),
-            "a repeat of a refused reservation is refused, stock or not"
-        );
-        assert_eq!(s.available("rare").await.unwrap(), 3);
+        refusal_stands(&s, "rare").await;
     }
 
     #[tokio::test]
