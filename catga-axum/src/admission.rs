@@ -350,12 +350,13 @@ fn lock(vegas: &Mutex<Vegas>) -> std::sync::MutexGuard<'_, Vegas> {
 /// The rule is TCP Vegas's, as Netflix's `concurrency-limits` applies it to
 /// servers: the shortest latency seen is taken as the unloaded one; from a
 /// request's latency the number of requests queued is estimated as
-/// `limit × (1 − unloaded / latency)`. Below about 3 (times log10 of the
-/// limit) the limit grows, above about 6 it shrinks; a timeout (504)
-/// shrinks it too. Only successes are latency samples. While fewer than half the limit are in flight it does
-/// not grow (there is no evidence it could take more). Now and then (every
-/// 15 – 30 × limit requests) the unloaded latency is measured afresh, so a
-/// lasting change in what a request costs is learnt.
+/// `limit × (1 − unloaded / latency)`. Below about 3 × log10(limit) queued
+/// the limit grows, above about 6 × log10(limit) it shrinks (log10 taken as
+/// at least 1); a timeout (504) shrinks it too. Only 2xx and 3xx answers are
+/// latency samples. While fewer than half the limit are in flight it neither
+/// grows nor shrinks (there is no evidence either way). Now and then (every
+/// 15 – 30 × limit successful answers) the unloaded latency is measured
+/// afresh, so a lasting change in what a request costs is learnt.
 ///
 /// It keeps a copy's own queue short, so admitted requests are answered
 /// close to their unloaded latency; the price is throughput where latency

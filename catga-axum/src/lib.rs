@@ -11,12 +11,13 @@
 //! - [`health_routes`]: `/health/live` and `/health/ready` (from
 //!   [`Peer::health`]); [`metrics_route`]: `/metrics` from any renderer.
 //! - [`Admission`]: at most N requests in flight, a fixed N or one that
-//!   follows latency ([`AdaptiveLimit`]), with a reserve for begun work; the
+//!   follows latency ([`AdaptiveLimit`]), optionally with a reserve for begun work; the
 //!   rest answered 503 at once (load shedding) instead of queueing past their
 //!   deadlines. [`admission`] is the fixed limit in one call.
 //! - [`SendService`]: `send` as a tower [`Service`](tower::Service), so
-//!   `ServiceBuilder` layers (rate limits, load shedding, timeouts) apply
-//!   in front of the mediator.
+//!   `ServiceBuilder` layers (rate limits, load shedding, timeouts; enable
+//!   the tower features they need in your own `tower` dependency) apply in
+//!   front of the mediator.
 //!
 //! ```
 //! use axum::{Json, Router, extract::State, routing::post};
@@ -73,7 +74,8 @@ use catga_core::{Error, Mediator, Metadata, Peer, Request, Uuid};
 ///
 /// A UUID is used as it is; any other key (as Stripe and the IETF draft
 /// allow) becomes a UUID v5 of it, the same on every copy. Absent, a new id.
-/// A key that is not visible ASCII, or longer than 255 bytes, is refused (422).
+/// A key that is empty, not visible ASCII, or longer than 255 bytes, is
+/// refused (422, code `http.bad_idempotency_key`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdempotencyKey(pub Option<Uuid>);
 
@@ -92,10 +94,7 @@ impl IdempotencyKey {
     /// Reads a header value.
     pub fn parse(value: &str) -> Result<IdempotencyKey, Error> {
         if value.is_empty() || value.len() > 255 || !value.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(Error::validation(
-                "Idempotency-Key must be 1 to 255 visible ASCII characters",
-            )
-            .with_code("http.bad_idempotency_key"));
+            return Err(bad_key());
         }
         Ok(IdempotencyKey(Some(value.parse().unwrap_or_else(|_| {
             Uuid::new_v5(&KEY_NAMESPACE, value.as_bytes())
@@ -111,12 +110,16 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
             None => Ok(IdempotencyKey(None)),
             Some(v) => match v.to_str() {
                 Ok(s) => IdempotencyKey::parse(s).map_err(ApiError),
-                Err(_) => Err(ApiError(Error::validation(
-                    "Idempotency-Key must be visible ASCII",
-                ))),
+                Err(_) => Err(ApiError(bad_key())),
             },
         }
     }
+}
+
+/// The error of an `Idempotency-Key` header that is not a key.
+fn bad_key() -> Error {
+    Error::validation("Idempotency-Key must be 1 to 255 visible ASCII characters")
+        .with_code("http.bad_idempotency_key")
 }
 
 /// `/health/live` (200 while the process answers) and `/health/ready` (200

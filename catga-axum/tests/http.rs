@@ -115,8 +115,34 @@ async fn errors_become_statuses_and_an_idempotency_key_charges_once() {
     );
     let (s, _, _) = post_charge(&app, 1, None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    let ran = runs.load(Ordering::SeqCst);
     let (s, body, _) = post_charge(&app, 5, Some("bad key with spaces")).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("http.bad_idempotency_key"), "{body}");
+    // A header value that is not even text (obs-text bytes): the same answer.
+    let resp = app
+        .clone()
+        .oneshot(
+            HttpRequest::post("/charges")
+                .header("content-type", "application/json")
+                .header(
+                    "idempotency-key",
+                    axum::http::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+                )
+                .body(Body::from(r#"{"cents":5}"#))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body = to_bytes(resp.into_body(), 1 << 16).await.unwrap();
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.contains("http.bad_idempotency_key"), "{body}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        ran,
+        "a refused key runs nothing"
+    );
     peer.shutdown().await.unwrap();
 }
 

@@ -31,9 +31,11 @@
 //! a peer's subscriptions), `connect.rs` (client options, reconnects),
 //! `outgoing.rs` (requests and events leaving a peer), `serve.rs` (core
 //! subscriptions), `admission.rs` (limits and counts),
-//! `jetstream.rs` (streams, reliable events, dead letters), `discovery.rs`
-//! (service API), `protocol.rs` (the wire contract), `shared.rs` (what they
-//! share), `options.rs` (also read from configuration files with serde).
+//! `jetstream.rs` (streams, reliable events, dead letters), `dead_letters.rs`
+//! (listing, replaying and purging dead letters), `discovery.rs` (service API),
+//! `otel.rs` (trace context across NATS, with the `otel` feature),
+//! `protocol.rs` (the wire contract), `shared.rs` (what they share),
+//! `options.rs` (also read from configuration files with serde).
 //!
 //! - **Tracing**: each received message is handled in a `catga.receive` span
 //!   (an OpenTelemetry consumer span with the messaging attributes) with its

@@ -31,6 +31,9 @@
 //! | `nats`   | `catga-nats`   | NATS transport (queue groups, JetStream)      |
 //! | `redis`  | `catga-redis`  | Redis idempotency, outbox, lock, saga store   |
 //! | `macros` (default) | `catga-macros` | `#[derive(Request)]`, `#[derive(Event)]`, `#[handler]` |
+//! | `otel`   | `catga-nats`   | OpenTelemetry traces continued across NATS (implies `nats`) |
+//! | `metrics` | `catga-core`, `catga-nats` | the `Metrics` behavior, `Peer::record_metrics`, the transport's counts |
+//! | `redis-tls` | `catga-redis` | `rediss://` (TLS to Redis; implies `redis`) |
 #![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 

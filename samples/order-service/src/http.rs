@@ -21,8 +21,10 @@
 //! answering `overloaded`) carries `Retry-After: 1`: a client should back off
 //! (with jitter) and may try another copy.
 //!
-//! [`admission`] puts a concurrency limit in front of the API: past it,
-//! requests are answered 503 at once instead of queueing until they time out.
+//! [`admission`] makes the concurrency limit (fixed or adaptive, with a
+//! quarter kept for everything but new orders) that the service layers in
+//! front of the API: past it, requests are answered 503 at once instead of
+//! queueing until they time out.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;

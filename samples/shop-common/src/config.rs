@@ -6,6 +6,8 @@
 //! | `CATGA_REDIS_URL` | Redis URL for stores, idempotency, outbox, locks, sagas | unset: in memory |
 //! | `CATGA_HTTP_ADDR` | where this service serves HTTP | per service |
 //! | `CATGA_SEED_STOCK` | `sku=qty,...` stock set at start when missing | `book=1000,pen=1000` |
+//! | `CATGA_HTTP_CONCURRENCY` | HTTP requests in flight per copy: a number, `adaptive` or `adaptive:MAX`; past it, 503 | `256` |
+//! | `CATGA_SHUTDOWN_GRACE_SECS` | how long a stopping copy finishes what is in flight | `30` |
 //! | `RUST_LOG` | log filter | `info` |
 
 use std::net::SocketAddr;

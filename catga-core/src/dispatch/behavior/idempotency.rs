@@ -51,11 +51,12 @@ use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 /// handler's registered name (or its position among the event's handlers), so
 /// every handler of an event is idempotent on its own and every copy of a
 /// service computes the same key whatever compiler built it. Add the behavior
-/// once per message type: two idempotency behaviors with the same key around one
-/// handler would make the inner one wait for the outer one's claim.
+/// once per message type: `build()` refuses a handler wrapped in two (the
+/// inner one would wait for the outer one's claim).
 ///
-/// **Outbox.** When the mediator runs an outbox relay (`.outbox(store)` on the
-/// builder, with the same store), events the handler publishes through its
+/// **Outbox.** When the mediator runs an outbox relay (`.idempotency(store)`
+/// on the builder sets both up with one store; or `.outbox(store)` with the
+/// same store), events the handler publishes through its
 /// context are held back and written with the response in one atomic step, so
 /// they are published if and only if the handler's result is stored: none on
 /// failure, none lost on a crash after success.

@@ -12,7 +12,7 @@
 //!               │  │  └────────────────────────────────┘ │ │
 //!               │  └─────────────────────────────────────┘ │
 //!  result ◀──── └──────────────────────────────────────────┘
-//!  builder.behavior(Tracing).behavior(Retry::..).behavior(Timeout::..)
+//!  builder.behavior(Tracing::new()).behavior(Retry::..).behavior(Timeout::..)
 //! ```
 //!
 //! A behavior is global ([`CatgaBuilder::behavior`](crate::CatgaBuilder::behavior))
@@ -28,7 +28,8 @@
 //! serve both, since a behavior's `next` is generic (`next: impl Next<'a>`).
 //!
 //! Built-ins, one module each: [`tracing`](mod@self::tracing), [`timeout`],
-//! [`retry`], [`validation`], [`concurrency`], [`idempotency`].
+//! [`retry`], [`validation`], [`concurrency`], [`idempotency`], and `metrics`
+//! (with the `metrics` feature).
 
 pub mod concurrency;
 pub mod idempotency;
