@@ -20,6 +20,8 @@ struct Act {
     what: String,
     fail: bool,
     sleep_ms: u64,
+    /// Panic after the effect is recorded.
+    panic: bool,
 }
 impl Message for Act {
     const NAME: &'static str = "saga.Act";
@@ -32,6 +34,8 @@ impl Request for Act {
 struct Undo {
     what: String,
     fail: bool,
+    /// Answer "no responders" this many times before undoing.
+    unreachable: u32,
 }
 impl Message for Undo {
     const NAME: &'static str = "saga.Undo";
@@ -44,7 +48,9 @@ impl Request for Undo {
 struct Order {
     fail_at: Option<String>,
     slow_at: Option<String>,
+    panic_at: Option<String>,
     undo_fails: bool,
+    undo_unreachable: u32,
     skip_ship: bool,
     receipts: Vec<u32>,
 }
@@ -58,11 +64,13 @@ fn act(name: &'static str) -> Step<Order> {
         } else {
             0
         },
+        panic: o.panic_at.as_deref() == Some(name),
     })
     .record(|o, receipt| o.receipts.push(receipt))
     .compensate(move |o: &Order| Undo {
         what: name.to_owned(),
         fail: o.undo_fails,
+        unreachable: o.undo_unreachable,
     })
     .timeout(Duration::from_millis(300))
     .retries(0)
@@ -85,6 +93,7 @@ fn guarded() -> Saga<Order> {
         .step(Step::compensation_only("hold", |o: &Order| Undo {
             what: "hold".into(),
             fail: o.undo_fails,
+            unreachable: o.undo_unreachable,
         }))
         .step(act("reserve"))
         .step(act("charge"))
@@ -102,6 +111,7 @@ async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
                 what: "ship".into(),
                 fail: false,
                 sleep_ms: 0,
+                panic: false,
             })
             .when(|o| !o.skip_ship),
         )
@@ -123,10 +133,15 @@ async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
                         format!("{} refused", a.what),
                     ));
                 }
-                let mut j = j.lock().unwrap();
-                let log = j.entry(ctx.correlation_id()).or_default();
-                log.push(a.what.clone());
-                Ok(log.len() as u32)
+                let len = {
+                    let mut j = j.lock().unwrap();
+                    let log = j.entry(ctx.correlation_id()).or_default();
+                    log.push(a.what.clone());
+                    log.len() as u32
+                };
+                // Written, then gone wrong: the effect exists.
+                assert!(!a.panic, "{} panicked after its write", a.what);
+                Ok(len)
             }
         })
         .request_fn(move |u: Undo, ctx: Context| {
@@ -135,11 +150,15 @@ async fn mediator(journal: Journal, store: Arc<dyn SagaStore>) -> Peer {
                 if u.fail {
                     return Err(Error::handler("test.stuck", "cannot undo"));
                 }
-                j.lock()
-                    .unwrap()
-                    .entry(ctx.correlation_id())
-                    .or_default()
-                    .push(format!("undo {}", u.what));
+                let mut j = j.lock().unwrap();
+                let log = j.entry(ctx.correlation_id()).or_default();
+                let tried = format!("unreachable undo {}", u.what);
+                if log.iter().filter(|w| **w == tried).count() < u.unreachable as usize {
+                    // What NATS answers while the service restarts.
+                    log.push(tried);
+                    return Err(Error::new(ErrorKind::NoHandler, "no responders"));
+                }
+                log.push(format!("undo {}", u.what));
                 Ok(())
             }
         })
@@ -291,6 +310,62 @@ async fn a_step_timeout_compensates() {
     );
     // The charge may have happened (its outcome is unknown): it is undone too.
     assert_eq!(log(&j, id), ["reserve", "undo charge", "undo reserve"]);
+    m.shutdown().await.unwrap();
+}
+
+/// A step whose handler wrote and then panicked: the failure is final, but
+/// not the handler's "no", so the step may have happened and is undone with
+/// the others (a charge kept without its refund otherwise).
+#[tokio::test]
+async fn a_step_that_panics_after_its_effect_is_compensated() {
+    let (j, m) = started().await;
+    let order = Order {
+        panic_at: Some("charge".into()),
+        ..Order::default()
+    };
+    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated);
+    assert_eq!(state.failed_step.as_deref(), Some("charge"));
+    assert!(
+        state
+            .history
+            .iter()
+            .any(|h| h.step == "charge" && h.what == "gave_up"),
+        "{state:?}"
+    );
+    assert_eq!(
+        log(&j, id),
+        ["reserve", "charge", "undo charge", "undo reserve"]
+    );
+    m.shutdown().await.unwrap();
+}
+
+/// A compensation whose service is away for a while ("no responders", more
+/// times than `compensation_retries` allows): asked again until it answers,
+/// not marked failed.
+#[tokio::test]
+async fn a_compensation_through_a_short_outage_still_compensates() {
+    let (j, m) = started().await;
+    let order = Order {
+        fail_at: Some("charge".into()),
+        undo_unreachable: 6,
+        ..Order::default()
+    };
+    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
+    let state = finished(&m, id).await;
+    assert_eq!(state.status, SagaStatus::Compensated, "{state:?}");
+    let log = log(&j, id);
+    assert_eq!(
+        log.iter().filter(|w| w.starts_with("unreachable")).count(),
+        6,
+        "{log:?}"
+    );
+    let done: Vec<&String> = log
+        .iter()
+        .filter(|w| !w.starts_with("unreachable"))
+        .collect();
+    assert_eq!(done, ["reserve", "undo reserve"]);
     m.shutdown().await.unwrap();
 }
 

@@ -245,12 +245,27 @@ struct Driver<'a, D> {
     leader: &'a LeaderContext,
 }
 
-/// Whether a step's failure says what happened: the handler answered with a
-/// non-retryable error (the step did not happen). A timeout, a transport error,
-/// "no responders" (a rolling restart, a NATS failover) or any retryable error
-/// leaves the outcome unknown: the command may have been applied.
-fn is_definite(e: &Error) -> bool {
-    !e.is_retryable() && e.kind() != ErrorKind::NoHandler
+/// Whether asking again may bring a definite answer: a timeout, a transport
+/// error, "no responders" (a rolling restart, a NATS failover) or any other
+/// retryable error. The command may have been applied meanwhile; the same
+/// message id makes a repeat take effect once.
+fn worth_asking_again(e: &Error) -> bool {
+    e.is_retryable() || e.kind() == ErrorKind::NoHandler
+}
+
+/// Whether a failure is the handler's own "no": an error it returned (or a
+/// stored one replayed), a validation failure, a business conflict. Only
+/// then did its effect not happen. Anything else (a panic, a reply that
+/// could not be carried or read, a reused message id, a corrupt stored
+/// outcome, a timeout) leaves the outcome unknown, however final it is: a
+/// step that ends so is compensated with the others.
+fn refused(e: &Error) -> bool {
+    let framework = e.code().is_some_and(|c| c.starts_with("catga."));
+    match e.kind() {
+        ErrorKind::Validation => true,
+        ErrorKind::Handler | ErrorKind::Conflict => !framework,
+        _ => false,
+    }
 }
 
 impl<D: SagaData> Driver<'_, D> {
@@ -400,7 +415,7 @@ impl<D: SagaData> Driver<'_, D> {
             attempt += 1;
             let mut wait = backoff.next_delay();
             let more = attempt <= step.retries || Instant::now() + wait < give_up;
-            if !is_definite(&e) && more {
+            if worth_asking_again(&e) && more {
                 if !budget.withdraw() {
                     // The peer is retrying too much: this step must still reach
                     // an answer, so it waits longer (jittered, within its
@@ -418,7 +433,7 @@ impl<D: SagaData> Driver<'_, D> {
             state.status = SagaStatus::Compensating;
             state.error = Some(e.to_string());
             state.failed_step = Some(step.name.to_string());
-            if is_definite(&e) {
+            if refused(&e) && !worth_asking_again(&e) {
                 state.record(&step.name, "failed", e.to_string());
             } else {
                 // It may have happened: undo it with the steps before it.
@@ -464,6 +479,7 @@ impl<D: SagaData> Driver<'_, D> {
             let attempts = self.saga.compensation_retries.max(1);
             let mut backoff = Backoff::new(self.saga.backoff, Duration::from_secs(10));
             let mut attempt = 1;
+            let give_up = Instant::now() + self.saga.compensation_deadline;
             loop {
                 let meta = self.meta(state, i, "undo", step.timeout)?;
                 let result = undo(self.leader.mediator().clone(), data.clone(), meta).await;
@@ -473,6 +489,16 @@ impl<D: SagaData> Driver<'_, D> {
                 match result {
                     Ok(()) => break,
                     Err(e) if e.code() == Some("catga.stale_fence") => return Err(e),
+                    // Worth asking again (no responders, a timeout, the
+                    // transport or a store away, a "try later"): that does
+                    // not spend the attempts, which are for refusals; asked
+                    // again until the compensation deadline.
+                    Err(e) if worth_asking_again(&e) && Instant::now() < give_up => {
+                        tracing::warn!(saga = %state.saga, id = %state.id, step = %step.name, error = %e, "compensation outcome unknown; asking again");
+                        if !self.pause(backoff.next_delay()).await {
+                            return Ok(());
+                        }
+                    }
                     Err(e) if attempt < attempts => {
                         tracing::warn!(saga = %state.saga, id = %state.id, step = %step.name, attempt, error = %e, "compensation retrying");
                         if !self.pause(backoff.next_delay()).await {

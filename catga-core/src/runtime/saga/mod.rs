@@ -288,6 +288,7 @@ pub struct Saga<D> {
     pub(crate) name: Arc<str>,
     pub(crate) steps: Vec<Step<D>>,
     pub(crate) compensation_retries: u32,
+    pub(crate) compensation_deadline: Duration,
     pub(crate) backoff: Duration,
     pub(crate) max_concurrent: usize,
     pub(crate) poll_interval: Duration,
@@ -311,6 +312,7 @@ impl<D: SagaData> Saga<D> {
             name: name.into(),
             steps: Vec::new(),
             compensation_retries: 5,
+            compensation_deadline: Duration::from_secs(600),
             backoff: Duration::from_millis(100),
             max_concurrent: 64,
             poll_interval: Duration::from_millis(100),
@@ -325,11 +327,26 @@ impl<D: SagaData> Saga<D> {
         self
     }
 
-    /// Attempts of a failing compensation before the saga is marked failed
-    /// (default 5), with exponential backoff from `backoff` (default 100 ms).
+    /// Attempts of a compensation that its handler refuses (an error of its
+    /// own) before the saga is marked failed (default 5), with jittered
+    /// exponential backoff from `backoff` (default 100 ms).
+    ///
+    /// A compensation whose outcome is unknown (no responders, a timeout, a
+    /// transport or store error) is not refused: it is asked again, with the
+    /// same backoff capped at 10 s, for up to
+    /// [`Saga::compensation_deadline`], so a service restarting or cut off
+    /// for a while delays a refund instead of leaving it to an operator.
     pub fn compensation_retries(mut self, retries: u32, backoff: Duration) -> Self {
         self.compensation_retries = retries;
         self.backoff = backoff;
+        self
+    }
+
+    /// How long a compensation whose outcome is unknown is asked again
+    /// before the saga is marked failed for an operator (default 10
+    /// minutes; see [`Saga::compensation_retries`]).
+    pub fn compensation_deadline(mut self, deadline: Duration) -> Self {
+        self.compensation_deadline = deadline;
         self
     }
 
