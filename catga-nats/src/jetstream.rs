@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind, stream};
 use bytes::Bytes;
 use catga_core::backoff::Backoff;
 use catga_core::transport::{Inbound, WireMessage};
-use catga_core::{Error, Result};
+use catga_core::{Error, ErrorKind, Result};
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::admission::Gauge;
 use crate::discovery::Kind;
+use crate::options::JetStreamOptions;
 use crate::protocol::{self, header};
 use crate::serve::receive_span;
 use crate::shared::{Shared, transport_error};
@@ -331,17 +332,17 @@ async fn handle_reliable(
         };
         let result = in_progress(&msg, js.ack_wait, handling).await;
         gauge.record(started.elapsed(), result.as_ref().err());
-        let ack = match result {
-            Ok(()) => msg.ack().await,
-            Err(e) if e.is_retryable() && delivered < js.max_deliveries => {
-                // Full jitter: events that failed together come back apart.
-                let delay = Backoff::new(js.backoff, js.max_backoff)
-                    .cap(delivered)
-                    .mul_f64(fastrand::f64());
+        let ack = match (disposition(&result, delivered, js), result) {
+            (Disposition::Ack, _) => msg.ack().await,
+            (Disposition::Leave, Err(e)) => {
+                tracing::info!(error = %e, delivered, what = stored.what(), "another attempt took it over; leaving the message to it");
+                Ok(())
+            }
+            (Disposition::Nak(delay), Err(e)) => {
                 tracing::warn!(error = %e, delivered, ?delay, what = stored.what(), "failed; redelivering later");
                 msg.ack_with(AckKind::Nak(Some(delay))).await
             }
-            Err(e) => match dead_letter(shared, name, &msg, &e, delivered).await {
+            (_, Err(e)) => match dead_letter(shared, name, &msg, &e, delivered).await {
                 Ok(()) => {
                     tracing::error!(error = %e, delivered, what = stored.what(), "dead-lettered");
                     msg.ack_with(AckKind::Term).await
@@ -351,6 +352,7 @@ async fn handle_reliable(
                     msg.ack_with(AckKind::Nak(Some(js.max_backoff))).await
                 }
             },
+            (_, Ok(())) => msg.ack().await,
         };
         if let Err(e) = ack {
             tracing::warn!(error = %e, "could not acknowledge; JetStream will redeliver");
@@ -358,6 +360,50 @@ async fn handle_reliable(
     }
     .instrument(span)
     .await;
+}
+
+/// What becomes of a stored message once its handling ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Disposition {
+    /// Handled: acknowledged.
+    Ack,
+    /// Offered again after this delay.
+    Nak(Duration),
+    /// Given up on: to the dead letters, then terminated.
+    DeadLetter,
+    /// Neither: another attempt owns it now (this one's claim was taken
+    /// over while it ran). Acknowledging or terminating it would end the
+    /// message under the other attempt, which may still fail and need it.
+    Leave,
+}
+
+/// The disposition of a message delivered `delivered` times (1 the first)
+/// whose handling ended in `result`.
+///
+/// A message whose key another attempt holds (`in_progress`: a copy still
+/// handling it, a claim left by a copy that died or by a store call that
+/// applied after its caller gave up) is offered again after `ack_wait`
+/// (jittered), not after the short failure backoff: by then the holder has
+/// finished or its claim has lapsed, so its deliveries are not spent in a
+/// few seconds and the message dead-lettered without ever being handled.
+fn disposition(result: &Result<()>, delivered: u32, js: &JetStreamOptions) -> Disposition {
+    let Err(e) = result else {
+        return Disposition::Ack;
+    };
+    if e.code() == Some("catga.claim_lost") {
+        return Disposition::Leave;
+    }
+    if !e.is_retryable() || delivered >= js.max_deliveries {
+        return Disposition::DeadLetter;
+    }
+    if e.kind() == ErrorKind::InProgress {
+        return Disposition::Nak(js.ack_wait.mul_f64(1.0 + fastrand::f64() / 2.0));
+    }
+    // Full jitter: messages that failed together come back apart.
+    let delay = Backoff::new(js.backoff, js.max_backoff)
+        .cap(delivered)
+        .mul_f64(fastrand::f64());
+    Disposition::Nak(delay)
 }
 
 /// Runs `work`, telling JetStream every third of `ack_wait` that the message
@@ -439,4 +485,57 @@ async fn dead_letter(
         .await
         .map_err(|e| transport_error(format!("dead-letter ack from `{subject}`: {e}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: ErrorKind) -> Result<()> {
+        Err(Error::new(kind, "failed"))
+    }
+
+    #[test]
+    fn each_outcome_has_its_disposition() {
+        let js = JetStreamOptions {
+            max_deliveries: 3,
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(10),
+            ack_wait: Duration::from_secs(30),
+            ..JetStreamOptions::default()
+        };
+        assert_eq!(disposition(&Ok(()), 1, &js), Disposition::Ack);
+        // A retryable failure: soon, with jitter under the doubled backoff.
+        for _ in 0..100 {
+            let Disposition::Nak(delay) = disposition(&failed(ErrorKind::Store), 2, &js) else {
+                panic!("a retryable failure is offered again");
+            };
+            assert!(delay <= Duration::from_millis(400), "{delay:?}");
+        }
+        // Held by another attempt: after about `ack_wait`, never within the
+        // short backoff that would spend every delivery in seconds.
+        for _ in 0..100 {
+            let Disposition::Nak(delay) = disposition(&failed(ErrorKind::InProgress), 2, &js)
+            else {
+                panic!("a held message is offered again");
+            };
+            assert!(
+                delay >= Duration::from_secs(30) && delay <= Duration::from_secs(45),
+                "{delay:?}"
+            );
+        }
+        // Out of deliveries, or not worth another: the dead letters.
+        assert_eq!(
+            disposition(&failed(ErrorKind::Store), 3, &js),
+            Disposition::DeadLetter
+        );
+        assert_eq!(
+            disposition(&failed(ErrorKind::Validation), 1, &js),
+            Disposition::DeadLetter
+        );
+        // Taken over by another attempt: left to it, whatever the count.
+        let lost = Err(Error::new(ErrorKind::Conflict, "lost").with_code("catga.claim_lost"));
+        assert_eq!(disposition(&lost, 1, &js), Disposition::Leave);
+        assert_eq!(disposition(&lost, 3, &js), Disposition::Leave);
+    }
 }

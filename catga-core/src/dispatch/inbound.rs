@@ -11,7 +11,7 @@ use crate::dispatch::handle::{Inner, Mediator};
 use crate::dispatch::route::{event_route, request_route};
 use crate::error::{Error, ErrorKind, Result};
 use crate::message::{Event, Request};
-use crate::transport::{DEFAULT_REQUEST_TIMEOUT, Inbound, PeerSpec, WireMessage, WireReply};
+use crate::transport::{Inbound, PeerSpec, WireMessage, WireReply};
 
 /// What a transport needs to serve `mediator`: the names it takes and the
 /// way in. The way in holds the mediator weakly: a transport never keeps a
@@ -76,7 +76,9 @@ impl Inbound for MediatorInbound {
             Ok(m) => m,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        message.timeout.get_or_insert(DEFAULT_REQUEST_TIMEOUT);
+        // No timeout: a stored command, worth handling whenever it is
+        // delivered (a transport that serves live requests without one sets
+        // its default when it receives them).
         if let Err(e) = admit_deadline(&mut message, mediator.inner.max_inbound_timeout) {
             return Box::pin(std::future::ready(Err(e)));
         }

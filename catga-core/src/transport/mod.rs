@@ -134,6 +134,11 @@ pub struct PeerSpec {
 /// Receives messages a transport delivers to this peer (implemented by the mediator).
 pub trait Inbound: Send + Sync + 'static {
     /// Handles an incoming request and returns the reply or the error to send back.
+    ///
+    /// The message's `timeout` is its deadline, counted from now; `None` is
+    /// none at all (a stored command, handled whenever it is delivered). A
+    /// transport that receives live requests without a timeout gives them its
+    /// default ([`DEFAULT_REQUEST_TIMEOUT`]) before handing them in.
     fn request(&self, message: WireMessage) -> BoxFuture<'static, Result<WireReply>>;
     /// Handles an incoming event.
     fn event(&self, message: WireMessage) -> BoxFuture<'static, Result<()>>;

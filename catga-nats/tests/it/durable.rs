@@ -196,3 +196,83 @@ async fn a_handler_slower_than_ack_wait_keeps_its_message_and_runs_once() {
     assert_eq!(dead, 0, "nothing dead-lettered");
     peer.shutdown().await.unwrap();
 }
+
+/// A stored command whose key another attempt holds (a claim left behind by a
+/// copy that died, or by a store call that applied after its caller gave up)
+/// is offered again after `ack_wait`, not spent in a few quick redeliveries
+/// and dead-lettered unhandled: it runs, once, when the claim lapses, and with
+/// no deadline (a stored command is worth handling whenever it is delivered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_deadline() {
+    use catga_core::store::{IdempotencyStore, MemoryIdempotencyStore};
+
+    let server = NatsServer::start();
+    let store = MemoryIdempotencyStore::new();
+    let id = catga_core::new_id();
+    // Nobody will complete this claim; it lapses after 3 s.
+    store
+        .claim(&format!("test.Ship:{id}"), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let nats =
+        catga_nats::NatsTransport::connect(options(&[server.url()]).jetstream(JetStreamOptions {
+            max_deliveries: 4,
+            backoff: Duration::from_millis(20),
+            ack_wait: Duration::from_secs(2),
+            ..JetStreamOptions::default()
+        }))
+        .await
+        .unwrap();
+    let counted = handled.clone();
+    let deadlines = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = deadlines.clone();
+    let peer = Catga::builder()
+        .service("shipping")
+        .transport(nats)
+        .idempotency_with(store, |i| i.wait(Duration::from_millis(200)))
+        .idempotent::<Ship>()
+        .request_fn(move |_: Ship, ctx: catga_core::Context| {
+            let counted = counted.clone();
+            seen.lock().unwrap().push(ctx.deadline());
+            async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    peer.mediator()
+        .send_durable_with(
+            Ship {
+                order: 1,
+                poison: false,
+            },
+            catga_core::Metadata::new().with_message_id(id),
+        )
+        .await
+        .unwrap();
+    eventually("the command, once its claim lapsed", || {
+        handled.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 1, "once");
+    // A stored command has no deadline: it is worth handling whenever it
+    // is delivered, however long it takes.
+    assert_eq!(*deadlines.lock().unwrap(), [None]);
+    let nats = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let dead = js
+        .get_stream("CATGA_DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(dead, 0, "nothing dead-lettered");
+    peer.shutdown().await.unwrap();
+}
