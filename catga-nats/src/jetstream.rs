@@ -119,15 +119,24 @@ impl Shared {
         headers.insert(header::NATS_MSG_ID, protocol::uuid_value(msg.message_id));
         // For the error: an event's `.rel.` subject or a command's `.cmd.` one.
         let shown = subject.clone();
+        let size = msg.payload.len();
         let acked = match self
             .js
             .publish_with_headers(subject, headers, msg.payload)
             .await
         {
-            Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(ack) => ack.await.map(drop),
+            Err(e) => Err(e),
         };
-        acked.map_err(|why| Shared::publish_error(msg.name, &shown, why))
+        acked.map_err(|e| {
+            if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded {
+                // Storing it again cannot help: an outbox relay dead-letters
+                // it instead of stalling on it.
+                let why = format!("{size} bytes is over the server's max_payload");
+                return Shared::publish_error(msg.name, &shown, why).with_retryable(false);
+            }
+            Shared::publish_error(msg.name, &shown, e.to_string())
+        })
     }
 }
 

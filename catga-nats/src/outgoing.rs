@@ -160,15 +160,15 @@ impl Shared {
                 .publish_with_headers(subject, headers, payload)
                 .map(move |sent| {
                     sent.map_err(|e| {
-                        let why = if e.kind()
-                            == async_nats::client::PublishErrorKind::MaxPayloadExceeded
-                        {
-                            format!("{size} bytes is over the server's max_payload")
-                        } else {
-                            e.to_string()
-                        };
                         let subject = protocol::event_subject(self.prefix(), &name);
-                        Shared::publish_error(name, &subject, why)
+                        if e.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded {
+                            // Sending it again cannot help: an outbox relay
+                            // dead-letters it instead of stalling on it.
+                            let why = format!("{size} bytes is over the server's max_payload");
+                            return Shared::publish_error(name, &subject, why)
+                                .with_retryable(false);
+                        }
+                        Shared::publish_error(name, &subject, e.to_string())
                     })
                 }),
         )

@@ -178,6 +178,50 @@ async fn oversize_messages_get_a_clear_error() {
     assert_eq!(client.send(Blob { data: "ok".into() }).await.unwrap(), 2);
 }
 
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct BigNews {
+    data: String,
+}
+impl catga_core::Message for BigNews {
+    const NAME: &'static str = "test.BigNews";
+}
+impl catga_core::Event for BigNews {}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct BigRecord {
+    data: String,
+}
+impl catga_core::Message for BigRecord {
+    const NAME: &'static str = "test.BigRecord";
+}
+impl catga_core::Event for BigRecord {
+    const RELIABLE: bool = true;
+}
+
+/// An event over `max_payload`, core or stored, is refused for good (not
+/// retryable): sending it again cannot help, so an outbox relay dead-letters
+/// it instead of taking it for a transport outage and stalling behind it.
+#[tokio::test]
+async fn oversize_events_are_refused_for_good() {
+    let server = NatsServer::start();
+    let client = client(&[server.url()]).await;
+    let big = "x".repeat(2 * 1024 * 1024);
+    let core = client
+        .publish(BigNews { data: big.clone() })
+        .await
+        .unwrap_err();
+    let stored = client.publish(BigRecord { data: big }).await.unwrap_err();
+    for err in [core, stored] {
+        assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+        assert!(!err.is_retryable(), "{err}");
+        assert!(err.to_string().contains("max_payload"), "{err}");
+    }
+    client
+        .publish(BigRecord { data: "ok".into() })
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn the_callers_timeout_is_the_handlers_deadline_and_the_default_applies_when_absent() {
     let server = NatsServer::start();
