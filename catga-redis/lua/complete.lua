@@ -17,7 +17,16 @@
 -- then     number of writes w (absent: 0), and w writes of 4 fields each:
 --          operation (set, del, hset, hdel, incr, hincr, rpush), key index, two
 --          arguments
--- Returns 'ok', 'lost' (the claim is not this attempt's) or 'cond:<key index>'.
+-- Returns 'ok', 'lost' (the claim is not this attempt's), 'cond:<key index>'
+-- or 'type:<key index>' (a write that does not fit what its key holds: a
+-- hash write to a list, an increment of what is not an integer; nothing is
+-- written).
+--
+-- Redis keeps what a script wrote before an error, so no write may fail
+-- halfway: the writes after the first are checked against the types (and
+-- the numbers they increment) before anything is written, and the first is
+-- made with pcall (nothing precedes it). A unit of one write, the common
+-- case, costs no check.
 if redis.call('GET', KEYS[1]) ~= 'p:' .. ARGV[1] then
   return 'lost'
 end
@@ -47,23 +56,71 @@ end
 at = at + c * 4
 local w = tonumber(ARGV[at] or '0')
 at = at + 1
+local wants = {
+  set = 'any', del = 'any', hset = 'hash', hdel = 'hash', hincr = 'hash',
+  incr = 'string', rpush = 'list',
+}
+local function integer(v)
+  return v == false or (#v <= 20 and string.match(v, '^%-?%d+$') ~= nil)
+end
+-- The type a write leaves its key with.
+local function leaves(op)
+  if op == 'del' then
+    return 'none'
+  elseif wants[op] == 'any' then
+    return 'string'
+  end
+  return wants[op]
+end
+-- The type of each key once the writes before the one checked are made.
+local after = {}
+if w > 0 then
+  after[KEYS[tonumber(ARGV[at + 1])]] = leaves(ARGV[at])
+end
+for i = 1, w - 1 do
+  local b = at + i * 4
+  local op, index, x = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local key = KEYS[tonumber(index)]
+  local now = after[key]
+  if now == nil then
+    now = redis.call('TYPE', key)['ok']
+    if op == 'incr' and now == 'string' and not integer(redis.call('GET', key)) then
+      return 'type:' .. index
+    end
+    if op == 'hincr' and now == 'hash' and not integer(redis.call('HGET', key, x)) then
+      return 'type:' .. index
+    end
+  end
+  if wants[op] ~= 'any' and now ~= 'none' and now ~= wants[op] then
+    return 'type:' .. index
+  end
+  after[key] = leaves(op)
+end
 for i = 0, w - 1 do
   local b = at + i * 4
   local op, key, x, y = ARGV[b], KEYS[tonumber(ARGV[b + 1])], ARGV[b + 2], ARGV[b + 3]
+  local call = redis.call
+  if i == 0 then
+    call = redis.pcall
+  end
+  local r
   if op == 'set' then
-    redis.call('SET', key, x)
+    r = call('SET', key, x)
   elseif op == 'del' then
-    redis.call('DEL', key)
+    r = call('DEL', key)
   elseif op == 'hset' then
-    redis.call('HSET', key, x, y)
+    r = call('HSET', key, x, y)
   elseif op == 'hdel' then
-    redis.call('HDEL', key, x)
+    r = call('HDEL', key, x)
   elseif op == 'incr' then
-    redis.call('INCRBY', key, x)
+    r = call('INCRBY', key, x)
   elseif op == 'hincr' then
-    redis.call('HINCRBY', key, x, y)
+    r = call('HINCRBY', key, x, y)
   elseif op == 'rpush' then
-    redis.call('RPUSH', key, x)
+    r = call('RPUSH', key, x)
+  end
+  if type(r) == 'table' and r.err then
+    return 'type:' .. ARGV[b + 1]
   end
 end
 redis.call('SET', KEYS[1], 'c:' .. ARGV[2], 'PX', ARGV[3])

@@ -175,23 +175,24 @@ impl IdempotencyStore for RedisStore {
                 Value::SimpleString(s) => s.as_bytes(),
                 _ => b"",
             };
+            // `cond:<i>` / `type:<i>`: the unit of work's key at KEYS[i] (1-based,
+            // after the idempotency key and the outbox).
+            let (what, index) = std::str::from_utf8(outcome)
+                .ok()
+                .and_then(|o| o.split_once(':'))
+                .map_or(("", 3), |(what, i)| (what, i.parse::<usize>().unwrap_or(3)));
+            let key = || {
+                work_keys
+                    .get(index.saturating_sub(3))
+                    .copied()
+                    .unwrap_or("?")
+                    .to_owned()
+            };
             Ok(match outcome {
                 b"ok" => Completed::Stored,
                 b"lost" => Completed::ClaimLost,
-                other => {
-                    let index = std::str::from_utf8(other)
-                        .ok()
-                        .and_then(|o| o.strip_prefix("cond:"))
-                        .and_then(|i| i.parse::<usize>().ok())
-                        .unwrap_or(3);
-                    let key = work_keys
-                        .get(index.saturating_sub(3))
-                        .copied()
-                        .unwrap_or("?");
-                    Completed::ConditionFailed {
-                        key: key.to_owned(),
-                    }
-                }
+                _ if what == "type" => Completed::WrongType { key: key() },
+                _ => Completed::ConditionFailed { key: key() },
             })
         })
     }

@@ -81,6 +81,14 @@ pub enum Completed {
         /// The key whose value differed.
         key: String,
     },
+    /// A write of the unit of work does not fit what its key holds (a hash
+    /// write to a list, an increment of what is not an integer): nothing was
+    /// stored, the claim is still held. Trying again cannot help until the
+    /// data or the handler changes.
+    WrongType {
+        /// The key the write does not fit.
+        key: String,
+    },
 }
 
 /// Keeps claims and completed responses per key (handler scope + message id).
@@ -187,11 +195,13 @@ enum Value {
     List(Vec<Bytes>),
 }
 
-fn as_int(value: Option<&Bytes>) -> i64 {
-    value
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
+/// The integer a value holds: `Some(0)` when absent, `None` when it is not
+/// an integer (as Redis refuses to increment it).
+fn as_int(value: Option<&Bytes>) -> Option<i64> {
+    match value {
+        None => Some(0),
+        Some(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+    }
 }
 
 fn int_bytes(n: i64) -> Bytes {
@@ -212,8 +222,10 @@ fn holds(state: &HashMap<String, Value>, condition: &Condition) -> bool {
     }
 }
 
-/// Applies `write` to `state`; a write to a key of another type replaces it.
-fn apply(state: &mut HashMap<String, Value>, write: &Write) {
+/// Applies `write` to `state`, or refuses it as Redis would: a write that
+/// does not fit what its key holds (a hash write to a list, an increment of
+/// what is not an integer, or past the 64-bit range).
+fn apply(state: &mut HashMap<String, Value>, write: &Write) -> Option<()> {
     match write {
         Write::Set { key, value } => {
             state.insert(key.clone(), Value::Bytes(value.clone()));
@@ -222,10 +234,10 @@ fn apply(state: &mut HashMap<String, Value>, write: &Write) {
             state.remove(key);
         }
         Write::HashSet { key, field, value } => {
-            hash_of(state, key).insert(field.clone(), value.clone());
+            hash_of(state, key)?.insert(field.clone(), value.clone());
         }
         Write::HashDelete { key, field } => {
-            hash_of(state, key).remove(field);
+            hash_of(state, key)?.remove(field);
         }
         Write::Increment {
             key,
@@ -233,19 +245,20 @@ fn apply(state: &mut HashMap<String, Value>, write: &Write) {
             by,
         } => {
             let now = match state.get(key) {
-                Some(Value::Bytes(b)) => as_int(Some(b)),
-                _ => 0,
+                None => 0,
+                Some(Value::Bytes(b)) => as_int(Some(b))?,
+                Some(Value::Hash(_) | Value::List(_)) => return None,
             };
-            state.insert(key.clone(), Value::Bytes(int_bytes(now + by)));
+            state.insert(key.clone(), Value::Bytes(int_bytes(now.checked_add(*by)?)));
         }
         Write::Increment {
             key,
             field: Some(field),
             by,
         } => {
-            let h = hash_of(state, key);
-            let now = as_int(h.get(field));
-            h.insert(field.clone(), int_bytes(now + by));
+            let h = hash_of(state, key)?;
+            let now = as_int(h.get(field))?;
+            h.insert(field.clone(), int_bytes(now.checked_add(*by)?));
         }
         Write::Append { key, value } => {
             let entry = state
@@ -253,22 +266,24 @@ fn apply(state: &mut HashMap<String, Value>, write: &Write) {
                 .or_insert_with(|| Value::List(Vec::new()));
             match entry {
                 Value::List(list) => list.push(value.clone()),
-                other => *other = Value::List(vec![value.clone()]),
+                Value::Bytes(_) | Value::Hash(_) => return None,
             }
         }
     }
+    Some(())
 }
 
-fn hash_of<'s>(state: &'s mut HashMap<String, Value>, key: &str) -> &'s mut HashMap<String, Bytes> {
-    let entry = state
+/// The hash at `key` (made when absent), or `None` when `key` holds another type.
+fn hash_of<'s>(
+    state: &'s mut HashMap<String, Value>,
+    key: &str,
+) -> Option<&'s mut HashMap<String, Bytes>> {
+    match state
         .entry(key.to_owned())
-        .or_insert_with(|| Value::Hash(HashMap::new()));
-    if let Value::Bytes(_) | Value::List(_) = entry {
-        *entry = Value::Hash(HashMap::new());
-    }
-    match entry {
-        Value::Hash(h) => h,
-        Value::Bytes(_) | Value::List(_) => unreachable!("replaced by a hash above"),
+        .or_insert_with(|| Value::Hash(HashMap::new()))
+    {
+        Value::Hash(h) => Some(h),
+        Value::Bytes(_) | Value::List(_) => None,
     }
 }
 
@@ -413,8 +428,24 @@ impl IdempotencyStore for MemoryIdempotencyStore {
             let key = failed.key().to_owned();
             return Box::pin(std::future::ready(Ok(Completed::ConditionFailed { key })));
         }
+        // On a copy of what the writes touch, so that a write that does not
+        // fit leaves nothing written.
+        let keys = completion.work.keys();
+        let mut touched: HashMap<String, Value> = keys
+            .iter()
+            .filter_map(|k| Some(((*k).to_owned(), state.get(*k)?.clone())))
+            .collect();
         for write in completion.work.writes() {
-            apply(&mut state, write);
+            if apply(&mut touched, write).is_none() {
+                let key = write.key().to_owned();
+                return Box::pin(std::future::ready(Ok(Completed::WrongType { key })));
+            }
+        }
+        for k in keys {
+            match touched.remove(k) {
+                Some(v) => state.insert(k.to_owned(), v),
+                None => state.remove(k),
+            };
         }
         drop(state);
         self.outbox.append_now(completion.events);

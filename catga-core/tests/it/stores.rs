@@ -5,7 +5,7 @@ use std::time::Duration;
 use catga_core::Uuid;
 use catga_core::store::{
     Claim, Completed, Completion, IdempotencyStore, LockStore, MemoryIdempotencyStore,
-    MemoryLockStore, MemoryOutboxStore, OutboxRecord, OutboxStore,
+    MemoryLockStore, MemoryOutboxStore, OutboxRecord, OutboxStore, UnitOfWork,
 };
 
 #[tokio::test(start_paused = true)]
@@ -199,4 +199,64 @@ async fn outbox_hands_entries_out_once_and_reclaims_idle_ones() {
     .unwrap();
     assert_eq!(s.backlog().await.unwrap(), 0);
     assert_eq!(s.dead_letters().len(), 1);
+}
+
+/// Completes a fresh claim of `key` with `work` (and one event).
+async fn complete_with(s: &MemoryIdempotencyStore, key: &str, work: UnitOfWork) -> Completed {
+    let Claim::Acquired { token } = IdempotencyStore::claim(s, key, Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let done = Completion::new("resp".into(), Duration::from_secs(60))
+        .events(vec![record(1)])
+        .work(work);
+    s.complete(key, &token, done).await.unwrap()
+}
+
+/// A write that does not fit what its key holds (an increment of text, a
+/// hash write to a list) fails the completion with nothing written: not the
+/// writes before it, not the record, not the events. Redis's script checks
+/// the same before its first write (catga-redis has the twin of this test).
+#[tokio::test]
+async fn a_write_that_does_not_fit_its_key_writes_nothing() {
+    let s = MemoryIdempotencyStore::new();
+    let setup = UnitOfWork::new().set("acct", "ten").append("orders", "o1");
+    assert_eq!(complete_with(&s, "setup", setup).await, Completed::Stored);
+    let events = s.outbox().backlog().await.unwrap();
+
+    let unfit = UnitOfWork::new().append("ledger", "x").increment("acct", 5);
+    assert_eq!(
+        complete_with(&s, "k1", unfit).await,
+        Completed::WrongType { key: "acct".into() }
+    );
+    let unfit = UnitOfWork::new()
+        .increment("count", 1)
+        .hash_set("orders", "f", "v");
+    assert_eq!(
+        complete_with(&s, "k2", unfit).await,
+        Completed::WrongType {
+            key: "orders".into()
+        }
+    );
+    assert!(s.list("ledger").is_empty(), "no write before the unfit one");
+    assert_eq!(s.get("count"), None);
+    assert_eq!(s.get("acct").as_deref(), Some(&b"ten"[..]));
+    assert_eq!(s.list("orders").len(), 1);
+    assert_eq!(s.outbox().backlog().await.unwrap(), events, "no event");
+    assert_eq!(
+        IdempotencyStore::claim(&s, "k1", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Claim::InProgress,
+        "nothing stored; the claim is still held"
+    );
+    // Writes that fit are applied.
+    let fit = UnitOfWork::new()
+        .increment("count", 2)
+        .append("ledger", "y");
+    assert_eq!(complete_with(&s, "k3", fit).await, Completed::Stored);
+    assert_eq!(s.get("count").as_deref(), Some(&b"2"[..]));
+    assert_eq!(s.list("ledger").len(), 1);
 }

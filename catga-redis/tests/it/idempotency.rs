@@ -366,3 +366,124 @@ async fn a_password_protected_redis_is_used_with_the_urls_credentials() {
         "nothing ran unauthenticated"
     );
 }
+
+/// Completes a fresh claim of `key` with `work` and one event.
+async fn complete_with(
+    s: &RedisStore,
+    key: &str,
+    work: catga_core::store::UnitOfWork,
+) -> Completed {
+    let Claim::Acquired { token } = IdempotencyStore::claim(s, key, Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let event = catga_core::store::OutboxRecord {
+        name: "test.Charged".into(),
+        payload: vec![1].into(),
+        content_type: "application/msgpack".into(),
+        message_id: catga_core::new_id(),
+        correlation_id: catga_core::new_id(),
+        causation_id: None,
+        headers: Vec::new(),
+    };
+    let done = Completion::new("resp".into(), Duration::from_secs(60))
+        .events(vec![event])
+        .work(work);
+    s.complete(key, &token, done).await.unwrap()
+}
+
+/// A write that does not fit what its key holds (an increment of text, a
+/// hash write to a list) fails the completion with nothing written. Redis
+/// keeps what a script wrote before an error: without the script's check
+/// before its first write, the ledger line before the failing increment
+/// would stay, and be written again by every retry.
+#[tokio::test]
+async fn a_write_that_does_not_fit_its_key_writes_nothing() {
+    use catga_core::store::{OutboxStore, UnitOfWork};
+
+    let server = RedisServer::start();
+    let s = RedisStore::connect(RedisOptions::new(server.url()).outbox_shards(1))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let (acct, orders) = (
+        s.partition_key("o-1", "acct"),
+        s.partition_key("o-1", "orders"),
+    );
+    let (ledger, count) = (
+        s.partition_key("o-1", "ledger"),
+        s.partition_key("o-1", "count"),
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&acct)
+        .arg("ten")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg(&orders)
+        .arg("o1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+
+    let unfit = UnitOfWork::new()
+        .append(ledger.clone(), "x")
+        .increment(acct.clone(), 5);
+    assert_eq!(
+        complete_with(&s, "{o-1}k1", unfit).await,
+        Completed::WrongType { key: acct.clone() }
+    );
+    // The first write itself unfit (made with pcall, nothing before it).
+    let unfit = UnitOfWork::new().hash_set(orders.clone(), "f", "v");
+    assert_eq!(
+        complete_with(&s, "{o-1}k2", unfit).await,
+        Completed::WrongType {
+            key: orders.clone()
+        }
+    );
+    let unfit = UnitOfWork::new()
+        .increment(count.clone(), 1)
+        .hash_set(orders.clone(), "f", "v");
+    assert_eq!(
+        complete_with(&s, "{o-1}k3", unfit).await,
+        Completed::WrongType {
+            key: orders.clone()
+        }
+    );
+    let lines: i64 = redis::cmd("LLEN")
+        .arg(&ledger)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(lines, 0, "no write before the unfit one");
+    let counted: Option<String> = redis::cmd("GET")
+        .arg(&count)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(counted, None);
+    assert_eq!(s.backlog().await.unwrap(), 0, "no event");
+    assert_eq!(
+        IdempotencyStore::claim(&s, "{o-1}k1", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Claim::InProgress,
+        "nothing stored; the claim is still held"
+    );
+    // Writes that fit are applied.
+    let fit = UnitOfWork::new()
+        .increment(count.clone(), 2)
+        .append(ledger.clone(), "y");
+    assert_eq!(complete_with(&s, "{o-1}k4", fit).await, Completed::Stored);
+    let counted: Option<String> = redis::cmd("GET")
+        .arg(&count)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(counted.as_deref(), Some("2"));
+    assert_eq!(s.backlog().await.unwrap(), 1);
+}

@@ -310,6 +310,24 @@ impl Idempotency {
                 return result;
             }
             Completed::ConditionFailed { key: changed } => changed,
+            Completed::WrongType { key: unfit } => {
+                // Nothing was written; the next attempt would fail the same.
+                if let Err(e) = self.store.release(key, token).await {
+                    tracing::warn!(key, error = %e, "could not release idempotency claim; it expires with its lease");
+                }
+                return Err(Error::new(
+                    ErrorKind::Store,
+                    format!(
+                        "a staged write of message {} of `{}` does not fit what `{unfit}` holds \
+                         (another type, or not an integer to increment); nothing was written",
+                        ctx.message_id(),
+                        env.name()
+                    ),
+                )
+                .with_code("catga.wrong_type")
+                .with_retryable(false)
+                .with_message_name(env.name()));
+            }
             _ => return Err(claim_lost(&env)),
         };
         // Nothing was written: the next attempt reads the state again.
