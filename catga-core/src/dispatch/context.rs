@@ -61,11 +61,32 @@ pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Events held back until the handler's result is stored.
-pub(crate) type OutboxBuffer = Arc<Mutex<Vec<OutboxRecord>>>;
+/// Events held back until the handler's result is stored; `None` once the
+/// attempt that held them ended (what comes later cannot commit with it).
+pub(crate) type OutboxBuffer = Arc<Mutex<Option<Vec<OutboxRecord>>>>;
 
-/// Writes staged until the handler's result is stored.
-pub(crate) type WorkBuffer = Arc<Mutex<UnitOfWork>>;
+/// Writes staged until the handler's result is stored; `None` once the
+/// attempt that staged them ended.
+pub(crate) type WorkBuffer = Arc<Mutex<Option<UnitOfWork>>>;
+
+/// Takes what an attempt held in `buffer` and closes it: whatever is held
+/// later (a task the handler spawned, still running) is refused.
+pub(crate) fn close<T>(buffer: &Mutex<Option<T>>) -> Option<T> {
+    buffer.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The error of something held back after its attempt ended.
+fn too_late(what: &str, name: &'static str) -> crate::Error {
+    crate::Error::new(
+        crate::ErrorKind::Config,
+        format!(
+            "{what} after the handler of `{name}` returned (from a task it spawned?): it can no \
+             longer commit with the handler's result; do it before the handler returns, or \
+             through `ctx.mediator()` when it need not be atomic with the result"
+        ),
+    )
+    .with_message_name(name)
+}
 
 impl Context {
     pub(crate) fn new(mediator: Mediator, meta: Metadata, name: &'static str) -> Self {
@@ -97,7 +118,7 @@ impl Context {
     /// attempt on this context staged (and did not commit) is dropped.
     pub(crate) fn hold_work(&self) -> WorkBuffer {
         let buffer = self.work.get_or_init(WorkBuffer::default).clone();
-        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = UnitOfWork::new();
+        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = Some(UnitOfWork::new());
         buffer
     }
 
@@ -122,7 +143,10 @@ impl Context {
             .with_message_name(self.name));
         };
         let mut staged = buffer.lock().unwrap_or_else(|p| p.into_inner());
-        *staged = std::mem::take(&mut *staged).merge(work);
+        let Some(staged) = staged.as_mut() else {
+            return Err(too_late("writes were staged", self.name));
+        };
+        *staged = std::mem::take(staged).merge(work);
         Ok(())
     }
 
@@ -131,7 +155,7 @@ impl Context {
     /// commit) is dropped.
     pub(crate) fn hold_events(&self) -> OutboxBuffer {
         let buffer = self.outbox.get_or_init(OutboxBuffer::default).clone();
-        buffer.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
         buffer
     }
 
@@ -178,10 +202,10 @@ impl Context {
                 .chain(mark.map(|h| (h.to_owned(), "true".to_owned())))
                 .collect(),
         };
-        buffer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(record);
+        match buffer.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(held) => held.push(record),
+            None => return Err(too_late(&format!("`{}` was published", M::NAME), self.name)),
+        }
         Ok(())
     }
 

@@ -717,3 +717,52 @@ async fn events_published_by_a_handler_carry_no_deadline() {
     .unwrap();
     assert_eq!(*seen.lock().unwrap(), [true]);
 }
+
+/// An event published, or a write staged, through the context after the
+/// handler returned (from a task it spawned) cannot commit with the
+/// handler's result: it fails, instead of being kept where nothing reads it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_handler_holds_back_after_it_returned_is_refused_not_lost() {
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let m = Catga::builder()
+        .behavior(Idempotency::new(store.clone()))
+        .outbox_without_relay(store.outbox())
+        .request_fn(move |_: Deposit, ctx: Context| {
+            let tx = tx.lock().unwrap().take();
+            async move {
+                ctx.publish(Happened { n: 1 }).await?;
+                let late = ctx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let published = late.publish(Happened { n: 2 }).await;
+                    let staged = late.stage(UnitOfWork::new().set("late", "1"));
+                    if let Some(tx) = tx {
+                        let _ = tx.send((published, staged));
+                    }
+                });
+                Ok(0)
+            }
+        })
+        .build()
+        .unwrap();
+    let deposit = Deposit {
+        account: "cy".into(),
+        cents: 1,
+        flaky: false,
+    };
+    m.send(deposit).await.unwrap();
+    let (published, staged) = rx.await.unwrap();
+    for e in [published.unwrap_err(), staged.unwrap_err()] {
+        assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+        assert!(e.to_string().contains("after the handler"), "{e}");
+    }
+    use catga_core::store::OutboxStore;
+    assert_eq!(
+        store.outbox().backlog().await.unwrap(),
+        1,
+        "the event published in time, alone"
+    );
+    assert_eq!(store.get("late"), None);
+}

@@ -250,6 +250,10 @@ impl Idempotency {
             None => Box::pin(self.renewing(handler, key, token, &lost)).await,
         };
         unfinished.finished = true;
+        // What the handler held back, taken now that it returned: anything
+        // held later (a task it spawned) is refused, not kept unread.
+        let held = held.and_then(|buffer| crate::dispatch::context::close(&buffer));
+        let staged = crate::dispatch::context::close(&staged).unwrap_or_default();
         if lost.load(Ordering::Relaxed) {
             // The key may hold another attempt's claim by now: complete() below
             // confirms it and stores nothing, but a release must not run either.
@@ -292,14 +296,10 @@ impl Idempotency {
         // Events and staged writes commit only with a success.
         let mut completion = Completion::new(bytes.into(), self.retention);
         if result.is_ok() {
-            if let Some(buffer) = held {
-                completion = completion.events(std::mem::take(
-                    &mut *buffer.lock().unwrap_or_else(|p| p.into_inner()),
-                ));
+            if let Some(events) = held {
+                completion = completion.events(events);
             }
-            completion = completion.work(std::mem::take(
-                &mut *staged.lock().unwrap_or_else(|p| p.into_inner()),
-            ));
+            completion = completion.work(staged);
         }
         let stored_events = !completion.events.is_empty();
         let changed = match self.store.complete(key, token, completion).await? {
