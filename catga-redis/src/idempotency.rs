@@ -81,6 +81,25 @@ fn claim_error(key: &str, e: redis::RedisError) -> Error {
     store_error(&format!("claiming `{key}`"), e)
 }
 
+/// What a claim found under `idem`: `previous`, the value before the claim's
+/// `SET NX GET` (`pending` is the value the claim set, `p:` and `token`).
+fn claimed(idem: &str, previous: Option<Vec<u8>>, pending: &[u8], token: String) -> Result<Claim> {
+    match previous {
+        None => Ok(Claim::Acquired { token }),
+        // Our own claim: the command ran twice (a client that sends it again
+        // after a dropped connection, as the cluster client does), and the
+        // first run took the key.
+        Some(v) if v == pending => Ok(Claim::Acquired { token }),
+        Some(v) if v.starts_with(b"p:") => Ok(Claim::InProgress),
+        Some(v) if v.starts_with(b"c:") => Ok(Claim::Completed(Bytes::from(v).slice(2..))),
+        Some(_) => Err(Error::store(format!(
+            "the value under `{idem}` is not a Catga idempotency record; delete the key if it \
+             was written by something else"
+        ))
+        .with_retryable(false)),
+    }
+}
+
 impl IdempotencyStore for RedisStore {
     fn claim<'a>(&'a self, key: &'a str, lease: Duration) -> BoxFuture<'a, Result<Claim>> {
         Box::pin(async move {
@@ -97,7 +116,7 @@ impl IdempotencyStore for RedisStore {
             let previous: Option<Vec<u8>> = set
                 .arg("SET")
                 .arg(&idem)
-                .arg(pending)
+                .arg(&pending)
                 .arg("NX")
                 .arg("PX")
                 .arg(ms(lease))
@@ -105,16 +124,7 @@ impl IdempotencyStore for RedisStore {
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| claim_error(&idem, e))?;
-            match previous {
-                None => Ok(Claim::Acquired { token }),
-                Some(v) if v.starts_with(b"p:") => Ok(Claim::InProgress),
-                Some(v) if v.starts_with(b"c:") => Ok(Claim::Completed(Bytes::from(v).slice(2..))),
-                Some(_) => Err(Error::store(format!(
-                    "the value under `{idem}` is not a Catga idempotency record; delete the key \
-                     if it was written by something else"
-                ))
-                .with_retryable(false)),
-            }
+            claimed(&idem, previous, &pending, token)
         })
     }
 
@@ -239,6 +249,22 @@ impl IdempotencyStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claim_that_finds_its_own_pending_value_holds_the_key() {
+        let claim = |previous: Option<&[u8]>| {
+            claimed("k", previous.map(<[u8]>::to_vec), b"p:mine", "mine".into()).unwrap()
+        };
+        let ours = Claim::Acquired {
+            token: "mine".into(),
+        };
+        assert_eq!(claim(None), ours);
+        // Sent twice, applied twice: the second run finds the first's value.
+        assert_eq!(claim(Some(b"p:mine")), ours);
+        assert_eq!(claim(Some(b"p:theirs")), Claim::InProgress);
+        assert_eq!(claim(Some(b"c:done")), Claim::Completed("done".into()));
+        assert!(claimed("k", Some(b"junk".to_vec()), b"p:mine", "mine".into()).is_err());
+    }
 
     #[test]
     fn a_server_without_set_nx_get_is_a_non_retryable_error_that_names_the_version() {

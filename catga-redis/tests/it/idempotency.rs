@@ -487,3 +487,58 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
     assert_eq!(counted.as_deref(), Some("2"));
     assert_eq!(s.backlog().await.unwrap(), 1);
 }
+
+/// A completion that runs twice (a client that sends the script again after
+/// a dropped connection, as the cluster client does) finds its own record
+/// and reports it stored, not `claim_lost`; another attempt's record is
+/// still `claim_lost`.
+#[tokio::test]
+async fn a_completion_sent_twice_is_stored_once_and_reported_stored() {
+    use catga_core::store::UnitOfWork;
+
+    let backend = Backend::single();
+    let s = backend.store().await;
+    let ledger = s.partition_key("o-2", "ledger");
+    let Claim::Acquired { token } = IdempotencyStore::claim(&s, "{o-2}k", Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let plain = || Completion::new("resp".into(), Duration::from_secs(60));
+    let full = || plain().work(UnitOfWork::new().append(ledger.clone(), "x"));
+    assert_eq!(
+        s.complete("{o-2}k", &token, full()).await.unwrap(),
+        Completed::Stored
+    );
+    assert_eq!(
+        s.complete("{o-2}k", &token, full()).await.unwrap(),
+        Completed::Stored,
+        "the full script, again"
+    );
+    assert_eq!(
+        s.complete("{o-2}k", &token, plain()).await.unwrap(),
+        Completed::Stored,
+        "the short script, again"
+    );
+    let other = Completion::new("another".into(), Duration::from_secs(60));
+    assert_eq!(
+        s.complete("{o-2}k", &token, other).await.unwrap(),
+        Completed::ClaimLost
+    );
+    let url = match &backend {
+        Backend::Single(server) => server.url(),
+        Backend::Cluster(_) => unreachable!(),
+    };
+    let mut raw = redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let lines: i64 = redis::cmd("LLEN")
+        .arg(&ledger)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(lines, 1, "written once");
+}
