@@ -27,14 +27,7 @@
 -- the numbers they increment) before anything is written, and the first is
 -- made with pcall (nothing precedes it). A unit of one write, the common
 -- case, costs no check.
-local now = redis.call('GET', KEYS[1])
-if now ~= 'p:' .. ARGV[1] then
-  if now == 'c:' .. ARGV[2] then
-    -- Stored already, this very record: the script ran twice (a client that
-    -- sends it again after a dropped connection, as the cluster client
-    -- does), and the first run applied everything.
-    return 'ok'
-  end
+if redis.call('GET', KEYS[1]) ~= 'p:' .. ARGV[1] then
   return 'lost'
 end
 local n = tonumber(ARGV[4] or '0')

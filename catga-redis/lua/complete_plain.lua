@@ -7,13 +7,7 @@
 -- ARGV[2]  the record to store: 'c:' .. encoded response
 -- ARGV[3]  retention in milliseconds
 -- Returns 'ok', or 'lost' (the claim is not this attempt's).
-local now = redis.call('GET', KEYS[1])
-if now ~= ARGV[1] then
-  if now == ARGV[2] then
-    -- Stored already, this very record: the script ran twice (a client that
-    -- sends it again after a dropped connection, as the cluster client does).
-    return 'ok'
-  end
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return 'lost'
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
