@@ -12,6 +12,17 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 
+/// A stable 64-bit fingerprint of an encoded payload (FNV-1a): the same
+/// bytes give the same value on every peer and version. Idempotency stores
+/// it with an outcome (a duplicate with other bytes is refused), and a
+/// transport may use it to tell a re-sent message from another one that
+/// reuses its id.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Encodes and decodes message payloads.
 pub trait Codec {
     /// MIME type written to the `content-type` header.

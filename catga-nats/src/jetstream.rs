@@ -107,8 +107,11 @@ impl Shared {
             .map_err(|e| transport_error(format!("cannot update JetStream stream `{name}`: {e}")))
     }
 
-    /// Publishes through JetStream and waits for the stream's ack; the message id
-    /// doubles as `Nats-Msg-Id`, so the stream drops a republished duplicate.
+    /// Publishes through JetStream and waits for the stream's ack. The message
+    /// id and the payload's fingerprint make `Nats-Msg-Id`, so the stream
+    /// drops a republished duplicate (the relay publishing an entry again)
+    /// but stores a message that reuses an id with other bytes, for the
+    /// receiver to refuse or handle, instead of dropping it unseen.
     pub(crate) async fn publish_reliable(
         &self,
         msg: WireMessage,
@@ -116,7 +119,12 @@ impl Shared {
         mut headers: async_nats::HeaderMap,
     ) -> Result<()> {
         self.ensure_streams().await?;
-        headers.insert(header::NATS_MSG_ID, protocol::uuid_value(msg.message_id));
+        let id = format!(
+            "{}.{:016x}",
+            msg.message_id.hyphenated(),
+            catga_core::codec::fingerprint(&msg.payload)
+        );
+        headers.insert(header::NATS_MSG_ID, id.as_str());
         // For the error: an event's `.rel.` subject or a command's `.cmd.` one.
         let shown = subject.clone();
         let size = msg.payload.len();

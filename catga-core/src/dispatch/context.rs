@@ -53,14 +53,6 @@ impl Clone for Context {
     }
 }
 
-/// A stable 64-bit fingerprint of `bytes` (FNV-1a): the same bytes give the
-/// same value on every peer and version.
-pub(crate) fn fingerprint(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
 /// Events held back until the handler's result is stored; `None` once the
 /// attempt that held them ended (what comes later cannot commit with it).
 pub(crate) type OutboxBuffer = Arc<Mutex<Option<Vec<OutboxRecord>>>>;
@@ -102,7 +94,7 @@ impl Context {
 
     /// With the fingerprint of `payload`, the bytes the message arrived in.
     pub(crate) fn with_payload(mut self, payload: &[u8]) -> Self {
-        self.fingerprint = Some(fingerprint(payload));
+        self.fingerprint = Some(crate::codec::fingerprint(payload));
         self
     }
 

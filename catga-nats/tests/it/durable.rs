@@ -276,3 +276,39 @@ async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_
     assert_eq!(dead, 0, "nothing dead-lettered");
     peer.shutdown().await.unwrap();
 }
+
+/// The stream drops a durable command sent again (the same id and bytes),
+/// but not another command that reuses its id with other bytes: that one is
+/// stored and reaches the handler's side (here a handler without
+/// idempotency, which handles it; an idempotent one refuses it visibly),
+/// instead of `send_durable` answering Ok for a command nobody will see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_durable_command_is_stored_once_and_one_reusing_its_id_is_not_dropped() {
+    let server = NatsServer::start();
+    let handled = Arc::new(AtomicUsize::new(0));
+    let peer = shipping(&[server.url()], handled.clone()).await;
+    let id = catga_core::new_id();
+    let meta = || catga_core::Metadata::new().with_message_id(id);
+    let first = Ship {
+        order: 1,
+        poison: false,
+    };
+    for _ in 0..2 {
+        peer.mediator()
+            .send_durable_with(first.clone(), meta())
+            .await
+            .unwrap();
+    }
+    let other = Ship {
+        order: 2,
+        poison: false,
+    };
+    peer.mediator()
+        .send_durable_with(other, meta())
+        .await
+        .unwrap();
+    eventually("both commands", || handled.load(Ordering::SeqCst) >= 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handled.load(Ordering::SeqCst), 2, "the re-sent one dropped");
+    peer.shutdown().await.unwrap();
+}

@@ -261,7 +261,7 @@ impl<'a> Envelope<'a> {
         match self.ctx.payload_fingerprint() {
             Some(fp) => Ok(fp),
             None => (self.info.encode_message)(self.message, Format::MsgPack)
-                .map(|bytes| crate::dispatch::context::fingerprint(&bytes)),
+                .map(|bytes| crate::codec::fingerprint(&bytes)),
         }
     }
 
