@@ -612,6 +612,76 @@ impl SagaStore for CountingLoads {
     }
 }
 
+/// A store whose save of a finishing state is applied but answers an error,
+/// as when the reply is lost after Redis wrote it.
+struct LostFinalReply {
+    inner: MemorySagaStore,
+}
+
+impl SagaStore for LostFinalReply {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
+        self.inner.create(state)
+    }
+    fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
+        self.inner.load(id)
+    }
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
+        Box::pin(async move {
+            self.inner.save(state).await?;
+            if state.status.is_finished() {
+                return Err(Error::store("the reply was lost"));
+            }
+            Ok(())
+        })
+    }
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, catga_core::Result<Vec<Uuid>>> {
+        self.inner.unfinished(saga)
+    }
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, catga_core::Result<()>> {
+        self.inner.forget(saga, id)
+    }
+}
+
+/// The final save was stored although it answered an error: the saga is
+/// finished (and off the unfinished list), so its end is announced all the
+/// same, once.
+#[tokio::test]
+async fn a_final_save_stored_despite_an_error_still_announces_the_end() {
+    let journal = Journal::default();
+    let store = Arc::new(LostFinalReply {
+        inner: MemorySagaStore::new(),
+    });
+    let m = mediator(journal.clone(), store.clone()).await;
+    let id = fulfilment()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
+        .await
+        .unwrap();
+    assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);
+    eventually_logged(&journal, id, "event completed").await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let announced = log(&journal, id)
+        .iter()
+        .filter(|w| *w == "event completed")
+        .count();
+    assert_eq!(announced, 1);
+    m.shutdown().await.unwrap();
+}
+
+/// Waits (30 s at most) until `what` is in saga `id`'s journal.
+async fn eventually_logged(journal: &Journal, id: Uuid, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !log(journal, id).iter().any(|w| w == what) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never logged `{what}`: {:?}",
+            log(journal, id)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A saga started on the peer whose coordinator leads is handed to it with
 /// the state its start stored: driven to the end without one load. One
 /// stored by another peer (here: straight into the store) is found by the

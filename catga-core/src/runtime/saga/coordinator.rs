@@ -310,7 +310,7 @@ impl<D: SagaData> Driver<'_, D> {
     async fn complete(&self, state: &mut SagaState) -> Result<()> {
         state.status = SagaStatus::Completed;
         state.record("", "finished", "completed");
-        self.save(state).await?;
+        self.save_final(state).await?;
         let event = SagaCompleted {
             saga: state.saga.clone(),
             id: state.id,
@@ -331,6 +331,30 @@ impl<D: SagaData> Driver<'_, D> {
         state.version += 1;
         state.fence = self.leader.fence();
         self.store.save(state).await
+    }
+
+    /// Saves a state that finishes the saga, before its end is announced.
+    /// A save that reports an error may have been applied all the same (its
+    /// reply lost after Redis wrote it, or a client that sent it again and
+    /// met its own write as a conflict): the stored state is read back, and
+    /// if it is this very save (same version, status and fence), the saga is
+    /// finished and its end is announced; otherwise the error stands. Without
+    /// this, a finished saga, off the unfinished list, was never announced.
+    async fn save_final(&self, state: &mut SagaState) -> Result<()> {
+        let Err(e) = self.save(state).await else {
+            return Ok(());
+        };
+        match self.store.load(state.id).await {
+            Ok(Some(stored))
+                if stored.version == state.version
+                    && stored.status == state.status
+                    && stored.fence == state.fence =>
+            {
+                tracing::info!(saga = %state.saga, id = %state.id, error = %e, "the final save reported an error but was stored");
+                Ok(())
+            }
+            _ => Err(e),
+        }
     }
 
     /// Waits `wait`; `false` when the coordinator is stopping.
@@ -453,7 +477,7 @@ impl<D: SagaData> Driver<'_, D> {
         let Some(&last) = state.completed.last() else {
             state.status = SagaStatus::Compensated;
             state.record("", "finished", "compensated");
-            self.save(state).await?;
+            self.save_final(state).await?;
             let event = SagaCompensated {
                 saga: state.saga.clone(),
                 id: state.id,
@@ -515,7 +539,7 @@ impl<D: SagaData> Driver<'_, D> {
                         state.failed_step = Some(step.name.to_string());
                         state.error = Some(reason.clone());
                         state.record(&step.name, "compensation_failed", reason.clone());
-                        self.save(state).await?;
+                        self.save_final(state).await?;
                         let event = SagaFailed {
                             saga: state.saga.clone(),
                             id: state.id,
