@@ -12,6 +12,7 @@ use bytes::Bytes;
 use catga_core::backoff::Backoff;
 use catga_core::transport::{Inbound, WireMessage};
 use catga_core::{Error, ErrorKind, Result};
+use futures_util::future::FusedFuture;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -439,11 +440,18 @@ async fn in_progress<T>(
     }
     let every = (ack_wait / 3).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // The acknowledgement is sent beside the work, never instead of it: a
+    // client slow to take it (reconnecting, its buffer full) must not stall
+    // the handler and the renewal of its claim.
+    let mut telling = std::pin::pin!(futures_util::future::Fuse::terminated());
     loop {
         tokio::select! {
             done = &mut work => return done,
-            _ = tick.tick() => {
-                if let Err(e) = msg.ack_with(AckKind::Progress).await {
+            _ = tick.tick(), if telling.is_terminated() => {
+                telling.set(msg.ack_with(AckKind::Progress).fuse());
+            }
+            told = &mut telling, if !telling.is_terminated() => {
+                if let Err(e) = told {
                     tracing::debug!(error = %e, "could not tell JetStream the message is in progress");
                 }
             }
