@@ -91,6 +91,7 @@ impl CatgaBuilder {
             .collect();
         reliable_events.sort_unstable();
         let (events, inbound_events) = event_routes(self.events, &behaviors);
+        let unshared_fences = self.lock_store.is_none();
         let lock_store = self
             .lock_store
             .unwrap_or_else(|| Arc::new(MemoryLockStore::new()));
@@ -122,6 +123,7 @@ impl CatgaBuilder {
                 retry_budget: self.retry_budget,
                 resources,
                 fence_store: lock_store.clone(),
+                unshared_fences: unshared_fences.into(),
                 holds_events: self.outbox.is_some(),
                 relay_wake: Arc::default(),
                 terms: Default::default(),

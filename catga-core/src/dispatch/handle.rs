@@ -87,6 +87,10 @@ pub(crate) struct Inner {
     pub(crate) resources: TypeMap<Arc<dyn Any + Send + Sync>>,
     /// Where a message's leader fence is checked (the leaders' lock store).
     pub(crate) fence_store: Arc<dyn LockStore>,
+    /// No lock store was configured, so `fence_store` is this peer's own,
+    /// in memory: with a transport, fences from other peers' leaders are
+    /// checked against nothing (said once, see `check_fence`).
+    pub(crate) unshared_fences: std::sync::atomic::AtomicBool,
     /// Events published under idempotency go to the outbox with the result.
     pub(crate) holds_events: bool,
     /// Wakes this peer's outbox relay when a handler stored events.

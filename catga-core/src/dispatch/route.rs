@@ -150,6 +150,22 @@ async fn check_fence_now(name: &'static str, ctx: &Context, header: &str) -> Res
         // Sent in a term this peer still holds: nothing newer can exist.
         return Ok(());
     }
+    let inner = &ctx.mediator().inner;
+    if inner.transport.is_some()
+        && inner
+            .unshared_fences
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    {
+        tracing::error!(
+            message = name,
+            lock = %fence.name,
+            "a message from the leader of `{}` carries a fence, but this peer has no lock store \
+             (`.lock_store(..)`), so fences are checked against its own, empty one and always \
+             pass: a deposed leader's commands would run here. Configure the leaders' lock \
+             store on every peer that receives their messages",
+            fence.name
+        );
+    }
     let current = ctx
         .mediator()
         .fence_store()

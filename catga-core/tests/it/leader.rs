@@ -437,3 +437,57 @@ async fn shutdown_gives_up_at_its_grace_and_names_what_was_left() {
     );
     assert!(e.to_string().contains("background tasks"), "{e}");
 }
+
+/// A peer with a transport but no lock store checks fences against its own,
+/// empty store, where every fence passes: the first fenced message it gets
+/// says so, once, loudly (the configuration defeats the deposed-leader guard).
+#[tokio::test]
+async fn a_peer_without_the_leaders_lock_store_says_its_fences_mean_nothing() {
+    use catga_core::transport::memory::MemoryBus;
+    use catga_core::{Fence, Metadata};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let bus = MemoryBus::new();
+    let peer = Catga::builder()
+        .transport(bus.transport())
+        .request_fn(|_: crate::messages::Add, _| async { Ok(0) })
+        .start()
+        .await
+        .unwrap();
+    let m = peer.mediator();
+    let fenced = || {
+        Metadata::new().with_fence(&Fence {
+            name: "billing".into(),
+            token: 7,
+        })
+    };
+    let add = || crate::messages::Add { a: 1, b: 1 };
+    m.send_with(add(), fenced()).await.unwrap();
+    m.send_with(add(), fenced()).await.unwrap();
+    let said = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert_eq!(
+        said.matches("has no lock store").count(),
+        1,
+        "said once: {said}"
+    );
+    assert!(said.contains("billing"), "{said}");
+    peer.shutdown().await.unwrap();
+}
