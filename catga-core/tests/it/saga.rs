@@ -205,6 +205,13 @@ fn log(j: &Journal, id: Uuid) -> Vec<String> {
     j.lock().unwrap().get(&id).cloned().unwrap_or_default()
 }
 
+/// Starts `order` on the fulfilment saga and waits for its end: its state
+/// and id.
+async fn fulfil(m: &Peer, order: Order) -> (SagaState, Uuid) {
+    let id = fulfilment().handle(m).unwrap().start(order).await.unwrap();
+    (finished(m, id).await, id)
+}
+
 #[tokio::test]
 async fn the_happy_path_runs_every_step_and_records_responses() {
     let (j, m) = started().await;
@@ -238,8 +245,7 @@ async fn a_failure_at_step_three_compensates_steps_two_then_one() {
         fail_at: Some("ship".into()),
         ..Order::default()
     };
-    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
-    let state = finished(&m, id).await;
+    let (state, id) = fulfil(&m, order).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("ship"));
     assert!(
@@ -300,8 +306,7 @@ async fn a_step_timeout_compensates() {
         slow_at: Some("charge".into()),
         ..Order::default()
     };
-    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
-    let state = finished(&m, id).await;
+    let (state, id) = fulfil(&m, order).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("charge"));
     assert!(
@@ -323,8 +328,7 @@ async fn a_step_that_panics_after_its_effect_is_compensated() {
         panic_at: Some("charge".into()),
         ..Order::default()
     };
-    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
-    let state = finished(&m, id).await;
+    let (state, id) = fulfil(&m, order).await;
     assert_eq!(state.status, SagaStatus::Compensated);
     assert_eq!(state.failed_step.as_deref(), Some("charge"));
     assert!(
@@ -352,8 +356,7 @@ async fn a_compensation_through_a_short_outage_still_compensates() {
         undo_unreachable: 6,
         ..Order::default()
     };
-    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
-    let state = finished(&m, id).await;
+    let (state, id) = fulfil(&m, order).await;
     assert_eq!(state.status, SagaStatus::Compensated, "{state:?}");
     let log = log(&j, id);
     assert_eq!(
@@ -378,8 +381,7 @@ async fn a_compensation_that_keeps_failing_marks_the_saga_failed_for_an_operator
         undo_fails: true,
         ..Order::default()
     };
-    let id = fulfilment().handle(&m).unwrap().start(order).await.unwrap();
-    let state = finished(&m, id).await;
+    let (state, id) = fulfil(&m, order).await;
     assert_eq!(state.status, SagaStatus::Failed);
     assert_eq!(state.failed_step.as_deref(), Some("reserve"));
     let reason = state.error.unwrap();
