@@ -408,10 +408,17 @@ fn disposition(result: &Result<()>, delivered: u32, js: &JetStreamOptions) -> Di
     let Err(e) = result else {
         return Disposition::Ack;
     };
-    if e.code() == Some("catga.claim_lost") {
+    if delivered >= js.max_deliveries {
+        // The server will not offer it again: left alone, it would be
+        // neither handled nor dead-lettered.
+        return Disposition::DeadLetter;
+    }
+    // One handler of an event among several may have lost its claim.
+    let lost = |e: &Error| e.code() == Some("catga.claim_lost");
+    if lost(e) || e.related().iter().any(lost) {
         return Disposition::Leave;
     }
-    if !e.is_retryable() || delivered >= js.max_deliveries {
+    if !e.is_retryable() {
         return Disposition::DeadLetter;
     }
     if e.kind() == ErrorKind::InProgress {
@@ -440,6 +447,8 @@ async fn in_progress<T>(
     }
     let every = (ack_wait / 3).max(Duration::from_millis(50));
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // After a slow acknowledgement, the next one a period later, not a burst.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The acknowledgement is sent beside the work, never instead of it: a
     // client slow to take it (reconnecting, its buffer full) must not stall
     // the handler and the renewal of its claim.
@@ -520,8 +529,28 @@ mod tests {
         Err(Error::new(kind, "failed"))
     }
 
-    #[test]
-    fn each_outcome_has_its_disposition() {
+    #[derive(Clone, serde::Serialize, serde::Deserialize)]
+    struct Noted;
+    impl catga_core::Message for Noted {
+        const NAME: &'static str = "test.Noted";
+    }
+    impl catga_core::Event for Noted {}
+
+    /// What an event with two failing handlers comes to: a store error first,
+    /// a lost claim among the related failures.
+    async fn several_failures() -> Result<()> {
+        let m = catga_core::Catga::builder()
+            .event_fn(|_: Noted, _| async { Err(Error::new(ErrorKind::Store, "away")) })
+            .event_fn(|_: Noted, _| async {
+                Err(Error::new(ErrorKind::Conflict, "lost").with_code("catga.claim_lost"))
+            })
+            .build()
+            .unwrap();
+        m.publish(Noted).await
+    }
+
+    #[tokio::test]
+    async fn each_outcome_has_its_disposition() {
         let js = JetStreamOptions {
             max_deliveries: 3,
             backoff: Duration::from_millis(200),
@@ -558,9 +587,15 @@ mod tests {
             disposition(&failed(ErrorKind::Validation), 1, &js),
             Disposition::DeadLetter
         );
-        // Taken over by another attempt: left to it, whatever the count.
-        let lost = Err(Error::new(ErrorKind::Conflict, "lost").with_code("catga.claim_lost"));
-        assert_eq!(disposition(&lost, 1, &js), Disposition::Leave);
-        assert_eq!(disposition(&lost, 3, &js), Disposition::Leave);
+        // Taken over by another attempt: left to it, also when it is one of
+        // an event's several failures; but not once the server offers it no
+        // more.
+        let lost = Error::new(ErrorKind::Conflict, "lost").with_code("catga.claim_lost");
+        assert_eq!(disposition(&Err(lost.clone()), 2, &js), Disposition::Leave);
+        assert_eq!(
+            disposition(&several_failures().await, 2, &js),
+            Disposition::Leave
+        );
+        assert_eq!(disposition(&Err(lost), 3, &js), Disposition::DeadLetter);
     }
 }

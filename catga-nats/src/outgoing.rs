@@ -123,8 +123,9 @@ impl Shared {
     }
 
     /// Stores a durable command in the commands work queue and waits for the
-    /// stream's ack (the message id is `Nats-Msg-Id`: a re-sent command is
-    /// stored once within the duplicate window).
+    /// stream's ack (`Nats-Msg-Id` is the message id and the payload's
+    /// fingerprint: a re-sent command is stored once within the duplicate
+    /// window, one reusing the id with other bytes is stored too).
     pub(crate) async fn send_durable(&self, mut msg: WireMessage) -> Result<()> {
         msg.timeout = None;
         with_current_trace(&mut msg);

@@ -400,13 +400,16 @@ pub(crate) fn parse_reply(name: &str, h: Option<&HeaderMap>, payload: Bytes) -> 
             Ok(WireReply { payload, format })
         }
         Some("error") => {
-            let kind = get(h, header::ERROR_KIND)
-                .and_then(ErrorKind::from_wire)
-                .unwrap_or(ErrorKind::Handler);
+            let known = get(h, header::ERROR_KIND).and_then(ErrorKind::from_wire);
             let message = String::from_utf8_lossy(&payload).into_owned();
-            let mut e = Error::new(kind, message).with_message_name(name.to_owned());
+            let mut e = Error::new(known.unwrap_or(ErrorKind::Handler), message)
+                .with_message_name(name.to_owned());
             if let Some(code) = get(h, header::ERROR_CODE) {
                 e = e.with_code(code.to_owned());
+            } else if known.is_none() {
+                // A kind this version does not know (a newer peer's), or
+                // none: not taken for the handler's own "no".
+                e = e.with_code("catga.unknown_error_kind");
             }
             if let Some(r) = get(h, header::RETRYABLE) {
                 e = e.with_retryable(r == "true");

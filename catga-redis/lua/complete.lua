@@ -24,9 +24,10 @@
 --
 -- Redis keeps what a script wrote before an error, so no write may fail
 -- halfway: the writes after the first are checked against the types (and
--- the numbers they increment) before anything is written, and the first is
--- made with pcall (nothing precedes it). A unit of one write, the common
--- case, costs no check.
+-- the numbers they increment), as the writes before them leave them, before
+-- anything is written; the first is made with pcall (nothing precedes it),
+-- and only an error about its value becomes 'type:'. A unit of one write,
+-- the common case, costs no check.
 if redis.call('GET', KEYS[1]) ~= 'p:' .. ARGV[1] then
   return 'lost'
 end
@@ -60,41 +61,100 @@ local wants = {
   set = 'any', del = 'any', hset = 'hash', hdel = 'hash', hincr = 'hash',
   incr = 'string', rpush = 'list',
 }
+-- An integer value whose digits are not known (one an increment left).
+local INT = {}
+-- Whether `v` is an integer as Redis reads one: '0', or an optional '-' and
+-- digits without a leading zero, within 64 bits; absent (false) is 0.
 local function integer(v)
-  return v == false or (#v <= 20 and string.match(v, '^%-?%d+$') ~= nil)
-end
--- The type a write leaves its key with.
-local function leaves(op)
-  if op == 'del' then
-    return 'none'
-  elseif wants[op] == 'any' then
-    return 'string'
+  if v == false or v == INT then
+    return true
   end
-  return wants[op]
+  if v ~= '0' and not string.match(v, '^%-?[1-9]%d*$') then
+    return false
+  end
+  local digits = string.gsub(v, '^%-', '')
+  if #digits ~= 19 then
+    return #digits < 19
+  end
+  if string.sub(v, 1, 1) == '-' then
+    return digits <= '9223372036854775808'
+  end
+  return digits <= '9223372036854775807'
 end
--- The type of each key once the writes before the one checked are made.
-local after = {}
-if w > 0 then
-  after[KEYS[tonumber(ARGV[at + 1])]] = leaves(ARGV[at])
+-- Whether adding `by` to `v` stays within 64 bits (loosely, with doubles:
+-- a sum near the edge is refused; an unknown integer is taken to fit).
+local function fits(v, by)
+  if v == INT then
+    return true
+  end
+  local sum = tonumber(v or '0') + tonumber(by)
+  return sum > -9.2e18 and sum < 9.2e18
 end
-for i = 1, w - 1 do
+-- What the writes before the one checked leave: each key's type, a plain
+-- key's value, a hash field's value (nil: not known yet, read on demand).
+local kinds, values, fields = {}, {}, {}
+local function kind_of(key)
+  if kinds[key] == nil then
+    kinds[key] = redis.call('TYPE', key)['ok']
+  end
+  return kinds[key]
+end
+local function value_of(key)
+  if values[key] == nil then
+    values[key] = redis.call('GET', key)
+  end
+  return values[key]
+end
+local function field_of(key, field)
+  local k = key .. '\0' .. field
+  if fields[k] == nil then
+    fields[k] = redis.call('HGET', key, field)
+  end
+  return fields[k]
+end
+-- Records what write `op` leaves (its checks passed, or it is the first).
+local function made(op, key, x, y)
+  if op == 'set' then
+    kinds[key], values[key] = 'string', x
+  elseif op == 'del' then
+    kinds[key], values[key] = 'none', false
+  elseif op == 'hset' then
+    kinds[key], fields[key .. '\0' .. x] = 'hash', y
+  elseif op == 'hdel' then
+    -- The last field gone, the key is gone: its type is read again if needed.
+    kinds[key], fields[key .. '\0' .. x] = nil, false
+  elseif op == 'incr' then
+    kinds[key], values[key] = 'string', INT
+  elseif op == 'hincr' then
+    kinds[key], fields[key .. '\0' .. x] = 'hash', INT
+  elseif op == 'rpush' then
+    kinds[key] = 'list'
+  end
+end
+-- Checks the writes after the first before any is made (see above).
+for i = 0, w - 1 do
   local b = at + i * 4
-  local op, index, x = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local op, index, x, y = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
   local key = KEYS[tonumber(index)]
-  local now = after[key]
-  if now == nil then
-    now = redis.call('TYPE', key)['ok']
-    if op == 'incr' and now == 'string' and not integer(redis.call('GET', key)) then
+  if i > 0 then
+    local want = wants[op]
+    local kind = kind_of(key)
+    if want ~= 'any' and kind ~= 'none' and kind ~= want then
       return 'type:' .. index
     end
-    if op == 'hincr' and now == 'hash' and not integer(redis.call('HGET', key, x)) then
-      return 'type:' .. index
+    if op == 'incr' then
+      local v = value_of(key)
+      if not integer(v) or not fits(v, x) then
+        return 'type:' .. index
+      end
+    elseif op == 'hincr' then
+      local v = field_of(key, x)
+      if not integer(v) or not fits(v, y) then
+        return 'type:' .. index
+      end
     end
   end
-  if wants[op] ~= 'any' and now ~= 'none' and now ~= wants[op] then
-    return 'type:' .. index
-  end
-  after[key] = leaves(op)
+  made(op, key, x, y)
 end
 for i = 0, w - 1 do
   local b = at + i * 4
@@ -120,7 +180,14 @@ for i = 0, w - 1 do
     r = call('RPUSH', key, x)
   end
   if type(r) == 'table' and r.err then
-    return 'type:' .. ARGV[b + 1]
+    -- Only what the value explains is a wrong type; anything else (out of
+    -- memory, a replica that was the primary) stays the error it is.
+    local e = r.err
+    if string.find(e, 'WRONGTYPE', 1, true) or string.find(e, 'not an integer', 1, true)
+        or string.find(e, 'overflow', 1, true) then
+      return 'type:' .. ARGV[b + 1]
+    end
+    return redis.error_reply(e)
   end
 end
 redis.call('SET', KEYS[1], 'c:' .. ARGV[2], 'PX', ARGV[3])

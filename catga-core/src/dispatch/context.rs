@@ -121,7 +121,8 @@ impl Context {
     /// needed; everything staged commits together.
     ///
     /// Fails with [`ErrorKind::Config`](crate::ErrorKind::Config) when nothing
-    /// would commit it: the message's route has no idempotency behavior.
+    /// would commit it: the message's route has no idempotency behavior, or
+    /// the handler's attempt has ended (a task it spawned stages too late).
     pub fn stage(&self, work: UnitOfWork) -> Result<()> {
         let Some(buffer) = self.work.get() else {
             return Err(crate::Error::new(

@@ -455,6 +455,11 @@ impl Context {
     /// The event does not inherit what is left of this message's deadline: an
     /// event is a fact, and its handlers (and a stream that stores it for
     /// redelivery) must not time out because its publisher was in a hurry.
+    ///
+    /// Under idempotency with an outbox, the event is held back and stored
+    /// with the handler's result; once the handler's attempt has ended (a
+    /// task it spawned publishing late), it fails with
+    /// [`ErrorKind::Config`] instead of being held where nothing reads it.
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let meta = self.metadata().child().without_deadline();
         match self.held_events() {

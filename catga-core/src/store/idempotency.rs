@@ -195,13 +195,20 @@ enum Value {
     List(Vec<Bytes>),
 }
 
-/// The integer a value holds: `Some(0)` when absent, `None` when it is not
-/// an integer (as Redis refuses to increment it).
+/// The integer a value holds as Redis reads one (`0`, or an optional `-`
+/// and digits without a leading zero, within 64 bits): `Some(0)` when
+/// absent, `None` when it is not one (Redis refuses to increment it).
 fn as_int(value: Option<&Bytes>) -> Option<i64> {
-    match value {
-        None => Some(0),
-        Some(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+    let Some(b) = value else {
+        return Some(0);
+    };
+    let digits = b.strip_prefix(b"-").unwrap_or(b);
+    let canonical = b.as_ref() == b"0"
+        || (!digits.is_empty() && digits[0] != b'0' && digits.iter().all(u8::is_ascii_digit));
+    if !canonical {
+        return None;
     }
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 fn int_bytes(n: i64) -> Bytes {
@@ -236,9 +243,17 @@ fn apply(state: &mut HashMap<String, Value>, write: &Write) -> Option<()> {
         Write::HashSet { key, field, value } => {
             hash_of(state, key)?.insert(field.clone(), value.clone());
         }
-        Write::HashDelete { key, field } => {
-            hash_of(state, key)?.remove(field);
-        }
+        Write::HashDelete { key, field } => match state.get_mut(key) {
+            None => {}
+            Some(Value::Hash(h)) => {
+                h.remove(field);
+                // As in Redis: a hash whose last field is gone is gone.
+                if h.is_empty() {
+                    state.remove(key);
+                }
+            }
+            Some(Value::Bytes(_) | Value::List(_)) => return None,
+        },
         Write::Increment {
             key,
             field: None,

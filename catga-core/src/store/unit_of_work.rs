@@ -12,7 +12,10 @@
 //! no longer holds (someone changed the state since it was read) writes
 //! nothing and fails the attempt with a retryable
 //! [`Conflict`](crate::ErrorKind::Conflict) (code `catga.condition_failed`), so
-//! the retry reads again.
+//! the retry reads again. A write that does not fit what its key holds (a
+//! hash write to a list, an increment of what is not an integer) writes
+//! nothing either, and fails the attempt for good
+//! ([`Store`](crate::ErrorKind::Store), code `catga.wrong_type`).
 //!
 //! ```
 //! use catga_core::store::UnitOfWork;

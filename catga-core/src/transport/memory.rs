@@ -148,7 +148,10 @@ impl Transport for MemoryTransport {
             let backoff = Backoff::new(Duration::from_millis(20), Duration::from_secs(1));
             let retry = |e: &crate::Error| e.is_retryable() || e.kind() == ErrorKind::NoHandler;
             crate::backoff::retry_in_process(&message.name, 40, backoff, retry, || async {
-                request_via(&bus, message.clone(), Duration::from_secs(30))
+                // A durable command has no deadline: its attempt is waited
+                // for to its end (waiting less and sending it again would
+                // run it twice at once).
+                request_via(&bus, message.clone(), Duration::MAX)
                     .await
                     .map(drop)
             })

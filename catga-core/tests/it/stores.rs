@@ -222,7 +222,10 @@ async fn complete_with(s: &MemoryIdempotencyStore, key: &str, work: UnitOfWork) 
 #[tokio::test]
 async fn a_write_that_does_not_fit_its_key_writes_nothing() {
     let s = MemoryIdempotencyStore::new();
-    let setup = UnitOfWork::new().set("acct", "ten").append("orders", "o1");
+    let setup = UnitOfWork::new()
+        .set("acct", "ten")
+        .set("padded", "007")
+        .append("orders", "o1");
     assert_eq!(complete_with(&s, "setup", setup).await, Completed::Stored);
     let events = s.outbox().backlog().await.unwrap();
 
@@ -240,8 +243,38 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
             key: "orders".into()
         }
     );
+    // Unfit as the writes before it in the same unit leave the key, or as
+    // Redis reads a number ("007" is not one).
+    for (unfit, key) in [
+        (
+            UnitOfWork::new()
+                .append("ledger", "x")
+                .set("count", "abc")
+                .increment("count", 1),
+            "count",
+        ),
+        (
+            UnitOfWork::new()
+                .append("ledger", "x")
+                .hash_set("totals", "n", "x")
+                .hash_increment("totals", "n", 1),
+            "totals",
+        ),
+        (
+            UnitOfWork::new()
+                .append("ledger", "x")
+                .increment("padded", 1),
+            "padded",
+        ),
+    ] {
+        assert_eq!(
+            complete_with(&s, &format!("k-{key}"), unfit).await,
+            Completed::WrongType { key: key.into() }
+        );
+    }
     assert!(s.list("ledger").is_empty(), "no write before the unfit one");
     assert_eq!(s.get("count"), None);
+    assert_eq!(s.get("padded").as_deref(), Some(&b"007"[..]));
     assert_eq!(s.get("acct").as_deref(), Some(&b"ten"[..]));
     assert_eq!(s.list("orders").len(), 1);
     assert_eq!(s.outbox().backlog().await.unwrap(), events, "no event");

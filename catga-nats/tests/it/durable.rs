@@ -207,13 +207,8 @@ async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_
     use catga_core::store::{IdempotencyStore, MemoryIdempotencyStore};
 
     let server = NatsServer::start();
-    let store = MemoryIdempotencyStore::new();
+    let store = Arc::new(MemoryIdempotencyStore::new());
     let id = catga_core::new_id();
-    // Nobody will complete this claim; it lapses after 3 s.
-    store
-        .claim(&format!("test.Ship:{id}"), Duration::from_secs(3))
-        .await
-        .unwrap();
     let handled = Arc::new(AtomicUsize::new(0));
     let nats =
         catga_nats::NatsTransport::connect(options(&[server.url()]).jetstream(JetStreamOptions {
@@ -230,7 +225,7 @@ async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_
     let peer = Catga::builder()
         .service("shipping")
         .transport(nats)
-        .idempotency_with(store, |i| i.wait(Duration::from_millis(200)))
+        .idempotency_with(store.clone(), |i| i.wait(Duration::from_millis(200)))
         .idempotent::<Ship>()
         .request_fn(move |_: Ship, ctx: catga_core::Context| {
             let counted = counted.clone();
@@ -243,6 +238,13 @@ async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_
         .start()
         .await
         .unwrap();
+    // Nobody will complete this claim; it lapses after 3 s. Taken just
+    // before the command is sent, so that its first deliveries find it.
+    store
+        .claim(&format!("test.Ship:{id}"), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
     peer.mediator()
         .send_durable_with(
             Ship {
@@ -257,6 +259,11 @@ async fn a_durable_command_whose_key_is_held_runs_when_the_claim_lapses_with_no_
         handled.load(Ordering::SeqCst) >= 1
     })
     .await;
+    assert!(
+        sent.elapsed() >= Duration::from_secs(2),
+        "handled only once the claim lapsed: {:?}",
+        sent.elapsed()
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(handled.load(Ordering::SeqCst), 1, "once");
     // A stored command has no deadline: it is worth handling whenever it

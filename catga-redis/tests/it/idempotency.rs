@@ -429,6 +429,16 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
         .query_async(&mut raw)
         .await
         .unwrap();
+    let (padded, totals) = (
+        s.partition_key("o-1", "padded"),
+        s.partition_key("o-1", "totals"),
+    );
+    let _: () = redis::cmd("SET")
+        .arg(&padded)
+        .arg("007")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
 
     let unfit = UnitOfWork::new()
         .append(ledger.clone(), "x")
@@ -454,12 +464,48 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
             key: orders.clone()
         }
     );
+    // Unfit as the writes before it in the same unit leave the key, or as
+    // Redis reads a number ("007" is not one).
+    let cases = [
+        (
+            UnitOfWork::new()
+                .append(ledger.clone(), "x")
+                .set(count.clone(), "abc")
+                .increment(count.clone(), 1),
+            count.clone(),
+        ),
+        (
+            UnitOfWork::new()
+                .append(ledger.clone(), "x")
+                .hash_set(totals.clone(), "n", "x")
+                .hash_increment(totals.clone(), "n", 1),
+            totals.clone(),
+        ),
+        (
+            UnitOfWork::new()
+                .append(ledger.clone(), "x")
+                .increment(padded.clone(), 1),
+            padded.clone(),
+        ),
+    ];
+    for (n, (unfit, key)) in cases.into_iter().enumerate() {
+        assert_eq!(
+            complete_with(&s, &format!("{{o-1}}case{n}"), unfit).await,
+            Completed::WrongType { key }
+        );
+    }
     let lines: i64 = redis::cmd("LLEN")
         .arg(&ledger)
         .query_async(&mut raw)
         .await
         .unwrap();
     assert_eq!(lines, 0, "no write before the unfit one");
+    let kept: String = redis::cmd("GET")
+        .arg(&padded)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(kept, "007");
     let counted: Option<String> = redis::cmd("GET")
         .arg(&count)
         .query_async(&mut raw)
@@ -479,6 +525,39 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
         .increment(count.clone(), 2)
         .append(ledger.clone(), "y");
     assert_eq!(complete_with(&s, "{o-1}k4", fit).await, Completed::Stored);
+    // An error that is not about the value (out of memory here) stays the
+    // retryable store error it is, not a wrong type that would give up.
+    let Claim::Acquired { token } = IdempotencyStore::claim(&s, "{o-1}k5", Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("1")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let full = s
+        .complete(
+            "{o-1}k5",
+            &token,
+            Completion::new("resp".into(), Duration::from_secs(60))
+                .work(UnitOfWork::new().append(ledger.clone(), "z")),
+        )
+        .await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let e = full.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Store, "{e}");
+    assert!(e.is_retryable(), "{e}");
     let counted: Option<String> = redis::cmd("GET")
         .arg(&count)
         .query_async(&mut raw)

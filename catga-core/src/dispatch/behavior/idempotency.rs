@@ -65,9 +65,12 @@ use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 /// [`Context::stage`](crate::Context::stage) commit in that same step, only
 /// while the conditions staged with them hold; when one does not, nothing is
 /// written, the claim is released and the attempt fails with a retryable
-/// [`Conflict`](ErrorKind::Conflict) (code `catga.condition_failed`). A message
-/// that names its [`partition`](crate::Message::partition) keeps its claim, its
-/// events and its unit of work in that partition's shard.
+/// [`Conflict`](ErrorKind::Conflict) (code `catga.condition_failed`); when a
+/// write does not fit what its key holds, nothing is written either and the
+/// attempt fails for good ([`Store`](ErrorKind::Store), code
+/// `catga.wrong_type`). A message that names its
+/// [`partition`](crate::Message::partition) keeps its claim, its events and
+/// its unit of work in that partition's shard.
 #[derive(Clone)]
 pub struct Idempotency {
     store: Arc<dyn IdempotencyStore>,
@@ -204,14 +207,22 @@ struct StoredError {
 /// Logs an attempt dropped before its outcome was stored. Its claim is left to
 /// its lease: the handler may have applied its effect, so running it again at
 /// once could apply it twice.
+/// What it held back is closed with it, so that a task the handler spawned
+/// cannot hold more where nothing would read it.
 struct Unfinished<'a> {
     key: &'a str,
     finished: bool,
+    held: Option<crate::dispatch::context::OutboxBuffer>,
+    staged: crate::dispatch::context::WorkBuffer,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         if !self.finished {
+            if let Some(held) = &self.held {
+                crate::dispatch::context::close(held);
+            }
+            crate::dispatch::context::close(&self.staged);
             tracing::warn!(
                 key = self.key,
                 "idempotent attempt dropped before its outcome was stored; its claim stays \
@@ -230,10 +241,6 @@ impl Idempotency {
         key: &str,
         token: &str,
     ) -> Result<Reply> {
-        let mut unfinished = Unfinished {
-            key,
-            finished: false,
-        };
         let ctx = env.context();
         // Taken before the handler runs. A message that cannot be encoded
         // (it arrived some other way) is stored without one.
@@ -241,6 +248,12 @@ impl Idempotency {
         // Hold back published events only when a relay will move them.
         let held = ctx.mediator().has_outbox().then(|| ctx.hold_events());
         let staged = ctx.hold_work();
+        let mut unfinished = Unfinished {
+            key,
+            finished: false,
+            held: held.clone(),
+            staged: staged.clone(),
+        };
         let lost = AtomicBool::new(false);
         let mut handler = std::pin::pin!(next.run(env));
         // A handler that finishes at once needs no renewal (and no timer).

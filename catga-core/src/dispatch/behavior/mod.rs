@@ -305,6 +305,8 @@ impl Reply {
                     std::any::type_name::<T>()
                 ),
             )
+            // Not the handler's "no": it may have done its work.
+            .with_code("catga.reply_type")
             .with_message_name(name.to_owned())
         })
     }

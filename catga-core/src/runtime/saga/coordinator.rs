@@ -246,11 +246,12 @@ struct Driver<'a, D> {
 }
 
 /// Whether asking again may bring a definite answer: a timeout, a transport
-/// error, "no responders" (a rolling restart, a NATS failover) or any other
-/// retryable error. The command may have been applied meanwhile; the same
+/// error, "no responders" or "cancelled" (a rolling restart, a NATS
+/// failover) or any other retryable error. The command may have been applied meanwhile; the same
 /// message id makes a repeat take effect once.
 fn worth_asking_again(e: &Error) -> bool {
-    e.is_retryable() || e.kind() == ErrorKind::NoHandler
+    // `Cancelled`: the peer that had it is shutting down (a rolling restart).
+    e.is_retryable() || matches!(e.kind(), ErrorKind::NoHandler | ErrorKind::Cancelled)
 }
 
 /// Whether a failure is the handler's own "no": an error it returned (or a
@@ -385,11 +386,14 @@ impl<D: SagaData> Driver<'_, D> {
 
     /// Runs the next step (or finishes the saga) and saves the outcome.
     ///
-    /// An attempt whose outcome is unknown is asked again with the same message
+    /// An attempt whose outcome is unknown and worth asking again (a timeout,
+    /// no responders, a retryable error) is asked again with the same message
     /// id (the handler's idempotency answers with the first attempt's outcome)
     /// until a definite answer, at least `retries` times and as long as the
-    /// step's deadline allows. A step given up on while its outcome is unknown
-    /// is compensated with the others: its effect may exist.
+    /// step's deadline allows. The handler's own "no" fails the step; a step
+    /// given up on while its outcome is unknown, or ended by an error that
+    /// is not the handler's "no" (a panic, an unreadable reply), is
+    /// compensated with the others: its effect may exist.
     async fn forward(&self, state: &mut SagaState) -> Result<()> {
         let i = state.step as usize;
         let Some(step) = self.saga.steps.get(i) else {
