@@ -3,7 +3,7 @@
 //! How it sends more through its context lives with the mediator's own
 //! sending, in `mediator.rs`.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -29,8 +29,11 @@ pub struct Context {
     mediator: Mediator,
     meta: Metadata,
     name: &'static str,
-    outbox: OnceLock<OutboxBuffer>,
-    work: OnceLock<WorkBuffer>,
+    /// The current attempt's held-back events and staged writes: a new
+    /// buffer per attempt, so a copy of this context made during one attempt
+    /// (a task its handler spawned) can never add to the next one's.
+    outbox: Mutex<Option<OutboxBuffer>>,
+    work: Mutex<Option<WorkBuffer>>,
     /// Fingerprint of the payload as it arrived from a transport.
     fingerprint: Option<u64>,
 }
@@ -46,8 +49,8 @@ impl Clone for Context {
             mediator: self.mediator.clone(),
             meta: self.meta.clone(),
             name: self.name,
-            outbox: self.outbox.clone(),
-            work: self.work.clone(),
+            outbox: Mutex::new(current(&self.outbox)),
+            work: Mutex::new(current(&self.work)),
             fingerprint: self.fingerprint,
         }
     }
@@ -60,6 +63,11 @@ pub(crate) type OutboxBuffer = Arc<Mutex<Option<Vec<OutboxRecord>>>>;
 /// Writes staged until the handler's result is stored; `None` once the
 /// attempt that staged them ended.
 pub(crate) type WorkBuffer = Arc<Mutex<Option<UnitOfWork>>>;
+
+/// The buffer in `slot` now (a copy of its handle).
+fn current<T>(slot: &Mutex<Option<Arc<T>>>) -> Option<Arc<T>> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
 
 /// Takes what an attempt held in `buffer` and closes it: whatever is held
 /// later (a task the handler spawned, still running) is refused.
@@ -86,8 +94,8 @@ impl Context {
             mediator,
             meta,
             name,
-            outbox: OnceLock::new(),
-            work: OnceLock::new(),
+            outbox: Mutex::new(None),
+            work: Mutex::new(None),
             fingerprint: None,
         }
     }
@@ -109,8 +117,8 @@ impl Context {
     /// Starts collecting staged writes for an attempt: anything an earlier
     /// attempt on this context staged (and did not commit) is dropped.
     pub(crate) fn hold_work(&self) -> WorkBuffer {
-        let buffer = self.work.get_or_init(WorkBuffer::default).clone();
-        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = Some(UnitOfWork::new());
+        let buffer = WorkBuffer::new(Mutex::new(Some(UnitOfWork::new())));
+        *self.work.lock().unwrap_or_else(|p| p.into_inner()) = Some(buffer.clone());
         buffer
     }
 
@@ -124,7 +132,7 @@ impl Context {
     /// would commit it: the message's route has no idempotency behavior, or
     /// the handler's attempt has ended (a task it spawned stages too late).
     pub fn stage(&self, work: UnitOfWork) -> Result<()> {
-        let Some(buffer) = self.work.get() else {
+        let Some(buffer) = current(&self.work) else {
             return Err(crate::Error::new(
                 crate::ErrorKind::Config,
                 format!(
@@ -147,14 +155,14 @@ impl Context {
     /// attempt: anything an earlier attempt on this context held (and did not
     /// commit) is dropped.
     pub(crate) fn hold_events(&self) -> OutboxBuffer {
-        let buffer = self.outbox.get_or_init(OutboxBuffer::default).clone();
-        *buffer.lock().unwrap_or_else(|p| p.into_inner()) = Some(Vec::new());
+        let buffer = OutboxBuffer::new(Mutex::new(Some(Vec::new())));
+        *self.outbox.lock().unwrap_or_else(|p| p.into_inner()) = Some(buffer.clone());
         buffer
     }
 
     /// The events held back for the outbox, when a behavior holds them.
-    pub(crate) fn held_events(&self) -> Option<&OutboxBuffer> {
-        self.outbox.get()
+    pub(crate) fn held_events(&self) -> Option<OutboxBuffer> {
+        current(&self.outbox)
     }
 
     /// Holds `event` back in `buffer`, encoded as the outbox stores it.

@@ -441,7 +441,7 @@ impl Context {
         let meta = self.metadata().child().without_deadline();
         match self.held_events() {
             Some(buffer) => self.hold_message(
-                buffer,
+                &buffer,
                 &command,
                 &meta,
                 Some(crate::metadata::DURABLE_HEADER),
@@ -463,7 +463,7 @@ impl Context {
     pub async fn publish<E: Event>(&self, event: E) -> Result<()> {
         let meta = self.metadata().child().without_deadline();
         match self.held_events() {
-            Some(buffer) => self.hold(buffer, &event, &meta),
+            Some(buffer) => self.hold(&buffer, &event, &meta),
             None => self.mediator().publish_with(event, meta).await,
         }
     }
@@ -477,7 +477,7 @@ impl Context {
             .without_deadline()
             .overridden_by(meta);
         match self.held_events() {
-            Some(buffer) => self.hold(buffer, &event, &meta),
+            Some(buffer) => self.hold(&buffer, &event, &meta),
             None => self.mediator().publish_with(event, meta).await,
         }
     }

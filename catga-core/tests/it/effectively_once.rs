@@ -766,3 +766,130 @@ async fn what_a_handler_holds_back_after_it_returned_is_refused_not_lost() {
     );
     assert_eq!(store.get("late"), None);
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Settled {
+    order: u32,
+}
+impl Message for Settled {
+    const NAME: &'static str = "once.Settled";
+}
+impl catga_core::Event for Settled {}
+
+/// Two idempotent handlers of one event run at once on one dispatch, each
+/// holding back what it publishes: each one's event is stored with its own
+/// result, none lost and none stored twice, however their awaits interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_idempotent_handlers_of_one_event_each_store_their_own_events() {
+    use catga_core::store::OutboxStore;
+
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let m = Catga::builder()
+        .behavior(Idempotency::new(store.clone()))
+        .outbox_without_relay(store.outbox())
+        .event_fn_named("receipt", |s: Settled, ctx: Context| async move {
+            // Publishes after the other handler began.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            ctx.publish(Happened {
+                n: s.order * 10 + 1,
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok(())
+        })
+        .event_fn_named("ledger", |s: Settled, ctx: Context| async move {
+            ctx.publish(Happened {
+                n: s.order * 10 + 2,
+            })
+            .await?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    m.publish(Settled { order: 7 }).await.unwrap();
+    let entries = store
+        .outbox()
+        .claim("reader", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let mut held: Vec<u32> = entries
+        .iter()
+        .map(|e| {
+            catga_core::codec::Format::MsgPack
+                .decode::<Happened>(&e.record.payload)
+                .unwrap()
+                .n
+        })
+        .collect();
+    held.sort_unstable();
+    assert_eq!(held, [71, 72], "each handler's event, once");
+}
+
+/// A task spawned by a failed attempt that publishes while the retry runs
+/// (a `Retry` outside the idempotency behavior, on the same dispatch) does
+/// not slip its event into the retry's commit: each attempt holds back into
+/// a buffer of its own, closed when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_publish_from_a_failed_attempt_does_not_join_the_retry() {
+    use catga_core::store::OutboxStore;
+
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let m = Catga::builder()
+        .behavior(
+            catga_core::behavior::retry::Retry::new(3)
+                .backoff(Duration::from_millis(1), Duration::from_millis(1)),
+        )
+        .behavior(Idempotency::new(store.clone()))
+        .outbox_without_relay(store.outbox())
+        .request_fn(move |_: Deposit, ctx: Context| {
+            let attempt = attempts.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            async move {
+                if attempt == 0 {
+                    let late = ctx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let published = late.publish(Happened { n: 99 }).await;
+                        if let Some(tx) = tx.lock().unwrap().take() {
+                            let _ = tx.send(published);
+                        }
+                    });
+                    return Err(catga_core::Error::store("the first attempt fails"));
+                }
+                // The late publish happens while this attempt runs.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                ctx.publish(Happened { n: 2 }).await?;
+                Ok(0)
+            }
+        })
+        .build()
+        .unwrap();
+    m.send(Deposit {
+        account: "di".into(),
+        cents: 1,
+        flaky: false,
+    })
+    .await
+    .unwrap();
+    let late = rx.await.unwrap().unwrap_err();
+    assert_eq!(late.kind(), ErrorKind::Config, "{late}");
+    let entries = store
+        .outbox()
+        .claim("reader", 10, Duration::ZERO)
+        .await
+        .unwrap();
+    let held: Vec<u32> = entries
+        .iter()
+        .map(|e| {
+            catga_core::codec::Format::MsgPack
+                .decode::<Happened>(&e.record.payload)
+                .unwrap()
+                .n
+        })
+        .collect();
+    assert_eq!(held, [2], "the retry's event alone");
+}
