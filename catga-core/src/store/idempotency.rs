@@ -427,7 +427,13 @@ impl IdempotencyStore for MemoryIdempotencyStore {
         completion: Completion,
     ) -> BoxFuture<'a, Result<Completed>> {
         let mut slots = self.lock();
-        let ours = matches!(slots.get(key), Some(Slot::InProgress { token: t, .. }) if t == token);
+        // A claim past its lease is lost even when nobody took it over yet,
+        // as on Redis, where it has expired: the attempt outlived its lease.
+        let now = Instant::now();
+        let ours = matches!(
+            slots.get(key),
+            Some(Slot::InProgress { token: t, until }) if t == token && *until > now
+        );
         if !ours {
             return Box::pin(std::future::ready(Ok(Completed::ClaimLost)));
         }

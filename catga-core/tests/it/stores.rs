@@ -293,3 +293,31 @@ async fn a_write_that_does_not_fit_its_key_writes_nothing() {
     assert_eq!(s.get("count").as_deref(), Some(&b"2"[..]));
     assert_eq!(s.list("ledger").len(), 1);
 }
+
+/// An attempt that outlived its lease has lost its claim, even when nobody
+/// took the key over yet: its completion stores nothing (as on Redis, where
+/// the claim has expired), and the next claim runs again.
+#[tokio::test(start_paused = true)]
+async fn a_completion_past_its_lease_is_lost_even_when_nobody_took_over() {
+    let s = MemoryIdempotencyStore::new();
+    let Claim::Acquired { token } = IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh key is acquired");
+    };
+    tokio::time::advance(Duration::from_secs(6)).await;
+    let late = Completion::new("late".into(), Duration::from_secs(60))
+        .work(UnitOfWork::new().set("written", "1"));
+    assert_eq!(
+        s.complete("k", &token, late).await.unwrap(),
+        Completed::ClaimLost
+    );
+    assert_eq!(s.get("written"), None, "nothing written");
+    assert!(matches!(
+        IdempotencyStore::claim(&s, "k", Duration::from_secs(5))
+            .await
+            .unwrap(),
+        Claim::Acquired { .. }
+    ));
+}
