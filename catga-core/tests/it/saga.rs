@@ -684,6 +684,35 @@ async fn eventually_logged(journal: &Journal, id: Uuid, what: &str) {
     }
 }
 
+/// A saga whose data this version cannot decode stops its driver every time:
+/// it rests longer and longer between tries (from 200 ms, doubling, up to
+/// 10 s) instead of being loaded and logged at every listing (every 20 ms
+/// here).
+#[tokio::test]
+async fn a_saga_that_cannot_go_on_rests_between_tries() {
+    let journal = Journal::default();
+    let store = Arc::new(CountingLoads {
+        inner: MemorySagaStore::new(),
+        loads: Default::default(),
+    });
+    let broken = stored_elsewhere("test.fulfilment", &"not an order");
+    store.inner.create(&broken).await.unwrap();
+    let m = mediator(journal.clone(), store.clone()).await;
+    let loads = || store.loads.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while loads() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Tries at about 0, 0.2, 0.6, 1.4 s (rests jittered to half and more):
+    // at most a handful, where every listing would be about a hundred.
+    assert!(loads() <= 8, "loaded {} times in about 2 s", loads());
+    let state = store.inner.load(broken.id).await.unwrap().unwrap();
+    assert_eq!(state.status, SagaStatus::Running, "left as it was");
+    m.shutdown().await.unwrap();
+}
+
 /// A saga started on the peer whose coordinator leads is handed to it with
 /// the state its start stored: driven to the end without one load. One
 /// stored by another peer (here: straight into the store) is found by the

@@ -121,6 +121,7 @@ async fn coordinate<D: SagaData>(
     let mut handed: HashMap<Uuid, SagaState> = HashMap::new();
     let mut handed_order: VecDeque<Uuid> = VecDeque::new();
     let mut handed_turn = false;
+    let mut resting = Resting::default();
     // Each saga is driven on a task of its own, so a busy coordinator uses
     // every core; dropping the set (deposed, cancelled) aborts them, and the
     // next leader resumes them from their state.
@@ -150,10 +151,12 @@ async fn coordinate<D: SagaData>(
         if pending.is_empty() && tokio::time::Instant::now() >= next_listing {
             woken = Box::pin(starts.notified()); // armed before the query
             match store.unfinished(&saga.name).await {
-                Ok(ids) => pending.extend(
-                    ids.into_iter()
-                        .filter(|id| !active.contains(id) && !handed.contains_key(id)),
-                ),
+                Ok(ids) => {
+                    resting.keep_listed(&ids.iter().copied().collect());
+                    pending.extend(ids.into_iter().filter(|id| {
+                        !active.contains(id) && !handed.contains_key(id) && !resting.resting(id)
+                    }));
+                }
                 Err(e) => {
                     tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas")
                 }
@@ -173,6 +176,9 @@ async fn coordinate<D: SagaData>(
                 pending.pop_front().or_else(|| handed_order.pop_front())
             };
             let Some(id) = next else { break };
+            if resting.resting(&id) {
+                continue;
+            }
             if active.insert(id) {
                 let driver = drive(
                     saga.clone(),
@@ -187,16 +193,21 @@ async fn coordinate<D: SagaData>(
         }
         tokio::select! {
             Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
-                let task = match done {
-                    Ok((task, ())) => task,
-                    // A driver panicked: its saga is retried from a later listing.
+                let (task, paused) = match done {
+                    Ok((task, paused)) => (task, paused),
+                    // A driver panicked: its saga is retried after a rest.
                     Err(e) => {
                         tracing::error!(saga = %saga.name, error = %e, "a saga driver failed");
-                        e.id()
+                        (e.id(), true)
                     }
                 };
                 if let Some(id) = driving.remove(&task) {
                     active.remove(&id);
+                    if paused {
+                        resting.paused(id);
+                    } else {
+                        resting.went_on(id);
+                    }
                 }
             }
             () = &mut woken => {
@@ -224,18 +235,62 @@ async fn drive<D: SagaData>(
     leader: LeaderContext,
     id: Uuid,
     handed: Option<SagaState>,
-) {
+) -> bool {
     let run = Driver {
         saga: &saga,
         store: &*store,
         leader: &leader,
     };
-    if let Err(e) = run.saga(id, handed).await {
-        if e.kind() == ErrorKind::Conflict || leader.is_cancelled() {
+    match run.saga(id, handed).await {
+        Ok(()) => false,
+        Err(e) if e.kind() == ErrorKind::Conflict || leader.is_cancelled() => {
             tracing::info!(saga = %saga.name, %id, error = %e, "saga taken over");
-        } else {
-            tracing::warn!(saga = %saga.name, %id, error = %e, "saga paused; it resumes on the next round");
+            false
         }
+        Err(e) => {
+            tracing::warn!(saga = %saga.name, %id, error = %e, "saga paused; it resumes after a rest");
+            true
+        }
+    }
+}
+
+/// Sagas whose driver stopped on an error (a store away, data this version
+/// cannot decode): each rests before it is driven again, twice as long each
+/// time up to 10 s (so it goes on within about 10 s of its store coming
+/// back), and one that cannot go on is not loaded and logged at every
+/// listing.
+#[derive(Default)]
+struct Resting(HashMap<Uuid, (tokio::time::Instant, Duration)>);
+
+impl Resting {
+    const FIRST: Duration = Duration::from_millis(200);
+    const LONGEST: Duration = Duration::from_secs(10);
+
+    /// Saga `id` stopped on an error: it rests.
+    fn paused(&mut self, id: Uuid) {
+        let rest = self
+            .0
+            .get(&id)
+            .map_or(Self::FIRST, |(_, last)| (*last * 2).min(Self::LONGEST));
+        let until = tokio::time::Instant::now() + rest.mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.0.insert(id, (until, rest));
+    }
+
+    /// Saga `id` went on (or ended): no more rest.
+    fn went_on(&mut self, id: Uuid) {
+        self.0.remove(&id);
+    }
+
+    /// Whether saga `id` is resting now.
+    fn resting(&self, id: &Uuid) -> bool {
+        self.0
+            .get(id)
+            .is_some_and(|(until, _)| *until > tokio::time::Instant::now())
+    }
+
+    /// Forgets sagas no longer listed (finished elsewhere).
+    fn keep_listed(&mut self, listed: &HashSet<Uuid>) {
+        self.0.retain(|id, _| listed.contains(id));
     }
 }
 
