@@ -135,24 +135,23 @@ impl RedisStore {
     /// Removes the consumers of peers that stopped relaying: idle for ten idle
     /// times with nothing pending (what they held was reclaimed first). Every
     /// peer that ever started leaves a consumer behind; without this, the group
-    /// grows with every restart.
+    /// grows with every restart. Checked and removed in one script, so a relay
+    /// that wakes up in between keeps what it reads.
     async fn prune_consumers(&self, shard: u32, me: &str, min_idle: Duration) -> Result<()> {
         let stream = self.keys.outbox(shard);
-        let group = self.keys.group();
         let mut conn = self.conn.clone();
-        let info: redis::streams::StreamInfoConsumersReply = conn
-            .xinfo_consumers(&stream, &group)
+        let removed: Vec<String> = self
+            .scripts
+            .prune_consumers
+            .key(&stream)
+            .arg(self.keys.group())
+            .arg(me)
+            .arg(ms(min_idle).saturating_mul(10))
+            .invoke_async(&mut conn)
             .await
-            .map_err(|e| store_error("XINFO CONSUMERS on the outbox", e))?;
-        let stale = u128::from(ms(min_idle)) * 10;
-        for c in info.consumers {
-            if c.name != me && c.pending == 0 && c.idle as u128 > stale {
-                let _: usize = conn
-                    .xgroup_delconsumer(&stream, &group, &c.name)
-                    .await
-                    .map_err(|e| store_error("XGROUP DELCONSUMER on the outbox", e))?;
-                tracing::debug!(consumer = %c.name, shard, "removed the relay consumer of a dead peer");
-            }
+            .map_err(|e| store_error("removing stale outbox consumers", e))?;
+        for consumer in removed {
+            tracing::debug!(%consumer, shard, "removed the relay consumer of a dead peer");
         }
         Ok(())
     }

@@ -30,6 +30,7 @@ pub(crate) struct Scripts {
     pub(crate) saga_save: Script,
     pub(crate) saga_create: Script,
     pub(crate) replay_dead_letter: Script,
+    pub(crate) prune_consumers: Script,
 }
 
 impl Scripts {
@@ -47,6 +48,7 @@ impl Scripts {
             lock_release: Script::new(include_str!("../lua/lock_release.lua")),
             saga_save: Script::new(include_str!("../lua/saga_save.lua")),
             saga_create: Script::new(include_str!("../lua/saga_create.lua")),
+            prune_consumers: Script::new(include_str!("../lua/prune_consumers.lua")),
             replay_dead_letter: Script::new(include_str!("../lua/replay_dead_letter.lua")),
         }
     }
