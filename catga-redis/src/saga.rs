@@ -115,9 +115,16 @@ impl SagaStore for RedisStore {
     fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let (_, set) = self.keys.saga(id, saga);
-            let _: usize = conn
-                .srem(&set, id.to_string())
+            let (hash, set) = self.keys.saga(id, saga);
+            // Kept when it is unfinished after all (an operator resumed it
+            // since the caller read it finished): checked in the same step.
+            let _: usize = self
+                .scripts
+                .saga_forget
+                .key(&hash)
+                .key(&set)
+                .arg(id.to_string())
+                .invoke_async(&mut conn)
                 .await
                 .map_err(|e| store_error(&format!("updating `{set}`"), e))?;
             Ok(())

@@ -31,6 +31,7 @@ pub(crate) struct Scripts {
     pub(crate) saga_create: Script,
     pub(crate) replay_dead_letter: Script,
     pub(crate) prune_consumers: Script,
+    pub(crate) saga_forget: Script,
 }
 
 impl Scripts {
@@ -49,6 +50,7 @@ impl Scripts {
             saga_save: Script::new(include_str!("../lua/saga_save.lua")),
             saga_create: Script::new(include_str!("../lua/saga_create.lua")),
             prune_consumers: Script::new(include_str!("../lua/prune_consumers.lua")),
+            saga_forget: Script::new(include_str!("../lua/saga_forget.lua")),
             replay_dead_letter: Script::new(include_str!("../lua/replay_dead_letter.lua")),
         }
     }

@@ -601,3 +601,59 @@ async fn a_saga_record_from_before_the_listing_fields_is_saved_as_before() {
         .unwrap();
     assert_eq!(ttl, -1, "an unfinished saga is kept");
 }
+
+/// `forget` drops only what is finished (or gone): a saga unfinished after
+/// all (an operator resumed it after a coordinator read it finished) stays
+/// listed, in the same step as the check.
+#[tokio::test]
+async fn forget_keeps_a_saga_that_is_unfinished_after_all() {
+    let redis = RedisServer::start();
+    let store = RedisStore::connect(RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let running = SagaState {
+        id: catga_core::new_id(),
+        saga: "test.fulfilment".into(),
+        status: SagaStatus::Running,
+        step: 0,
+        completed: Vec::new(),
+        data: catga_core::Format::MsgPack
+            .encode(&Order::default())
+            .unwrap(),
+        version: 0,
+        fence: 0,
+        history: Vec::new(),
+        error: None,
+        failed_step: None,
+    };
+    assert!(store.create(&running).await.unwrap());
+    store.forget("test.fulfilment", running.id).await.unwrap();
+    assert_eq!(listed(&store).await, [running.id], "unfinished: kept");
+    // Finished, yet listed again (a writer that died between its save and
+    // the list update): dropped.
+    let mut done = running.clone();
+    done.status = SagaStatus::Completed;
+    done.version = 1;
+    store.save(&done).await.unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let _: usize = redis::cmd("SADD")
+        .arg(unfinished_key(running.id))
+        .arg(running.id.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(listed(&store).await, [running.id]);
+    store.forget("test.fulfilment", running.id).await.unwrap();
+    assert!(listed(&store).await.is_empty(), "finished: dropped");
+    // Never stored at all: dropped.
+    let ghost = catga_core::new_id();
+    let _: usize = redis::cmd("SADD")
+        .arg(unfinished_key(ghost))
+        .arg(ghost.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    store.forget("test.fulfilment", ghost).await.unwrap();
+    assert!(listed(&store).await.is_empty(), "gone: dropped");
+}
