@@ -713,6 +713,35 @@ async fn a_saga_that_cannot_go_on_rests_between_tries() {
     m.shutdown().await.unwrap();
 }
 
+/// A saga saved in a later term than the coordinator's (the lock's fence
+/// counter went backwards: its key evicted, its Redis replaced) is not
+/// driven: no step is sent again and again only to have every save refused.
+#[tokio::test]
+async fn a_saga_saved_with_a_fence_ahead_of_the_coordinators_is_not_driven() {
+    let journal = Journal::default();
+    let store = Arc::new(CountingLoads {
+        inner: MemorySagaStore::new(),
+        loads: Default::default(),
+    });
+    let mut ahead = stored_elsewhere("test.fulfilment", &Order::default());
+    ahead.fence = 100;
+    store.inner.create(&ahead).await.unwrap();
+    let m = mediator(journal.clone(), store.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while store.loads.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "never tried");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        log(&journal, ahead.id).is_empty(),
+        "{:?}",
+        log(&journal, ahead.id)
+    );
+    let state = store.inner.load(ahead.id).await.unwrap().unwrap();
+    assert_eq!((state.status, state.version), (SagaStatus::Running, 0));
+    m.shutdown().await.unwrap();
+}
+
 /// A saga started on the peer whose coordinator leads is handed to it with
 /// the state its start stored: driven to the end without one load. One
 /// stored by another peer (here: straight into the store) is found by the

@@ -341,6 +341,26 @@ impl<D: SagaData> Driver<'_, D> {
             // are not one step, and whose writer died in between).
             return self.store.forget(&state.saga, state.id).await;
         }
+        if state.fence > self.leader.fence() {
+            // Written in a later term than this one: a newer coordinator
+            // leads (this one is deposed and its lease will say so), or the
+            // lock's fence counter went backwards (its key evicted, the lock
+            // Redis replaced). Either way this one must not drive it: every
+            // save would be refused, after its step was sent again.
+            return Err(Error::new(
+                ErrorKind::Store,
+                format!(
+                    "saga {} was saved with fence {} above this coordinator's {}: a newer \
+                     coordinator leads, or the lock's fence counter went backwards (its key \
+                     evicted or its Redis replaced: restore the counter above {})",
+                    state.id,
+                    state.fence,
+                    self.leader.fence(),
+                    state.fence
+                ),
+            )
+            .with_code("catga.fence_ahead"));
+        }
         while !self.leader.is_cancelled() {
             match state.status {
                 SagaStatus::Running => self.forward(&mut state).await?,
