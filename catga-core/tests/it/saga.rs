@@ -742,6 +742,62 @@ async fn a_saga_saved_with_a_fence_ahead_of_the_coordinators_is_not_driven() {
     m.shutdown().await.unwrap();
 }
 
+/// A store whose `create` answers late (a slow reply after the write).
+struct SlowCreate {
+    inner: MemorySagaStore,
+}
+
+impl SagaStore for SlowCreate {
+    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
+        Box::pin(async move {
+            let created = self.inner.create(state).await?;
+            // Longer than an idle coordinator's listing interval (1 s at
+            // most), so that a listing finds the saga meanwhile.
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            Ok(created)
+        })
+    }
+    fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
+        self.inner.load(id)
+    }
+    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
+        self.inner.save(state)
+    }
+    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, catga_core::Result<Vec<Uuid>>> {
+        self.inner.unfinished(saga)
+    }
+    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, catga_core::Result<()>> {
+        self.inner.forget(saga, id)
+    }
+}
+
+/// A start slow to hand its saga over, after the listing found it and drove
+/// it to its end: the stale state it hands over is not driven again (each
+/// step sent once).
+#[tokio::test]
+async fn a_saga_handed_over_after_the_listing_drove_it_is_not_driven_again() {
+    let journal = Journal::default();
+    let store = Arc::new(SlowCreate {
+        inner: MemorySagaStore::new(),
+    });
+    let m = mediator(journal.clone(), store.clone()).await;
+    let id = fulfilment()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
+        .await
+        .unwrap();
+    assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);
+    // The listing drove it while its start still waited on the store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let steps: Vec<String> = log(&journal, id)
+        .into_iter()
+        .filter(|w| !w.starts_with("event"))
+        .collect();
+    assert_eq!(steps, ["reserve", "charge", "ship"], "each step once");
+    m.shutdown().await.unwrap();
+}
+
 /// A saga started on the peer whose coordinator leads is handed to it with
 /// the state its start stored: driven to the end without one load. One
 /// stored by another peer (here: straight into the store) is found by the

@@ -122,6 +122,7 @@ async fn coordinate<D: SagaData>(
     let mut handed_order: VecDeque<Uuid> = VecDeque::new();
     let mut handed_turn = false;
     let mut resting = Resting::default();
+    let mut driven = Driven::default();
     // Each saga is driven on a task of its own, so a busy coordinator uses
     // every core; dropping the set (deposed, cancelled) aborts them, and the
     // next leader resumes them from their state.
@@ -141,8 +142,12 @@ async fn coordinate<D: SagaData>(
     while !ctx.is_cancelled() {
         for state in starts.take() {
             // Beyond the bound, the state is dropped: the listing finds the
-            // saga and its driver loads it.
-            let new = !active.contains(&state.id) && !handed.contains_key(&state.id);
+            // saga and its driver loads it. One a listing found and drove
+            // already (its start slow to hand it over) is not driven again
+            // from the state its start stored.
+            let new = !active.contains(&state.id)
+                && !handed.contains_key(&state.id)
+                && !driven.contains(&state.id);
             if new && handed.len() < MAX_HANDED {
                 handed_order.push_back(state.id);
                 handed.insert(state.id, state);
@@ -207,6 +212,7 @@ async fn coordinate<D: SagaData>(
                         resting.paused(id);
                     } else {
                         resting.went_on(id);
+                        driven.insert(id);
                     }
                 }
             }
@@ -251,6 +257,34 @@ async fn drive<D: SagaData>(
             tracing::warn!(saga = %saga.name, %id, error = %e, "saga paused; it resumes after a rest");
             true
         }
+    }
+}
+
+/// The sagas this coordinator drove to a stop (finished, or handed on),
+/// the latest few thousand: a start's state handed over after the listing
+/// drove its saga is stale and must not be driven again.
+#[derive(Default)]
+struct Driven {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+impl Driven {
+    const KEPT: usize = 4 * MAX_HANDED;
+
+    fn insert(&mut self, id: Uuid) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > Self::KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.ids.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn contains(&self, id: &Uuid) -> bool {
+        self.ids.contains(id)
     }
 }
 
