@@ -781,8 +781,6 @@ impl catga_core::Event for Settled {}
 /// result, none lost and none stored twice, however their awaits interleave.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_idempotent_handlers_of_one_event_each_store_their_own_events() {
-    use catga_core::store::OutboxStore;
-
     let store = Arc::new(MemoryIdempotencyStore::new());
     let m = Catga::builder()
         .behavior(Idempotency::new(store.clone()))
@@ -808,20 +806,7 @@ async fn concurrent_idempotent_handlers_of_one_event_each_store_their_own_events
         .build()
         .unwrap();
     m.publish(Settled { order: 7 }).await.unwrap();
-    let entries = store
-        .outbox()
-        .claim("reader", 10, Duration::ZERO)
-        .await
-        .unwrap();
-    let mut held: Vec<u32> = entries
-        .iter()
-        .map(|e| {
-            catga_core::codec::Format::MsgPack
-                .decode::<Happened>(&e.record.payload)
-                .unwrap()
-                .n
-        })
-        .collect();
+    let mut held = outbox_events(&store).await;
     held.sort_unstable();
     assert_eq!(held, [71, 72], "each handler's event, once");
 }
@@ -832,8 +817,6 @@ async fn concurrent_idempotent_handlers_of_one_event_each_store_their_own_events
 /// a buffer of its own, closed when it ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_publish_from_a_failed_attempt_does_not_join_the_retry() {
-    use catga_core::store::OutboxStore;
-
     let store = Arc::new(MemoryIdempotencyStore::new());
     let attempts = Arc::new(AtomicUsize::new(0));
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -877,12 +860,20 @@ async fn a_late_publish_from_a_failed_attempt_does_not_join_the_retry() {
     .unwrap();
     let late = rx.await.unwrap().unwrap_err();
     assert_eq!(late.kind(), ErrorKind::Config, "{late}");
+    let held = outbox_events(&store).await;
+    assert_eq!(held, [2], "the retry's event alone");
+}
+
+/// The `Happened` events in `store`'s outbox, by their `n`, in order.
+async fn outbox_events(store: &MemoryIdempotencyStore) -> Vec<u32> {
+    use catga_core::store::OutboxStore;
+
     let entries = store
         .outbox()
         .claim("reader", 10, Duration::ZERO)
         .await
         .unwrap();
-    let held: Vec<u32> = entries
+    entries
         .iter()
         .map(|e| {
             catga_core::codec::Format::MsgPack
@@ -890,6 +881,5 @@ async fn a_late_publish_from_a_failed_attempt_does_not_join_the_retry() {
                 .unwrap()
                 .n
         })
-        .collect();
-    assert_eq!(held, [2], "the retry's event alone");
+        .collect()
 }

@@ -589,48 +589,35 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
     m.shutdown().await.unwrap();
 }
 
-/// A saga store that counts the sagas it loads, over a memory store.
-struct CountingLoads {
+/// A saga store in memory with faults and counts for tests: it counts
+/// loads, can answer a finishing save with an error although it stored it
+/// (a lost reply), and can answer a create late.
+#[derive(Default)]
+struct Hooked {
     inner: MemorySagaStore,
     loads: std::sync::atomic::AtomicUsize,
+    lose_final_reply: bool,
+    slow_create: Option<Duration>,
 }
 
-impl SagaStore for CountingLoads {
+impl SagaStore for Hooked {
     fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
-        self.inner.create(state)
+        Box::pin(async move {
+            let created = self.inner.create(state).await?;
+            if let Some(late) = self.slow_create {
+                tokio::time::sleep(late).await;
+            }
+            Ok(created)
+        })
     }
     fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
         self.loads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.inner.load(id)
     }
     fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
-        self.inner.save(state)
-    }
-    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, catga_core::Result<Vec<Uuid>>> {
-        self.inner.unfinished(saga)
-    }
-    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, catga_core::Result<()>> {
-        self.inner.forget(saga, id)
-    }
-}
-
-/// A store whose save of a finishing state is applied but answers an error,
-/// as when the reply is lost after Redis wrote it.
-struct LostFinalReply {
-    inner: MemorySagaStore,
-}
-
-impl SagaStore for LostFinalReply {
-    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
-        self.inner.create(state)
-    }
-    fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
-        self.inner.load(id)
-    }
-    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
         Box::pin(async move {
             self.inner.save(state).await?;
-            if state.status.is_finished() {
+            if self.lose_final_reply && state.status.is_finished() {
                 return Err(Error::store("the reply was lost"));
             }
             Ok(())
@@ -650,8 +637,9 @@ impl SagaStore for LostFinalReply {
 #[tokio::test]
 async fn a_final_save_stored_despite_an_error_still_announces_the_end() {
     let journal = Journal::default();
-    let store = Arc::new(LostFinalReply {
-        inner: MemorySagaStore::new(),
+    let store = Arc::new(Hooked {
+        lose_final_reply: true,
+        ..Hooked::default()
     });
     let m = mediator(journal.clone(), store.clone()).await;
     let id = fulfilment()
@@ -691,10 +679,7 @@ async fn eventually_logged(journal: &Journal, id: Uuid, what: &str) {
 #[tokio::test]
 async fn a_saga_that_cannot_go_on_rests_between_tries() {
     let journal = Journal::default();
-    let store = Arc::new(CountingLoads {
-        inner: MemorySagaStore::new(),
-        loads: Default::default(),
-    });
+    let store = Arc::new(Hooked::default());
     let broken = stored_elsewhere("test.fulfilment", &"not an order");
     store.inner.create(&broken).await.unwrap();
     let m = mediator(journal.clone(), store.clone()).await;
@@ -719,10 +704,7 @@ async fn a_saga_that_cannot_go_on_rests_between_tries() {
 #[tokio::test]
 async fn a_saga_saved_with_a_fence_ahead_of_the_coordinators_is_not_driven() {
     let journal = Journal::default();
-    let store = Arc::new(CountingLoads {
-        inner: MemorySagaStore::new(),
-        loads: Default::default(),
-    });
+    let store = Arc::new(Hooked::default());
     let mut ahead = stored_elsewhere("test.fulfilment", &Order::default());
     ahead.fence = 100;
     store.inner.create(&ahead).await.unwrap();
@@ -742,43 +724,17 @@ async fn a_saga_saved_with_a_fence_ahead_of_the_coordinators_is_not_driven() {
     m.shutdown().await.unwrap();
 }
 
-/// A store whose `create` answers late (a slow reply after the write).
-struct SlowCreate {
-    inner: MemorySagaStore,
-}
-
-impl SagaStore for SlowCreate {
-    fn create<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<bool>> {
-        Box::pin(async move {
-            let created = self.inner.create(state).await?;
-            // Longer than an idle coordinator's listing interval (1 s at
-            // most), so that a listing finds the saga meanwhile.
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            Ok(created)
-        })
-    }
-    fn load(&self, id: Uuid) -> BoxFuture<'_, catga_core::Result<Option<SagaState>>> {
-        self.inner.load(id)
-    }
-    fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
-        self.inner.save(state)
-    }
-    fn unfinished<'a>(&'a self, saga: &'a str) -> BoxFuture<'a, catga_core::Result<Vec<Uuid>>> {
-        self.inner.unfinished(saga)
-    }
-    fn forget<'a>(&'a self, saga: &'a str, id: Uuid) -> BoxFuture<'a, catga_core::Result<()>> {
-        self.inner.forget(saga, id)
-    }
-}
-
 /// A start slow to hand its saga over, after the listing found it and drove
 /// it to its end: the stale state it hands over is not driven again (each
 /// step sent once).
 #[tokio::test]
 async fn a_saga_handed_over_after_the_listing_drove_it_is_not_driven_again() {
     let journal = Journal::default();
-    let store = Arc::new(SlowCreate {
-        inner: MemorySagaStore::new(),
+    // Longer than an idle coordinator's listing interval (1 s at most), so
+    // that a listing finds the saga meanwhile.
+    let store = Arc::new(Hooked {
+        slow_create: Some(Duration::from_millis(1500)),
+        ..Hooked::default()
     });
     let m = mediator(journal.clone(), store.clone()).await;
     let id = fulfilment()
@@ -805,10 +761,7 @@ async fn a_saga_handed_over_after_the_listing_drove_it_is_not_driven_again() {
 #[tokio::test]
 async fn a_saga_started_on_the_leading_peer_is_driven_without_loading_it() {
     let journal = Journal::default();
-    let store = Arc::new(CountingLoads {
-        inner: MemorySagaStore::new(),
-        loads: Default::default(),
-    });
+    let store = Arc::new(Hooked::default());
     let m = mediator(journal.clone(), store.clone()).await;
     let loads = || store.loads.load(std::sync::atomic::Ordering::SeqCst);
     let completed = |id| log(&journal, id).contains(&"event completed".to_owned());
