@@ -591,13 +591,16 @@ async fn a_full_saga_backlog_is_refused_at_once_and_drains() {
 
 /// A saga store in memory with faults and counts for tests: it counts
 /// loads, can answer a finishing save with an error although it stored it
-/// (a lost reply), and can answer a create late.
+/// (a lost reply), can answer a create late, and can fail every save after
+/// the first until a given time (not stored).
 #[derive(Default)]
 struct Hooked {
     inner: MemorySagaStore,
     loads: std::sync::atomic::AtomicUsize,
     lose_final_reply: bool,
     slow_create: Option<Duration>,
+    fail_later_saves_until: Option<tokio::time::Instant>,
+    saves: std::sync::atomic::AtomicUsize,
 }
 
 impl SagaStore for Hooked {
@@ -616,6 +619,13 @@ impl SagaStore for Hooked {
     }
     fn save<'a>(&'a self, state: &'a SagaState) -> BoxFuture<'a, catga_core::Result<()>> {
         Box::pin(async move {
+            let n = self.saves.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let away = self
+                .fail_later_saves_until
+                .is_some_and(|until| n > 1 && tokio::time::Instant::now() < until);
+            if away {
+                return Err(Error::store("the store is away"));
+            }
             self.inner.save(state).await?;
             if self.lose_final_reply && state.status.is_finished() {
                 return Err(Error::store("the reply was lost"));
@@ -751,6 +761,39 @@ async fn a_saga_handed_over_after_the_listing_drove_it_is_not_driven_again() {
         .filter(|w| !w.starts_with("event"))
         .collect();
     assert_eq!(steps, ["reserve", "charge", "ship"], "each step once");
+    m.shutdown().await.unwrap();
+}
+
+/// The same race, with the listing's driver stopped by store errors after
+/// it saved a step (the saga resting when the stale state arrives): that
+/// state is not driven either (its first step would be sent again, or the
+/// saga left behind for the term), and the saga goes on from what was saved
+/// once the store is back.
+#[tokio::test]
+async fn a_stale_hand_over_after_a_driver_stopped_on_an_error_is_not_driven() {
+    let journal = Journal::default();
+    let store = Arc::new(Hooked {
+        slow_create: Some(Duration::from_millis(1500)),
+        // `reserve` is saved; the saves after it fail until after the start
+        // hands its (by then stale) state over.
+        fail_later_saves_until: Some(tokio::time::Instant::now() + Duration::from_millis(2500)),
+        ..Hooked::default()
+    });
+    let m = mediator(journal.clone(), store.clone()).await;
+    let id = fulfilment()
+        .handle(&m)
+        .unwrap()
+        .start(Order::default())
+        .await
+        .unwrap();
+    assert_eq!(finished(&m, id).await.status, SagaStatus::Completed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = log(&journal, id);
+    let sent = |what: &str| log.iter().filter(|w| *w == what).count();
+    assert_eq!(sent("reserve"), 1, "{log:?}");
+    // `charge` is sent again after each failed save: its outcome was not saved.
+    assert!(sent("charge") >= 1, "{log:?}");
+    assert_eq!(sent("ship"), 1, "{log:?}");
     m.shutdown().await.unwrap();
 }
 

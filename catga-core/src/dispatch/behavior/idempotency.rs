@@ -31,10 +31,11 @@ use crate::store::{Claim, Completed, Completion, IdempotencyStore};
 ///   says that no effect happened (or that the failure is one it wants to see
 ///   again). It is never released because the attempt was dropped or panicked:
 ///   the effect may have happened, so the claim stays until its lease runs out.
-/// - **A completion that finds its claim taken over is an error** (kind
+/// - **A completion that finds its claim lost is an error** (kind
 ///   [`Conflict`](ErrorKind::Conflict), code `catga.claim_lost`): the lease ran
-///   out while the peer was paused and another attempt took the key. Nothing of
-///   this attempt is stored, neither its response nor its events.
+///   out while the peer was paused (and another attempt may have taken the
+///   key). Nothing of this attempt is stored, neither its response nor its
+///   events.
 /// - **A duplicate must carry the same payload.** The outcome is stored with a
 ///   fingerprint of the message's payload (the bytes it arrived in; its
 ///   MessagePack encoding when sent in this process). The same message id
@@ -170,13 +171,15 @@ impl Idempotency {
     }
 }
 
-/// The error of an attempt whose claim was taken over while its handler ran.
+/// The error of an attempt whose claim ran out (and may have been taken)
+/// while its handler ran.
 fn claim_lost(env: &Envelope<'_>) -> Error {
     Error::new(
         ErrorKind::Conflict,
         format!(
             "the claim on message {} of `{}` ran out while its handler ran (the peer was paused \
-             or cut off from the store for longer than the lease) and another attempt took it; \
+             or cut off from the store for longer than the lease), and another attempt may have \
+             taken it; \
              this attempt's outcome, events and staged writes were not stored (effects it made \
              outside its unit of work may have happened twice): retry with the same message id \
              to get the stored outcome",

@@ -145,9 +145,12 @@ async fn coordinate<D: SagaData>(
             // saga and its driver loads it. One a listing found and drove
             // already (its start slow to hand it over) is not driven again
             // from the state its start stored.
-            let new = !active.contains(&state.id)
-                && !handed.contains_key(&state.id)
-                && !driven.contains(&state.id);
+            if driven.contains(&state.id) {
+                // The listing finds it (again) if it is unfinished.
+                next_listing = tokio::time::Instant::now();
+                continue;
+            }
+            let new = !active.contains(&state.id) && !handed.contains_key(&state.id);
             if new && handed.len() < MAX_HANDED {
                 handed_order.push_back(state.id);
                 handed.insert(state.id, state);
@@ -157,7 +160,9 @@ async fn coordinate<D: SagaData>(
             woken = Box::pin(starts.notified()); // armed before the query
             match store.unfinished(&saga.name).await {
                 Ok(ids) => {
-                    resting.keep_listed(&ids.iter().copied().collect());
+                    if !resting.is_empty() {
+                        resting.keep_listed(&ids.iter().copied().collect());
+                    }
                     pending.extend(ids.into_iter().filter(|id| {
                         !active.contains(id) && !handed.contains_key(id) && !resting.resting(id)
                     }));
@@ -166,7 +171,11 @@ async fn coordinate<D: SagaData>(
                     tracing::warn!(saga = %saga.name, error = %e, "cannot list unfinished sagas")
                 }
             }
-            interval = if pending.is_empty() && active.is_empty() && handed_order.is_empty() {
+            let idle = pending.is_empty()
+                && active.is_empty()
+                && handed_order.is_empty()
+                && resting.is_empty();
+            interval = if idle {
                 (interval * 2).min(idle_max)
             } else {
                 saga.poll_interval
@@ -182,6 +191,8 @@ async fn coordinate<D: SagaData>(
             };
             let Some(id) = next else { break };
             if resting.resting(&id) {
+                // A later listing finds it once its rest is over.
+                handed.remove(&id);
                 continue;
             }
             if active.insert(id) {
@@ -208,11 +219,13 @@ async fn coordinate<D: SagaData>(
                 };
                 if let Some(id) = driving.remove(&task) {
                     active.remove(&id);
+                    // Driven, whatever came of it: a state its start hands
+                    // over from now on is older than the store's.
+                    driven.insert(id);
                     if paused {
                         resting.paused(id);
                     } else {
                         resting.went_on(id);
-                        driven.insert(id);
                     }
                 }
             }
@@ -234,7 +247,8 @@ async fn coordinate<D: SagaData>(
 }
 
 /// Drives saga `id` from `handed` (the state its start on this peer stored)
-/// or from its stored state.
+/// or from its stored state. `true` when it stopped on an error (the saga
+/// rests before its next try).
 async fn drive<D: SagaData>(
     saga: Arc<Saga<D>>,
     store: Arc<dyn SagaStore>,
@@ -260,9 +274,10 @@ async fn drive<D: SagaData>(
     }
 }
 
-/// The sagas this coordinator drove to a stop (finished, or handed on),
-/// the latest few thousand: a start's state handed over after the listing
-/// drove its saga is stale and must not be driven again.
+/// The sagas this coordinator has driven, whatever came of it, the latest
+/// few thousand: a start's state handed over after a listing drove its saga
+/// may be older than the store's and must not be driven (the listing finds
+/// the saga if it is unfinished).
 #[derive(Default)]
 struct Driven {
     ids: HashSet<Uuid>,
@@ -320,6 +335,10 @@ impl Resting {
         self.0
             .get(id)
             .is_some_and(|(until, _)| *until > tokio::time::Instant::now())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// Forgets sagas no longer listed (finished elsewhere).
