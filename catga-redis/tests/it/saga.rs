@@ -646,6 +646,25 @@ async fn forget_keeps_a_saga_that_is_unfinished_after_all() {
     assert_eq!(listed(&store).await, [running.id]);
     store.forget("test.fulfilment", running.id).await.unwrap();
     assert!(listed(&store).await.is_empty(), "finished: dropped");
+    // Written before the listing fields existed (no `done`): dropped, as
+    // every `forget` did then.
+    let mut old = running.clone();
+    old.id = catga_core::new_id();
+    assert!(store.create(&old).await.unwrap());
+    let hash = {
+        let set = unfinished_key(old.id);
+        let tag = &set[..set.find('}').unwrap() + 1];
+        format!("{tag}:saga:{}", old.id)
+    };
+    let removed: usize = redis::cmd("HDEL")
+        .arg(&hash)
+        .arg("done")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "`{hash}` had its field");
+    store.forget("test.fulfilment", old.id).await.unwrap();
+    assert!(listed(&store).await.is_empty(), "older record: dropped");
     // Never stored at all: dropped.
     let ghost = catga_core::new_id();
     let _: usize = redis::cmd("SADD")
