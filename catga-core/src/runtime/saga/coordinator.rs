@@ -315,13 +315,15 @@ impl Resting {
     const FIRST: Duration = Duration::from_millis(200);
     const LONGEST: Duration = Duration::from_secs(10);
 
-    /// Saga `id` stopped on an error: it rests.
+    /// Saga `id` stopped on an error: it rests, twice as long as last time
+    /// unless its last rest ended long ago (it went on for a while since).
     fn paused(&mut self, id: Uuid) {
-        let rest = self
-            .0
-            .get(&id)
-            .map_or(Self::FIRST, |(_, last)| (*last * 2).min(Self::LONGEST));
-        let until = tokio::time::Instant::now() + rest.mul_f64(0.5 + fastrand::f64() / 2.0);
+        let now = tokio::time::Instant::now();
+        let rest = match self.0.get(&id) {
+            Some((until, last)) if *until + Self::LONGEST > now => (*last * 2).min(Self::LONGEST),
+            _ => Self::FIRST,
+        };
+        let until = now + rest.mul_f64(0.5 + fastrand::f64() / 2.0);
         self.0.insert(id, (until, rest));
     }
 
@@ -693,5 +695,33 @@ impl<D: SagaData> Driver<'_, D> {
         if let Err(e) = self.leader.mediator().publish(event).await {
             tracing::warn!(event = E::NAME, error = %e, "saga event not delivered to every handler");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rest_doubles_while_failures_follow_and_starts_over_after_a_while() {
+        let id = Uuid::now_v7();
+        let mut resting = Resting::default();
+        let rest = |r: &Resting| r.0[&id].1;
+        resting.paused(id);
+        assert_eq!(rest(&resting), Resting::FIRST);
+        for expected in [400, 800, 1600, 3200, 6400, 10_000, 10_000] {
+            tokio::time::advance(rest(&resting)).await;
+            resting.paused(id);
+            assert_eq!(rest(&resting), Duration::from_millis(expected));
+        }
+        assert!(resting.resting(&id));
+        // Going on for longer than the longest rest: the next failure starts
+        // from the first rest again.
+        tokio::time::advance(Resting::LONGEST * 3).await;
+        assert!(!resting.resting(&id));
+        resting.paused(id);
+        assert_eq!(rest(&resting), Resting::FIRST);
+        resting.went_on(id);
+        assert!(resting.is_empty());
     }
 }
