@@ -351,7 +351,7 @@ async fn handle_reliable(
         let result = in_progress(&msg, js.ack_wait, handling).await;
         gauge.record(started.elapsed(), result.as_ref().err());
         let ack = match (disposition(&result, delivered, js), result) {
-            (Disposition::Ack, _) => msg.ack().await,
+            (_, Ok(())) => msg.ack().await,
             (Disposition::Leave, Err(e)) => {
                 tracing::info!(error = %e, delivered, what = stored.what(), "another attempt took it over; leaving the message to it");
                 Ok(())
@@ -370,7 +370,6 @@ async fn handle_reliable(
                     msg.ack_with(AckKind::Nak(Some(js.max_backoff))).await
                 }
             },
-            (_, Ok(())) => msg.ack().await,
         };
         if let Err(e) = ack {
             tracing::warn!(error = %e, "could not acknowledge; JetStream will redeliver");

@@ -308,23 +308,29 @@ impl Driven {
 /// time up to 10 s (so it goes on within about 10 s of its store coming
 /// back), and one that cannot go on is not loaded and logged at every
 /// listing.
+/// Each entry: when its rest ends, and how many stops in a row it counts.
 #[derive(Default)]
-struct Resting(HashMap<Uuid, (tokio::time::Instant, Duration)>);
+struct Resting(HashMap<Uuid, (tokio::time::Instant, u32)>);
 
 impl Resting {
     const FIRST: Duration = Duration::from_millis(200);
     const LONGEST: Duration = Duration::from_secs(10);
 
+    /// The rest after `stops` stops in a row.
+    fn rest(stops: u32) -> Duration {
+        Backoff::new(Self::FIRST, Self::LONGEST).cap(stops)
+    }
+
     /// Saga `id` stopped on an error: it rests, twice as long as last time
     /// unless its last rest ended long ago (it went on for a while since).
     fn paused(&mut self, id: Uuid) {
         let now = tokio::time::Instant::now();
-        let rest = match self.0.get(&id) {
-            Some((until, last)) if *until + Self::LONGEST > now => (*last * 2).min(Self::LONGEST),
-            _ => Self::FIRST,
+        let stops = match self.0.get(&id) {
+            Some((until, stops)) if *until + Self::LONGEST > now => stops.saturating_add(1),
+            _ => 1,
         };
-        let until = now + rest.mul_f64(0.5 + fastrand::f64() / 2.0);
-        self.0.insert(id, (until, rest));
+        let until = now + Self::rest(stops).mul_f64(0.5 + fastrand::f64() / 2.0);
+        self.0.insert(id, (until, stops));
     }
 
     /// Saga `id` went on (or ended): no more rest.
@@ -706,7 +712,7 @@ mod tests {
     async fn a_rest_doubles_while_failures_follow_and_starts_over_after_a_while() {
         let id = Uuid::now_v7();
         let mut resting = Resting::default();
-        let rest = |r: &Resting| r.0[&id].1;
+        let rest = |r: &Resting| Resting::rest(r.0[&id].1);
         resting.paused(id);
         assert_eq!(rest(&resting), Resting::FIRST);
         for expected in [400, 800, 1600, 3200, 6400, 10_000, 10_000] {
