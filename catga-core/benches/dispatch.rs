@@ -7,6 +7,13 @@
 //! builder and the same three in a `Stack` around the handler, and `publish`
 //! to three handlers. Handlers complete without waiting, so each future is polled once
 //! (`now_or_never`), which measures Catga rather than an executor.
+//!
+//! Each case is measured in two shapes. Alone: one dispatch's future is made
+//! and handed to `now_or_never`, which moves it (a few hundred bytes) into
+//! its own frame and polls it there. Awaited: an async block awaits
+//! [`AWAITED`] dispatches one after the other, as a handler or a service's
+//! code does, and the time is per dispatch; the caller's future holds each
+//! dispatch's in place, so nothing is moved.
 
 // criterion_group! generates an undocumented public function.
 #![allow(missing_docs)]
@@ -14,6 +21,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use catga_core::behavior::{Behavior, Envelope, Next, Reply, Stack};
 use catga_core::{Catga, Context, Event, EventHandler, Message, Request, RequestHandler, Result};
@@ -96,6 +104,19 @@ impl Behavior for PassThrough {
     }
 }
 
+/// Dispatches awaited one after the other in the awaited shape.
+const AWAITED: u32 = 16;
+
+/// Criterion's time for `iters` runs of `op`, each of [`AWAITED`]
+/// dispatches, divided by that count: the time of one dispatch.
+fn per_dispatch(iters: u64, mut op: impl FnMut()) -> Duration {
+    let started = Instant::now();
+    for _ in 0..iters {
+        op();
+    }
+    started.elapsed() / AWAITED
+}
+
 /// Average allocations of one `op`, over many runs.
 fn allocations_per_op(mut op: impl FnMut()) -> f64 {
     const RUNS: u64 = 10_000;
@@ -153,6 +174,42 @@ fn dispatch(c: &mut Criterion) {
     let publish3 = || {
         black_box(events.publish(Added { sum: 3 }).now_or_never());
     };
+    let send_awaited = || {
+        let run = async {
+            for _ in 0..AWAITED {
+                black_box(plain.send(req()).await?);
+            }
+            Ok::<_, catga_core::Error>(())
+        };
+        black_box(run.now_or_never());
+    };
+    let send3_awaited = || {
+        let run = async {
+            for _ in 0..AWAITED {
+                black_box(layered.send(req()).await?);
+            }
+            Ok::<_, catga_core::Error>(())
+        };
+        black_box(run.now_or_never());
+    };
+    let stacked3_awaited = || {
+        let run = async {
+            for _ in 0..AWAITED {
+                black_box(stacked.send(req()).await?);
+            }
+            Ok::<_, catga_core::Error>(())
+        };
+        black_box(run.now_or_never());
+    };
+    let publish3_awaited = || {
+        let run = async {
+            for _ in 0..AWAITED {
+                events.publish(black_box(Added { sum: 3 })).await?;
+            }
+            Ok::<_, catga_core::Error>(())
+        };
+        black_box(run.now_or_never());
+    };
     assert_eq!(plain.send(req()).now_or_never().unwrap().unwrap(), 3);
     assert_eq!(layered.send(req()).now_or_never().unwrap().unwrap(), 3);
     assert_eq!(stacked.send(req()).now_or_never().unwrap().unwrap(), 3);
@@ -168,6 +225,18 @@ fn dispatch(c: &mut Criterion) {
     g.bench_function("send_3_behaviors", |b| b.iter(send3));
     g.bench_function("send_3_behaviors_stacked", |b| b.iter(stacked3));
     g.bench_function("publish_3_handlers", |b| b.iter(publish3));
+    g.bench_function("awaited/send_no_behaviors", |b| {
+        b.iter_custom(|n| per_dispatch(n, send_awaited))
+    });
+    g.bench_function("awaited/send_3_behaviors", |b| {
+        b.iter_custom(|n| per_dispatch(n, send3_awaited))
+    });
+    g.bench_function("awaited/send_3_behaviors_stacked", |b| {
+        b.iter_custom(|n| per_dispatch(n, stacked3_awaited))
+    });
+    g.bench_function("awaited/publish_3_handlers", |b| {
+        b.iter_custom(|n| per_dispatch(n, publish3_awaited))
+    });
     g.finish();
 
     for (name, allocs) in [
@@ -177,6 +246,27 @@ fn dispatch(c: &mut Criterion) {
         ("send_3_behaviors_stacked", allocations_per_op(stacked3)),
         ("publish_3_handlers", allocations_per_op(publish3)),
     ] {
+        println!("{{\"case\":\"{name}\",\"allocations_per_op\":{allocs:.2}}}");
+    }
+    for (name, allocs) in [
+        (
+            "awaited/send_no_behaviors",
+            allocations_per_op(send_awaited),
+        ),
+        (
+            "awaited/send_3_behaviors",
+            allocations_per_op(send3_awaited),
+        ),
+        (
+            "awaited/send_3_behaviors_stacked",
+            allocations_per_op(stacked3_awaited),
+        ),
+        (
+            "awaited/publish_3_handlers",
+            allocations_per_op(publish3_awaited),
+        ),
+    ] {
+        let allocs = allocs / f64::from(AWAITED);
         println!("{{\"case\":\"{name}\",\"allocations_per_op\":{allocs:.2}}}");
     }
 }

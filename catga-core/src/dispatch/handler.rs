@@ -28,6 +28,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
 
 use futures_util::FutureExt;
 
@@ -152,6 +153,17 @@ pub(crate) trait DynRequestHandler<R: Request>: Send + Sync + 'static {
         ctx: &'a Context,
     ) -> ErasedFuture<'a, Result<R::Response>>;
 
+    /// The same call with the future made in `slot`, where the caller then
+    /// polls it. Returned, as by [`call`](DynRequestHandler::call), the
+    /// erased future is copied once more, which was a fifth of a plain
+    /// local `send` (benches/dispatch.rs: 45 against 35 ns).
+    fn call_in<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+        slot: Pin<&mut Option<ErasedFuture<'a, Result<R::Response>>>>,
+    );
+
     /// The same call with the response erased, for the end of a pipeline.
     fn call_reply<'a>(
         &'a self,
@@ -167,6 +179,15 @@ impl<R: Request, H: RequestHandler<R>> DynRequestHandler<R> for H {
         ctx: &'a Context,
     ) -> ErasedFuture<'a, Result<R::Response>> {
         ErasedFuture::from_or_box(self.handle(request, ctx))
+    }
+
+    fn call_in<'a>(
+        &'a self,
+        request: &'a R,
+        ctx: &'a Context,
+        mut slot: Pin<&mut Option<ErasedFuture<'a, Result<R::Response>>>>,
+    ) {
+        slot.set(Some(ErasedFuture::from_or_box(self.handle(request, ctx))));
     }
 
     fn call_reply<'a>(
