@@ -464,4 +464,8 @@ impl OutboxStore for RedisStore {
             Ok(n)
         })
     }
+
+    fn outbox_identity(&self) -> Option<String> {
+        self.identity.as_deref().map(str::to_owned)
+    }
 }

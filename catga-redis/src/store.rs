@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use catga_core::Result;
 use redis::Script;
+use redis::aio::ConnectionLike as _;
 
 use crate::conn::{self, Conn};
 use crate::keys::Keys;
@@ -74,6 +75,13 @@ pub struct RedisStore {
     pub(crate) reclaimed: Arc<Mutex<Option<std::time::Instant>>>,
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
+    /// Which outbox this is (see [`OutboxStore::outbox_identity`]): the
+    /// server's run id, the database and the key prefix; `None` when the
+    /// server was not asked (a cluster, a connection given by the
+    /// application).
+    ///
+    /// [`OutboxStore::outbox_identity`]: catga_core::store::OutboxStore::outbox_identity
+    pub(crate) identity: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -89,6 +97,22 @@ pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
+/// The id a Redis server draws at its start (`run_id` in `INFO server`):
+/// two connections that read the same one reach the same server. `None`
+/// when the server does not say (a proxy, `INFO` renamed away).
+async fn run_id(conn: &Conn) -> Option<String> {
+    let mut conn = conn.clone();
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("run_id:"))
+        .map(|id| id.trim().to_owned())
+        .filter(|id| !id.is_empty())
+}
+
 impl RedisStore {
     /// Connects; fails with a store error when Redis does not answer.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore> {
@@ -97,7 +121,18 @@ impl RedisStore {
         } else {
             conn::single(&options.urls[0], options.timeout, &options.tls).await?
         };
-        Ok(RedisStore::with(conn, &options))
+        let mut store = RedisStore::with(conn, &options);
+        if !options.cluster {
+            store.identity = run_id(&store.conn).await.map(|run_id| {
+                format!(
+                    "Redis server {run_id}, database {}, key prefix `{}`",
+                    store.conn.get_db(),
+                    options.prefix
+                )
+                .into()
+            });
+        }
+        Ok(store)
     }
 
     /// A store over a connection the application already has to a single
@@ -131,6 +166,7 @@ impl RedisStore {
             reclaimed: Arc::default(),
             saga_retention: options.saga_retention,
             dead_letters_max: options.dead_letters_max,
+            identity: None,
         }
     }
 

@@ -172,9 +172,27 @@ impl CatgaBuilder {
             .chain(self.idempotent.iter().map(|(id, _)| *id))
     }
 
-    /// Idempotency declared without a store, or twice on one route.
+    /// Idempotency declared without a store, or twice on one route; an
+    /// idempotency store whose held-back events no relay would read.
     fn idempotency_errors(&self) -> Vec<Error> {
         let mut errors = Vec::new();
+        if let (Some(held), Some((relayed, _))) = (&self.idempotency_outbox, &self.outbox) {
+            let held = held.outbox_identity();
+            let relayed = relayed.outbox_identity();
+            if let (Some(held), Some(relayed)) = (held, relayed)
+                && held != relayed
+            {
+                errors.push(Error::new(
+                    ErrorKind::Config,
+                    format!(
+                        "the idempotency store keeps the events its handlers publish in its own \
+                         outbox ({held}), but the outbox given to `.outbox(..)` is another one \
+                         ({relayed}): those events would never be relayed; give the outbox \
+                         setting the idempotency store (or a clone of it), or leave it out"
+                    ),
+                ));
+            }
+        }
         if self.idempotency.is_none() {
             let declared: Vec<&str> = self
                 .requests

@@ -128,6 +128,9 @@ pub struct CatgaBuilder {
     single_copy: bool,
     /// The idempotency every idempotent message type gets.
     idempotency: Option<Idempotency>,
+    /// Where that idempotency's store keeps held-back events: the outbox a
+    /// relay must read.
+    idempotency_outbox: Option<Arc<dyn OutboxStore>>,
     /// Types declared idempotent on the builder.
     idempotent: Vec<(TypeId, &'static str)>,
     /// Names of the settings called on this builder (a module must set none).
@@ -162,6 +165,7 @@ impl Default for CatgaBuilder {
             saga_store: None,
             single_copy: false,
             idempotency: None,
+            idempotency_outbox: None,
             idempotent: Vec::new(),
             settings: Vec::new(),
             resource_names: HashMap::new(),

@@ -112,6 +112,9 @@ impl CatgaBuilder {
             &mut both,
         );
         take(&mut self.outbox, module.outbox, "an outbox", &mut both);
+        if self.idempotency.is_none() {
+            self.idempotency_outbox = module.idempotency_outbox;
+        }
         take(
             &mut self.idempotency,
             module.idempotency,

@@ -85,6 +85,7 @@ impl CatgaBuilder {
     ) -> Self {
         let store = Arc::new(store);
         self.idempotency = Some(configure(Idempotency::new(store.clone())));
+        self.idempotency_outbox = Some(store.clone());
         self.outbox = Some((store, Some(RelayOptions::default())));
         self
     }
@@ -100,6 +101,9 @@ impl CatgaBuilder {
     /// Runs an outbox relay on this peer for `store` (see [`relay`](crate::relay)).
     /// Use the store the idempotency behavior writes to: events its handlers
     /// publish are held back and stored with their result, then relayed.
+    /// `build()` fails when the two are known to be different outboxes
+    /// ([`OutboxStore::outbox_identity`](crate::store::OutboxStore::outbox_identity)):
+    /// the held-back events would never be relayed.
     pub fn outbox(self, store: impl OutboxStore) -> Self {
         self.outbox_with(store, RelayOptions::default())
     }

@@ -391,6 +391,10 @@ impl OutboxStore for MemoryIdempotencyStore {
     fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
         self.outbox.backlog()
     }
+
+    fn outbox_identity(&self) -> Option<String> {
+        self.outbox.outbox_identity()
+    }
 }
 
 impl IdempotencyStore for MemoryIdempotencyStore {

@@ -70,6 +70,16 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Entries not yet acknowledged (the backlog).
     fn backlog(&self) -> BoxFuture<'_, Result<usize>>;
+
+    /// Which outbox this is, when the store can tell: two stores that give
+    /// the same identity read and write the same entries, two that give
+    /// different ones do not. The builder compares the idempotency store's
+    /// with the relayed outbox's, so that events held back under idempotency
+    /// are not stored where no relay reads them. Default `None`: cannot
+    /// tell, not compared.
+    fn outbox_identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A shared store is a store: pass `Arc<S>` (or `Arc<dyn OutboxStore>`).
@@ -101,6 +111,10 @@ impl<S: OutboxStore + ?Sized> OutboxStore for std::sync::Arc<S> {
 
     fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
         (**self).backlog()
+    }
+
+    fn outbox_identity(&self) -> Option<String> {
+        (**self).outbox_identity()
     }
 }
 
@@ -223,5 +237,11 @@ impl OutboxStore for MemoryOutboxStore {
     fn backlog(&self) -> BoxFuture<'_, Result<usize>> {
         let n = self.lock().entries.len();
         Box::pin(std::future::ready(Ok(n)))
+    }
+
+    /// This value's address: another `MemoryOutboxStore` is another outbox
+    /// (an `Arc` of this one is this one).
+    fn outbox_identity(&self) -> Option<String> {
+        Some(format!("memory outbox at {:p}", std::ptr::from_ref(self)))
     }
 }

@@ -8,7 +8,8 @@ use catga_core::behavior::retry::Retry;
 use catga_core::behavior::timeout::Timeout;
 use catga_core::behavior::tracing::Tracing;
 use catga_core::behavior::{Behavior, Envelope, Next, Reply, Stack};
-use catga_core::store::MemoryIdempotencyStore;
+use catga_core::relay::RelayOptions;
+use catga_core::store::{MemoryIdempotencyStore, MemoryOutboxStore};
 use catga_core::{Catga, Error, ErrorKind, Metadata, Result};
 
 use crate::messages::*;
@@ -579,6 +580,45 @@ fn a_stack_idempotency_inside_a_builder_one_is_refused() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("2 idempotency behaviors"), "{err}");
+}
+
+/// The relay must read the outbox the idempotency store holds events in:
+/// another outbox would leave them there, never published.
+#[tokio::test]
+async fn an_outbox_other_than_the_idempotency_stores_own_is_refused() {
+    let err = Catga::builder()
+        .idempotency(MemoryIdempotencyStore::new())
+        .outbox(MemoryOutboxStore::new())
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("never be relayed"), "{err}");
+
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let other = Arc::new(MemoryIdempotencyStore::new());
+    let err = Catga::builder()
+        .idempotency(store.clone())
+        .outbox_without_relay(other.outbox())
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("never be relayed"), "{err}");
+
+    // Its own outbox, however it is named, is fine.
+    Catga::builder()
+        .idempotency(store.clone())
+        .outbox_with(store.clone(), RelayOptions::default())
+        .start()
+        .await
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    Catga::builder()
+        .idempotency(store.clone())
+        .outbox_without_relay(store.outbox())
+        .build()
+        .unwrap();
 }
 
 /// The same with no deadline: a caller that drops its `send` (a client gone,

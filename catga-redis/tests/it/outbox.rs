@@ -460,3 +460,41 @@ async fn the_relay_recovers_when_redis_comes_back_empty() {
     relayed(2).await;
     peer.shutdown().await.unwrap();
 }
+
+/// Two stores connected separately to one Redis, with one key prefix, are
+/// one outbox; another server or another prefix is another outbox, and the
+/// builder refuses it beside the idempotency store (its held-back events
+/// would never be relayed).
+#[tokio::test]
+async fn the_builder_knows_a_redis_outbox_from_another() {
+    let redis = RedisServer::start();
+    let elsewhere = RedisServer::start();
+    let store = || RedisStore::connect(RedisOptions::new(redis.url()));
+    let start = |idempotency: RedisStore, outbox: RedisStore| {
+        Catga::builder()
+            .idempotency(idempotency)
+            .outbox_with(outbox, RelayOptions::default())
+            .start()
+    };
+
+    let peer = start(store().await.unwrap(), store().await.unwrap())
+        .await
+        .unwrap();
+    peer.shutdown().await.unwrap();
+
+    let other_server = RedisStore::connect(RedisOptions::new(elsewhere.url()))
+        .await
+        .unwrap();
+    let err = start(store().await.unwrap(), other_server)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("never be relayed"), "{err}");
+
+    let other_prefix = RedisStore::connect(RedisOptions::new(redis.url()).prefix("elsewhere"))
+        .await
+        .unwrap();
+    let err = start(store().await.unwrap(), other_prefix)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("never be relayed"), "{err}");
+}
