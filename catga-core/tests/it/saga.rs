@@ -1047,3 +1047,88 @@ async fn handed_sagas_survive_their_coordinator_losing_its_lease() {
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Charge {
+    cents: i64,
+}
+impl Message for Charge {
+    const NAME: &'static str = "saga.Charge";
+    const IDEMPOTENT: bool = true;
+}
+impl Request for Charge {
+    type Response = ();
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Refund {
+    cents: i64,
+}
+impl Message for Refund {
+    const NAME: &'static str = "saga.Refund";
+    const IDEMPOTENT: bool = true;
+}
+impl Request for Refund {
+    type Response = ();
+}
+
+/// A step whose handler outlived its idempotency claim (its peer paused past
+/// the lease) gets `catga.claim_lost`: the outcome is unknown, and asking
+/// again with the same message id gets it (the stored one, or a run that
+/// takes the claim). The saga asks again instead of compensating a charge
+/// that the second attempt makes once: charged once, never refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_claim_ran_out_is_asked_again_not_compensated() {
+    use catga_core::store::{MemoryIdempotencyStore, UnitOfWork};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let store = Arc::new(MemoryIdempotencyStore::new());
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let refunds = Arc::new(AtomicUsize::new(0));
+    let (a, r) = (attempts.clone(), refunds.clone());
+    let saga = || {
+        Saga::<i64>::new("test.claim_lost")
+            .step(
+                Step::send("charge", |cents: &i64| Charge { cents: *cents })
+                    .compensate(|cents: &i64| Refund { cents: *cents })
+                    .timeout(Duration::from_secs(10))
+                    .retries(3),
+            )
+            .polling(Duration::from_millis(20), Duration::from_secs(5))
+    };
+    let peer = Catga::builder()
+        .idempotency_with(store.clone(), |i| {
+            i.lease(Duration::from_millis(60))
+                .wait(Duration::from_secs(10))
+        })
+        .saga(saga())
+        .request_fn(move |c: Charge, ctx: Context| {
+            let a = a.clone();
+            async move {
+                if a.fetch_add(1, Ordering::SeqCst) == 0 {
+                    // Blocks the worker past the lease: no renewal can run,
+                    // as in a paused peer.
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                ctx.stage(UnitOfWork::new().increment("charged", c.cents))
+            }
+        })
+        .request_fn(move |f: Refund, ctx: Context| {
+            let r = r.clone();
+            async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                ctx.stage(UnitOfWork::new().increment("charged", -f.cents))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    let id = saga().handle(&peer).unwrap().start(1500).await.unwrap();
+    let state = finished(&peer, id).await;
+    assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
+    assert_eq!(refunds.load(Ordering::SeqCst), 0);
+    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    assert_eq!(store.get("charged").as_deref(), Some(&b"1500"[..]));
+    peer.shutdown().await.unwrap();
+}

@@ -363,11 +363,16 @@ struct Driver<'a, D> {
 
 /// Whether asking again may bring a definite answer: a timeout, a transport
 /// error, "no responders" or "cancelled" (a rolling restart, a NATS
-/// failover) or any other retryable error. The command may have been applied meanwhile; the same
-/// message id makes a repeat take effect once.
+/// failover), a lost idempotency claim or any other retryable error. The
+/// command may have been applied meanwhile; the same message id makes a
+/// repeat take effect once.
 fn worth_asking_again(e: &Error) -> bool {
     // `Cancelled`: the peer that had it is shutting down (a rolling restart).
-    e.is_retryable() || matches!(e.kind(), ErrorKind::NoHandler | ErrorKind::Cancelled)
+    // `catga.claim_lost`: the handler outlived its claim (its peer paused);
+    // another attempt may have stored an outcome, which a repeat gets.
+    e.is_retryable()
+        || matches!(e.kind(), ErrorKind::NoHandler | ErrorKind::Cancelled)
+        || e.code() == Some("catga.claim_lost")
 }
 
 /// Whether a failure is the handler's own "no": an error it returned (or a
