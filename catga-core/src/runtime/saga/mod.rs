@@ -58,6 +58,7 @@
 mod admission;
 mod coordinator;
 mod handle;
+mod memory;
 mod starts;
 mod state;
 
