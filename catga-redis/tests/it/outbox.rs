@@ -469,7 +469,9 @@ async fn the_relay_recovers_when_redis_comes_back_empty() {
 async fn the_builder_knows_a_redis_outbox_from_another() {
     let redis = RedisServer::start();
     let elsewhere = RedisServer::start();
-    let store = || RedisStore::connect(RedisOptions::new(redis.url()));
+    let connect =
+        |options: RedisOptions| async move { RedisStore::connect(options).await.unwrap() };
+    let here = || RedisOptions::new(redis.url());
     let start = |idempotency: RedisStore, outbox: RedisStore| {
         Catga::builder()
             .idempotency(idempotency)
@@ -477,24 +479,18 @@ async fn the_builder_knows_a_redis_outbox_from_another() {
             .start()
     };
 
-    let peer = start(store().await.unwrap(), store().await.unwrap())
+    let peer = start(connect(here()).await, connect(here()).await)
         .await
         .unwrap();
     peer.shutdown().await.unwrap();
 
-    let other_server = RedisStore::connect(RedisOptions::new(elsewhere.url()))
-        .await
-        .unwrap();
-    let err = start(store().await.unwrap(), other_server)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("never be relayed"), "{err}");
-
-    let other_prefix = RedisStore::connect(RedisOptions::new(redis.url()).prefix("elsewhere"))
-        .await
-        .unwrap();
-    let err = start(store().await.unwrap(), other_prefix)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("never be relayed"), "{err}");
+    for other in [
+        RedisOptions::new(elsewhere.url()),
+        here().prefix("elsewhere"),
+    ] {
+        let err = start(connect(here()).await, connect(other).await)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("never be relayed"), "{err}");
+    }
 }
