@@ -2,7 +2,9 @@
 //! store works on Redis Cluster as on a single node.
 //!
 //! - idempotency: `{<prefix>:o<shard>}:idem:<scope>:<message id>`
-//! - outbox:      `{<prefix>:o<shard>}:outbox` and `{<prefix>:o<shard>}:outbox:dead`
+//! - outbox:      `{<prefix>:o<shard>}:outbox` and `{<prefix>:o<shard>}:outbox:dead`,
+//!   and `{<prefix>:o0}:outbox:id`, the outbox's id (drawn by the first store
+//!   to connect; stores compare it to tell one outbox from another)
 //! - lock:        `{<prefix>:lock:<name>}` and `{<prefix>:lock:<name>}:fence`
 //! - sagas:       `{<prefix>:sagas:s<shard>}:saga:<id>` (a hash) and
 //!   `{<prefix>:sagas:s<shard>}:unfinished:<name>` (a set), the shard taken
@@ -86,6 +88,11 @@ impl Keys {
 
     pub(crate) fn outbox(&self, shard: u32) -> String {
         self.tags[(shard % self.shards) as usize].1.clone()
+    }
+
+    /// Where the outbox's id is kept (see the module's key layout).
+    pub(crate) fn outbox_id(&self) -> String {
+        format!("{}:outbox:id", self.tag(0))
     }
 
     pub(crate) fn dead_letters(&self, shard: u32) -> String {

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use catga_core::Result;
 use redis::Script;
-use redis::aio::ConnectionLike as _;
 
 use crate::conn::{self, Conn};
 use crate::keys::Keys;
@@ -75,10 +74,9 @@ pub struct RedisStore {
     pub(crate) reclaimed: Arc<Mutex<Option<std::time::Instant>>>,
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
-    /// Which outbox this is (see [`OutboxStore::outbox_identity`]): the
-    /// server's run id, the database and the key prefix; `None` when the
-    /// server was not asked (a cluster, a connection given by the
-    /// application).
+    /// Which outbox this is (see [`OutboxStore::outbox_identity`]): the id
+    /// kept under the outbox's key prefix, and the shard count; `None` for a
+    /// connection the application gave, or when Redis did not answer.
     ///
     /// [`OutboxStore::outbox_identity`]: catga_core::store::OutboxStore::outbox_identity
     pub(crate) identity: Option<Arc<str>>,
@@ -97,24 +95,28 @@ pub(crate) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
-/// The id a Redis server draws at its start (`run_id` in `INFO server`):
-/// two connections that read the same one reach the same server. `None`
-/// when the server does not say (a proxy, `INFO` renamed away).
-async fn run_id(conn: &Conn) -> Option<String> {
+/// The id of the outbox under `key`: drawn by the first store to connect
+/// and kept in Redis (`SET NX GET`), so every store that reaches the same
+/// keys reads the same id, whatever URL it came by. `None` when Redis does
+/// not answer it (a read-only replica, a command not allowed).
+async fn outbox_id(conn: &Conn, key: &str) -> Option<String> {
     let mut conn = conn.clone();
-    let info: String = redis::cmd("INFO")
-        .arg("server")
+    let mine = catga_core::new_id().to_string();
+    let before: Option<String> = redis::cmd("SET")
+        .arg(key)
+        .arg(&mine)
+        .arg("NX")
+        .arg("GET")
         .query_async(&mut conn)
         .await
         .ok()?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("run_id:"))
-        .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty())
+    Some(before.unwrap_or(mine))
 }
 
 impl RedisStore {
-    /// Connects; fails with a store error when Redis does not answer.
+    /// Connects; fails with a store error when Redis does not answer. Reads
+    /// (or, first, writes) the outbox's id (`SET NX GET`, see the crate's
+    /// key layout), which tells the builder one outbox from another.
     pub async fn connect(options: RedisOptions) -> Result<RedisStore> {
         let conn = if options.cluster {
             conn::cluster(&options.urls, options.timeout, &options.tls).await?
@@ -122,16 +124,15 @@ impl RedisStore {
             conn::single(&options.urls[0], options.timeout, &options.tls).await?
         };
         let mut store = RedisStore::with(conn, &options);
-        if !options.cluster {
-            store.identity = run_id(&store.conn).await.map(|run_id| {
+        store.identity = outbox_id(&store.conn, &store.keys.outbox_id())
+            .await
+            .map(|id| {
                 format!(
-                    "Redis server {run_id}, database {}, key prefix `{}`",
-                    store.conn.get_db(),
-                    options.prefix
+                    "Redis outbox {id}, {} shards, key prefix `{}`",
+                    options.outbox_shards, options.prefix
                 )
                 .into()
             });
-        }
         Ok(store)
     }
 

@@ -186,9 +186,10 @@ impl CatgaBuilder {
                     ErrorKind::Config,
                     format!(
                         "the idempotency store keeps the events its handlers publish in its own \
-                         outbox ({held}), but the outbox given to `.outbox(..)` is another one \
-                         ({relayed}): those events would never be relayed; give the outbox \
-                         setting the idempotency store (or a clone of it), or leave it out"
+                         outbox ({held}), but the outbox setting (`.outbox`, `.outbox_with` or \
+                         `.outbox_without_relay`) names another one ({relayed}): those events \
+                         would never be relayed; give the outbox setting the idempotency store \
+                         (or a clone of it)"
                     ),
                 ));
             }

@@ -86,7 +86,11 @@ impl CatgaBuilder {
         let store = Arc::new(store);
         self.idempotency = Some(configure(Idempotency::new(store.clone())));
         self.idempotency_outbox = Some(store.clone());
-        self.outbox = Some((store, Some(RelayOptions::default())));
+        // An outbox set before stays (with its relay setting); build()
+        // checks that it is this store's.
+        if self.outbox.is_none() {
+            self.outbox = Some((store, Some(RelayOptions::default())));
+        }
         self
     }
 

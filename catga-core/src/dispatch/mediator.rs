@@ -45,6 +45,8 @@ impl Mediator {
                 route.handler.call_in(&request, &ctx, slot.as_mut());
                 match slot.as_pin_mut() {
                     Some(call) => guarded(R::NAME, route.id.type_name, call).await,
+                    // `call_in` always fills the slot; this answers a bug
+                    // with an error instead of a panic.
                     None => Err(internal(R::NAME, "the handler made no future")),
                 }
             } else {

@@ -73,10 +73,12 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Which outbox this is, when the store can tell: two stores that give
     /// the same identity read and write the same entries, two that give
-    /// different ones do not. The builder compares the idempotency store's
-    /// with the relayed outbox's, so that events held back under idempotency
-    /// are not stored where no relay reads them. Default `None`: cannot
-    /// tell, not compared.
+    /// different ones do not. The builder compares the store given to
+    /// [`CatgaBuilder::idempotency`](crate::CatgaBuilder::idempotency) with
+    /// the outbox setting's, so that events held back under idempotency are
+    /// not stored where no relay reads them (an `Idempotency` behavior added
+    /// with `.behavior(..)` is not compared). Default `None`: cannot tell,
+    /// not compared.
     fn outbox_identity(&self) -> Option<String> {
         None
     }

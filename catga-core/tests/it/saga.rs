@@ -1106,8 +1106,9 @@ async fn a_step_whose_claim_ran_out_is_asked_again_not_compensated() {
             let a = a.clone();
             async move {
                 if a.fetch_add(1, Ordering::SeqCst) == 0 {
-                    // Blocks the worker past the lease: no renewal can run,
-                    // as in a paused peer.
+                    // A pause past the lease between claim and completion,
+                    // as in a paused peer: the completion finds the claim
+                    // run out.
                     std::thread::sleep(Duration::from_millis(300));
                 }
                 ctx.stage(UnitOfWork::new().increment("charged", c.cents))
@@ -1128,7 +1129,9 @@ async fn a_step_whose_claim_ran_out_is_asked_again_not_compensated() {
     let state = finished(&peer, id).await;
     assert_eq!(state.status, SagaStatus::Completed, "{state:?}");
     assert_eq!(refunds.load(Ordering::SeqCst), 0);
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
+    // At least the paused attempt and the one asked again (a loaded machine
+    // may pause the second past its lease too).
+    assert!(attempts.load(Ordering::SeqCst) >= 2);
     assert_eq!(store.get("charged").as_deref(), Some(&b"1500"[..]));
     peer.shutdown().await.unwrap();
 }

@@ -462,7 +462,7 @@ async fn the_relay_recovers_when_redis_comes_back_empty() {
 }
 
 /// Two stores connected separately to one Redis, with one key prefix, are
-/// one outbox; another server or another prefix is another outbox, and the
+/// one outbox; another server, prefix or shard count is another, and the
 /// builder refuses it beside the idempotency store (its held-back events
 /// would never be relayed).
 #[tokio::test]
@@ -484,9 +484,18 @@ async fn the_builder_knows_a_redis_outbox_from_another() {
         .unwrap();
     peer.shutdown().await.unwrap();
 
+    // The same server by another URL (naming database 0) is the same outbox.
+    let another_url = RedisOptions::new(format!("{}/0", redis.url()));
+    let peer = start(connect(here()).await, connect(another_url).await)
+        .await
+        .unwrap();
+    peer.shutdown().await.unwrap();
+
     for other in [
         RedisOptions::new(elsewhere.url()),
         here().prefix("elsewhere"),
+        // Fewer shards: the entries of the others would never be relayed.
+        here().outbox_shards(4),
     ] {
         let err = start(connect(here()).await, connect(other).await)
             .await
