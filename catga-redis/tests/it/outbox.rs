@@ -485,7 +485,7 @@ async fn the_builder_knows_a_redis_outbox_from_another() {
     peer.shutdown().await.unwrap();
 
     // The same server by another URL (naming database 0) is the same outbox.
-    let another_url = RedisOptions::new(format!("{}/0", redis.url()));
+    let another_url = RedisOptions::new(format!("{}0", redis.url()));
     let peer = start(connect(here()).await, connect(another_url).await)
         .await
         .unwrap();
