@@ -335,10 +335,24 @@ async fn lead(
     leading: &Leading,
     shutdown: &CancellationToken,
 ) -> Result<()> {
-    tracing::info!(task = %task.name, fence = lease.fence, "elected leader");
-    let _term = Term::begin(leading, &task.name);
     let margin = task.safety_margin();
     let clock = Arc::new(TermClock::new(asked + task.ttl - margin));
+    if !clock.holds() {
+        // The store's answer came after the term it granted had ended by
+        // this peer's clock (a slow store): another peer may lead already.
+        if let Err(e) = store.release(&task.name, &lease.token).await {
+            tracing::debug!(task = %task.name, error = %e, "could not release a lock elected too late");
+        }
+        return Err(Error::new(
+            ErrorKind::Store,
+            format!(
+                "elected leader of `{}` too late: the lock store answered after the term had ended",
+                task.name
+            ),
+        ));
+    }
+    tracing::info!(task = %task.name, fence = lease.fence, "elected leader");
+    let term = Term::begin(leading, &task.name);
     let cancel = shutdown.child_token();
     // Messages this term sends to handlers on this peer skip the fence
     // lookup while the term is live (see `Mediator::holds_term`).
@@ -359,7 +373,7 @@ async fn lead(
         mediator,
     };
     let mut body = tokio::spawn((task.task)(ctx));
-    let mut next_renewal = Instant::now() + task.renew_every();
+    let mut next_renewal = asked + task.renew_every();
     let mut renewal: Option<(Instant, BoxFuture<'_, Result<bool>>)> = None;
     // On shutdown the task gets one lease to finish, then it is stopped.
     let mut grace_ends: Option<Instant> = None;
@@ -391,7 +405,10 @@ async fn lead(
                 match renewed {
                     Ok(true) if clock.holds() => {
                         clock.set(asked + task.ttl - margin);
-                        next_renewal = Instant::now() + task.renew_every();
+                        // From when it was asked, like the lease: a slow
+                        // answer does not push the next renewal past the
+                        // term's end.
+                        next_renewal = asked + task.renew_every();
                     }
                     Ok(_) => {
                         break Err(depose(&task.name, &cancel, &mut body, "another peer holds the lock now").await);
@@ -406,6 +423,8 @@ async fn lead(
     };
     cancel.cancel();
     registry.end_term(&task.name, lease.fence);
+    // No longer leading, whatever the release below takes.
+    drop(term);
     drop(renewal);
     match store.release(&task.name, &lease.token).await {
         Ok(_) => {}

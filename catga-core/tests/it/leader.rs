@@ -1,5 +1,5 @@
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use catga_core::leader::LeaderTask;
@@ -21,6 +21,11 @@ pub(crate) struct Flaky {
     inner: Arc<MemoryLockStore>,
     pub(crate) cut_off: AtomicBool,
     pub(crate) hang: AtomicBool,
+    /// Milliseconds each acquisition's and renewal's answer is late (the
+    /// store applies it at once, as a slow link does).
+    pub(crate) late_ms: AtomicU64,
+    /// Releases never answer.
+    pub(crate) hang_release: AtomicBool,
     /// Fence lookups made (a receiving peer checking a message's fence).
     pub(crate) lookups: AtomicUsize,
 }
@@ -37,6 +42,8 @@ impl Flaky {
             inner: lock.clone(),
             cut_off: AtomicBool::new(false),
             hang: AtomicBool::new(false),
+            late_ms: AtomicU64::new(0),
+            hang_release: AtomicBool::new(false),
             lookups: AtomicUsize::new(0),
         })
     }
@@ -51,7 +58,12 @@ impl LockStore for Flaky {
         if self.cut_off.load(Ordering::SeqCst) {
             return Box::pin(async { Err(Error::store("cut off")) });
         }
-        self.inner.try_acquire(name, ttl)
+        let late = Duration::from_millis(self.late_ms.load(Ordering::SeqCst));
+        Box::pin(async move {
+            let acquired = self.inner.try_acquire(name, ttl).await;
+            tokio::time::sleep(late).await;
+            acquired
+        })
     }
     fn renew<'a>(
         &'a self,
@@ -64,10 +76,18 @@ impl LockStore for Flaky {
         } else if self.cut_off.load(Ordering::SeqCst) {
             Box::pin(async { Err(Error::store("cut off")) })
         } else {
-            self.inner.renew(name, token, ttl)
+            let late = Duration::from_millis(self.late_ms.load(Ordering::SeqCst));
+            Box::pin(async move {
+                let renewed = self.inner.renew(name, token, ttl).await;
+                tokio::time::sleep(late).await;
+                renewed
+            })
         }
     }
     fn release<'a>(&'a self, name: &'a str, token: &'a str) -> BoxFuture<'a, Result<bool>> {
+        if self.hang_release.load(Ordering::SeqCst) {
+            return Box::pin(std::future::pending());
+        }
         self.inner.release(name, token)
     }
     fn current_fence<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<u64>> {
@@ -490,4 +510,77 @@ async fn a_peer_without_the_leaders_lock_store_says_its_fences_mean_nothing() {
     );
     assert!(said.contains("billing"), "{said}");
     peer.shutdown().await.unwrap();
+}
+
+/// A lock store whose answers come late but every one of them yes: renewals
+/// are scheduled from when each was asked, like the lease, so a leader whose
+/// renewals take 0.38 of the lease keeps its term (scheduled from the answer,
+/// the next renewal came after the term's end and the leader was deposed
+/// every term, though nobody else held the lock).
+#[tokio::test(start_paused = true)]
+async fn slow_renewals_that_succeed_keep_the_term() {
+    let flaky = Flaky::new();
+    let ttl = Duration::from_millis(600);
+    let leader = peer(flaky.clone(), ttl).await;
+    eventually("a leader", || leader.running.load(Ordering::SeqCst) == 1).await;
+    flaky.late_ms.store(230, Ordering::SeqCst);
+    // Ten leases.
+    for _ in 0..600 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(leader.running.load(Ordering::SeqCst), 1, "deposed");
+    }
+    assert_eq!(leader.fences.lock().unwrap().len(), 1, "elected once");
+    leader.mediator.shutdown().await.unwrap();
+}
+
+/// An election whose answer came after the term it granted had ended (by
+/// this peer's clock) does not start the task: another peer may lead by
+/// then. Once answers are timely again, the peer leads.
+#[tokio::test(start_paused = true)]
+async fn an_election_answered_after_its_term_does_not_start_the_task() {
+    let flaky = Flaky::new();
+    flaky.late_ms.store(700, Ordering::SeqCst);
+    let starts = Arc::new(AtomicUsize::new(0));
+    let s = starts.clone();
+    // Counts the task's starts when it is made, before it could be stopped.
+    let task = LeaderTask::new("test.late", move |ctx| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async move {
+            ctx.cancelled().await;
+            Ok(())
+        }
+    })
+    .ttl(Duration::from_millis(600));
+    let peer = Catga::builder()
+        .lock_store(flaky.clone())
+        .leader(task)
+        .start()
+        .await
+        .unwrap();
+    for _ in 0..500 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(peer.leading().is_empty());
+    }
+    assert_eq!(starts.load(Ordering::SeqCst), 0, "the task started");
+    flaky.late_ms.store(0, Ordering::SeqCst);
+    eventually("a timely election", || starts.load(Ordering::SeqCst) == 1).await;
+    peer.shutdown().await.unwrap();
+}
+
+/// A deposed leader stops reporting itself as leading at once, not when its
+/// release of the lock answers (which may take the store's whole timeout).
+#[tokio::test(start_paused = true)]
+async fn a_deposed_leader_stops_reporting_it_leads_before_its_release_answers() {
+    let flaky = Flaky::new();
+    let leader = peer(flaky.clone(), Duration::from_millis(600)).await;
+    eventually("a leader", || leader.running.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(leader.mediator.leading(), ["test.scheduler"]);
+    flaky.hang_release.store(true, Ordering::SeqCst);
+    flaky.cut_off.store(true, Ordering::SeqCst);
+    eventually("deposed", || leader.running.load(Ordering::SeqCst) == 0).await;
+    eventually("no longer reported as leading", || {
+        leader.mediator.leading().is_empty()
+    })
+    .await;
+    // The peer's own shutdown waits for the hung release; it is left to drop.
 }

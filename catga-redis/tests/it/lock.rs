@@ -99,3 +99,37 @@ async fn an_expired_lock_goes_to_the_next_contender() {
         "the old holder cannot renew"
     );
 }
+
+/// A Redis restarted without its data (no persistence; a replica promoted
+/// without the last writes is alike) loses the fence counter with the lock.
+/// The next term's fence is still above every earlier one, so messages of
+/// the leaders before stay refused.
+#[tokio::test]
+async fn fences_keep_increasing_when_redis_loses_the_counter() {
+    let mut redis = catga_test_support::RedisServer::start();
+    let store = catga_redis::RedisStore::connect(catga_redis::RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(30);
+    let mut before = 0;
+    for _ in 0..3 {
+        let lease = store.try_acquire("job", ttl).await.unwrap().unwrap();
+        assert!(lease.fence > before);
+        before = lease.fence;
+        assert!(store.release("job", &lease.token).await.unwrap());
+    }
+    redis.restart();
+    let after = loop {
+        // The connection comes back with the server.
+        match store.try_acquire("job", ttl).await {
+            Ok(lease) => break lease.expect("the lock is free after the restart"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert!(
+        after.fence > before,
+        "fence {} after the counter was lost, {before} before",
+        after.fence
+    );
+    assert_eq!(store.current_fence("job").await.unwrap(), after.fence);
+}
