@@ -19,9 +19,17 @@ impl LockStore for RedisStore {
     ) -> BoxFuture<'a, Result<Option<Lease>>> {
         Box::pin(async move {
             let (key, fence) = self.keys.lock(name);
-            let token = random_token();
+            // The token of an acquisition whose answer never came, if any:
+            // Redis may have applied it, and asking with the same token gets
+            // that term back instead of finding the lock held for a lease.
+            let token = self
+                .unanswered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(name)
+                .unwrap_or_else(random_token);
             let mut conn = self.conn.clone();
-            let fence: Option<u64> = self
+            let fence: Option<u64> = match self
                 .scripts
                 .lock_acquire
                 .key(&key)
@@ -30,7 +38,16 @@ impl LockStore for RedisStore {
                 .arg(ms(ttl))
                 .invoke_async(&mut conn)
                 .await
-                .map_err(|e| store_error(&format!("acquiring lock `{key}`"), e))?;
+            {
+                Ok(fence) => fence,
+                Err(e) => {
+                    self.unanswered
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(name.to_owned(), token);
+                    return Err(store_error(&format!("acquiring lock `{key}`"), e));
+                }
+            };
             Ok(fence.map(|fence| Lease { token, fence }))
         })
     }

@@ -74,6 +74,9 @@ pub struct RedisStore {
     pub(crate) reclaimed: Arc<Mutex<Option<std::time::Instant>>>,
     pub(crate) saga_retention: Duration,
     pub(crate) dead_letters_max: usize,
+    /// By lock name, the token of an acquisition that got no answer (see
+    /// `lua/lock_acquire.lua`): the next acquisition asks with it.
+    pub(crate) unanswered: Arc<Mutex<std::collections::HashMap<String, String>>>,
     /// Which outbox this is (see [`OutboxStore::outbox_identity`]): the id
     /// kept under the outbox's key prefix, and the shard count; `None` for a
     /// connection the application gave, or when Redis did not answer.
@@ -167,6 +170,7 @@ impl RedisStore {
             reclaimed: Arc::default(),
             saga_retention: options.saga_retention,
             dead_letters_max: options.dead_letters_max,
+            unanswered: Arc::default(),
             identity: None,
         }
     }

@@ -133,3 +133,56 @@ async fn fences_keep_increasing_when_redis_loses_the_counter() {
     );
     assert_eq!(store.current_fence("job").await.unwrap(), after.fence);
 }
+
+/// An acquisition Redis applied but whose answer did not come back in time
+/// (a slow link) is an error to its caller. Asking again gets that term back
+/// (same fence), instead of finding the lock held by the lost answer's token
+/// for a whole lease with nobody leading.
+#[tokio::test]
+async fn an_acquisition_whose_answer_was_lost_gets_its_term_back() {
+    use catga_test_support::{Fault, FaultProxy};
+
+    let redis = catga_test_support::RedisServer::start();
+    let direct = catga_redis::RedisStore::connect(catga_redis::RedisOptions::new(redis.url()))
+        .await
+        .unwrap();
+    let proxy = FaultProxy::start(redis.port());
+    let slow = catga_redis::RedisStore::connect(
+        catga_redis::RedisOptions::new(proxy.url("redis")).timeout(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    let ttl = Duration::from_secs(60);
+    // Load the script first: a delayed EVALSHA then applies by itself.
+    let warm = slow.try_acquire("warm-up", ttl).await.unwrap().unwrap();
+    assert!(slow.release("warm-up", &warm.token).await.unwrap());
+    proxy.set(Fault::Delay(Duration::from_millis(600)));
+    assert!(
+        slow.try_acquire("job", ttl).await.is_err(),
+        "the answer came in time"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let applied = loop {
+        match direct.current_fence("job").await.unwrap() {
+            0 => {
+                assert!(tokio::time::Instant::now() < deadline, "never applied");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            fence => break fence,
+        }
+    };
+    proxy.set(Fault::Pass);
+    let lease = loop {
+        match slow.try_acquire("job", ttl).await {
+            Ok(lease) => break lease.expect("its own lock, not another's"),
+            // The connection may need a moment after the timeout.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    assert_eq!(lease.fence, applied, "the same term");
+    assert!(
+        direct.try_acquire("job", ttl).await.unwrap().is_none(),
+        "held"
+    );
+    assert!(slow.renew("job", &lease.token, ttl).await.unwrap());
+}
