@@ -121,9 +121,10 @@ async fn peer(store: Arc<dyn LockStore>, ttl: Duration) -> Peer {
     let fences = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (r, f) = (running.clone(), fences.clone());
     let task = LeaderTask::new("test.scheduler", move |ctx| {
-        let (r, f) = (r.clone(), f.clone());
+        // Noted when the task is made, before it could be stopped.
+        f.lock().unwrap().push(ctx.fence());
+        let r = r.clone();
         async move {
-            f.lock().unwrap().push(ctx.fence());
             // Counted while the task runs, whether it returns or is stopped.
             let _running = Running::start(r);
             ctx.cancelled().await;
@@ -546,31 +547,18 @@ async fn slow_renewals_that_succeed_keep_the_term() {
 async fn an_election_answered_after_its_term_does_not_start_the_task() {
     let flaky = Flaky::new();
     flaky.late_ms.store(700, Ordering::SeqCst);
-    let starts = Arc::new(AtomicUsize::new(0));
-    let s = starts.clone();
-    // Counts the task's starts when it is made, before it could be stopped.
-    let task = LeaderTask::new("test.late", move |ctx| {
-        s.fetch_add(1, Ordering::SeqCst);
-        async move {
-            ctx.cancelled().await;
-            Ok(())
-        }
-    })
-    .ttl(Duration::from_millis(600));
-    let peer = Catga::builder()
-        .lock_store(flaky.clone())
-        .leader(task)
-        .start()
-        .await
-        .unwrap();
+    let late = peer(flaky.clone(), Duration::from_millis(600)).await;
     for _ in 0..500 {
         tokio::time::sleep(Duration::from_millis(10)).await;
-        assert!(peer.leading().is_empty());
+        assert!(late.mediator.leading().is_empty());
     }
-    assert_eq!(starts.load(Ordering::SeqCst), 0, "the task started");
+    assert!(late.fences.lock().unwrap().is_empty(), "the task started");
     flaky.late_ms.store(0, Ordering::SeqCst);
-    eventually("a timely election", || starts.load(Ordering::SeqCst) == 1).await;
-    peer.shutdown().await.unwrap();
+    eventually("a timely election", || {
+        late.fences.lock().unwrap().len() == 1
+    })
+    .await;
+    late.mediator.shutdown().await.unwrap();
 }
 
 /// A deposed leader stops reporting itself as leading at once, not when its
